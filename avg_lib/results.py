@@ -1,0 +1,69 @@
+"""Result files: written atomically (no partial file is ever left behind) and stamped with provenance.
+
+Every CSV row carries ``profile``, ``seed``, ``git_commit`` (``+dirty`` when the work tree had
+uncommitted changes) and ``created_utc``; :mod:`avg_lib.runner` adds the wall time of each
+notebook to ``<results_dir>/provenance.csv``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .paths import REPO_ROOT, repo_path
+
+PROVENANCE_COLUMNS = ("profile", "seed", "git_commit", "created_utc")
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
+
+
+def _atomic(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike, profile: str, seed: int | str) -> Path:
+    """Write ``df`` plus the provenance columns to ``path`` (relative paths: from the repo root)."""
+    df = df.copy()
+    df["profile"], df["seed"], df["git_commit"], df["created_utc"] = profile, seed, git_commit(), utc_now()
+    return _atomic(repo_path(path), lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
+    """Save a matplotlib figure atomically as PNG."""
+    return _atomic(repo_path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))

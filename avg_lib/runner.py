@@ -1,0 +1,149 @@
+"""Run the notebooks in order with papermill, injecting one profile's parameters (``run_all.sh``).
+
+A profile is ``profiles/<name>.yaml``::
+
+    description: one line
+    results_dir: results            # where CSVs, figures, executed notebooks and provenance go
+    common: {seed: 0, ...}          # offered to every notebook
+    notebooks:                      # per-notebook overrides, by file stem
+      01_data_preparation: {two_tower_epochs: 300}
+
+A notebook receives only the parameters its ``parameters`` cell declares. The run stops at the
+first failing notebook and exits non-zero, naming it. ``<results_dir>/provenance.csv`` gets one
+row per notebook: status, wall time, commit, profile, seed and hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .paths import REPO_ROOT, repo_path
+from .results import _atomic, git_commit, hardware, utc_now
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PROFILE_DIR = REPO_ROOT / "profiles"
+
+
+def notebooks() -> list[Path]:
+    return sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def load_profile(name: str) -> dict:
+    path = PROFILE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(PROFILE_DIR.glob("*.yaml")))
+        raise SystemExit(f"unknown profile {name!r} ({path} not found); known profiles: {known}")
+    with open(path) as f:
+        prof = yaml.safe_load(f) or {}
+    for key in ("results_dir", "common", "notebooks"):
+        prof.setdefault(key, {} if key != "results_dir" else "results")
+    unknown = set(prof["notebooks"]) - {p.stem for p in notebooks()}
+    if unknown:
+        raise SystemExit(f"{path}: sections for notebooks that do not exist: {sorted(unknown)}")
+    return prof
+
+
+def declared_parameters(nb: Path) -> dict[str, object]:
+    """Names and literal values assigned in the notebook's cell tagged ``parameters``."""
+    import ast
+
+    import nbformat
+
+    cells = [c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise SystemExit(f"{nb}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    out = {}
+    for node in ast.parse(cells[0].source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise SystemExit(f"{nb}: the parameters cell may only hold `name = literal` lines (line {node.lineno})")
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise SystemExit(f"{nb}: parameter {node.targets[0].id!r} is not a literal (line {node.lineno})") from None
+    return out
+
+
+def parameters_for(nb: Path, profile_name: str, prof: dict) -> dict:
+    declared = declared_parameters(nb)
+    offered = {"profile": profile_name, "results_dir": prof["results_dir"], **prof["common"],
+               **(prof["notebooks"].get(nb.stem) or {})}
+    return {k: v for k, v in offered.items() if k in declared}
+
+
+def run(profile_name: str, only: list[str] | None = None, start: str | None = None, log_output: bool = True) -> int:
+    import papermill as pm
+
+    prof = load_profile(profile_name)
+    results_dir = repo_path(prof["results_dir"])
+    out_dir = results_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = notebooks()
+    if start:
+        todo = [p for p in todo if p.stem >= start or p.stem.startswith(start)]
+    if only:
+        todo = [p for p in todo if any(p.stem.startswith(o) for o in only)]
+    if not todo:
+        print("no notebook matches the selection", file=sys.stderr)
+        return 2
+    prov_path = results_dir / "provenance.csv"
+    prov = pd.read_csv(prov_path) if prov_path.exists() else pd.DataFrame()
+    env_before = os.environ.get("AVG_PLAIN_PROGRESS")
+    os.environ["AVG_PLAIN_PROGRESS"] = "1"  # text progress bars in the executed notebooks and the log
+    commit, hw = git_commit(), hardware()
+    try:
+        for nb in todo:
+            params = parameters_for(nb, profile_name, prof)
+            print(f"==> {nb.relative_to(REPO_ROOT)}  profile={profile_name}  parameters={params}", flush=True)
+            t0, started, status = time.time(), utc_now(), "ok"
+            try:
+                pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params, cwd=str(REPO_ROOT),
+                                    log_output=log_output, progress_bar=False, kernel_name="python3")
+            except Exception as e:  # noqa: BLE001 - report any failure with the notebook's name
+                status = f"failed: {type(e).__name__}"
+                print(f"\nFAILED: {nb.relative_to(REPO_ROOT)} ({type(e).__name__}); executed copy with the "
+                      f"error: {(out_dir / nb.name).relative_to(REPO_ROOT)}\n{e}", file=sys.stderr)
+            row = {"notebook": nb.name, "status": status, "wall_s": round(time.time() - t0, 1), "started_utc": started,
+                   "profile": profile_name, "seed": prof["common"].get("seed", ""), "git_commit": commit, "hardware": hw}
+            if len(prov):
+                prov = prov[prov["notebook"] != nb.name]
+            prov = pd.concat([prov, pd.DataFrame([row])], ignore_index=True).sort_values("notebook")
+            _atomic(prov_path, lambda tmp: prov.to_csv(tmp, index=False))
+            print(f"<== {nb.name}: {status} in {row['wall_s']:.0f}s", flush=True)
+            if status != "ok":
+                return 1
+    finally:
+        if env_before is None:
+            os.environ.pop("AVG_PLAIN_PROGRESS", None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="run_all.sh", description=(
+        "Execute the notebooks in order with papermill, regenerating every table (CSV) and figure (PNG) "
+        "of the chosen profile. Executed notebooks go to <results_dir>/notebooks/, timings to "
+        "<results_dir>/provenance.csv."))
+    ap.add_argument("--profile", default="default",
+                    help="profiles/<name>.yaml: default (offline emoji run), smoke (minutes, synthetic data)")
+    ap.add_argument("--only", nargs="+", metavar="NN", help="run only the notebooks whose names start with these")
+    ap.add_argument("--from", dest="start", metavar="NN", help="start at this notebook (resume after a failure)")
+    ap.add_argument("--list", action="store_true", help="list profiles and notebooks, then exit")
+    ap.add_argument("--quiet", action="store_true", help="do not stream notebook output to the terminal")
+    args = ap.parse_args(argv)
+    if args.list:
+        for p in sorted(PROFILE_DIR.glob("*.yaml")):
+            print(f"profile {p.stem}: {(yaml.safe_load(p.read_text()) or {}).get('description', '')}")
+        for nb in notebooks():
+            print(f"notebook {nb.name}")
+        return 0
+    return run(args.profile, args.only, args.start, log_output=not args.quiet)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

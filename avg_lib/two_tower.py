@@ -1,0 +1,205 @@
+"""The two-tower "CLIP-lite" baseline and the joint embedding space the voken tokenizer reads.
+
+Frozen features in, two small projection heads out: an MLP on the image features (standardised
+with training statistics) and a residual linear map on the caption features, both to ``dim``
+and L2-normalised, trained with the symmetric InfoNCE loss of CLIP (learnable temperature).
+Each step takes a batch of distinct training images and one caption of each, drawn at random,
+so no in-batch negative is a positive in disguise. The epoch with the best validation R@1
+(ties: rSum) is kept; the test split is never looked at during training.
+
+A ridge regression from image features into caption space (:func:`ridge_scores`) is kept as the
+reference the two-tower model should beat.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from .progress import tqdm
+
+from .metrics import evaluate_scores
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    dim: int = 256
+    hidden: int = 1024  # 0 = linear image head
+    dropout: float = 0.2
+    epochs: int = 300
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    init_temperature: float = 0.07
+    patience: int = 60  # epochs without a better validation R@1 before stopping
+    seed: int = 0
+
+
+class TwoTower(nn.Module):
+    def __init__(self, d_img: int, d_txt: int, cfg: TwoTowerConfig, img_mean=None, img_std=None):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("img_mean", torch.zeros(d_img) if img_mean is None else torch.as_tensor(img_mean).float())
+        self.register_buffer("img_std", torch.ones(d_img) if img_std is None else torch.as_tensor(img_std).float())
+        if cfg.hidden > 0:
+            self.image_head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d_img, cfg.hidden), nn.GELU(),
+                                            nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.dim))
+        else:  # hidden=0: a linear head
+            self.image_head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d_img, cfg.dim))
+        self.text_head = nn.Linear(d_txt, cfg.dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+
+    def embed_images(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_head((x - self.img_mean) / self.img_std), dim=-1)
+
+    def embed_texts(self, t: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_head(t), dim=-1)
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    logits = log_scale.clamp(max=math.log(100.0)).exp() * txt @ img.T
+    labels = torch.arange(len(img), device=img.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+@torch.no_grad()
+def embed(model: TwoTower, image_feats=None, text_feats=None):
+    """Joint-space embeddings (numpy) of whichever inputs are given."""
+    model.eval()
+    out = []
+    if image_feats is not None:
+        out.append(model.embed_images(torch.tensor(np.asarray(image_feats), dtype=torch.float32)).numpy())
+    if text_feats is not None:
+        out.append(model.embed_texts(torch.tensor(np.asarray(text_feats), dtype=torch.float32)).numpy())
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def evaluate(model: TwoTower, image_feats, text_feats, owner) -> dict[str, float]:
+    """Exact dense retrieval over the given gallery; ``owner[q]`` = gallery position of query q's image."""
+    g, q = embed(model, image_feats, text_feats)
+    return evaluate_scores(q @ g.T, owner)
+
+
+def train_two_tower(train, val, cfg: TwoTowerConfig = TwoTowerConfig(), progress: bool = True):
+    """Train on ``train`` and select on ``val``; each is ``(image_feats, caption_feats, caption_owner)``.
+
+    Returns ``(model, history)``; history has one row per epoch (loss, temperature, val metrics).
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    img, txt, owner = (np.asarray(a) for a in train)
+    mean, std = img.mean(0), img.std(0) + 1e-6
+    model = TwoTower(img.shape[1], txt.shape[1], cfg, mean, std)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    caps_of = [np.nonzero(owner == i)[0] for i in range(len(img))]
+    has_caps = np.array([len(c) > 0 for c in caps_of])
+    img_t, txt_t = torch.from_numpy(img).float(), torch.from_numpy(txt).float()
+    best, best_key, history, since = None, (-1.0, -1.0), [], 0
+    bar = tqdm(range(cfg.epochs), desc="two-tower", disable=not progress)
+    for epoch in bar:
+        model.train()
+        order = rng.permutation(np.nonzero(has_caps)[0])
+        losses = []
+        for s in range(0, len(order), cfg.batch_size):
+            b = order[s:s + cfg.batch_size]
+            if len(b) < 2:
+                continue
+            c = np.array([rng.choice(caps_of[i]) for i in b])
+            loss = clip_loss(model.embed_images(img_t[b]), model.embed_texts(txt_t[c]), model.log_scale)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        sched.step()
+        m = evaluate(model, *val)
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                        "temperature": float(1.0 / model.log_scale.detach().exp()), **{f"val_{k}": v for k, v in m.items()}})
+        key = (m["R@1"], m["rSum"])
+        if key > best_key:
+            best, best_key, since = copy.deepcopy(model.state_dict()), key, 0
+        else:
+            since += 1
+        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", best=f"{best_key[0]:.1f}")
+        if since >= cfg.patience:
+            break
+    model.load_state_dict(best)
+    model.eval()
+    return model, history
+
+
+def ridge_scores(train, query_text, gallery_images, alpha: float = 10.0) -> np.ndarray:
+    """Reference baseline: ridge map from (standardised) image features to caption space, cosine scores."""
+    from sklearn.linear_model import Ridge
+
+    img, txt, owner = (np.asarray(a) for a in train)
+    mean, std = img.mean(0), img.std(0) + 1e-6
+    reg = Ridge(alpha=alpha).fit((img[owner] - mean) / std, txt)
+    g = reg.predict((np.asarray(gallery_images) - mean) / std)
+    g /= np.linalg.norm(g, axis=1, keepdims=True) + 1e-12
+    q = np.asarray(query_text) / (np.linalg.norm(query_text, axis=1, keepdims=True) + 1e-12)
+    return q @ g.T
+
+
+# ------------------------------------------------------------------------------ cache-or-compute
+
+def config_key(cfg: TwoTowerConfig) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def fit_or_load(ds, feats, cfg: TwoTowerConfig = TwoTowerConfig(), force: bool = False, progress: bool = True):
+    """Train (or load the cached) two-tower model on ``ds``'s train split, selected on val.
+
+    The cache lives next to the features (``<features dir>/two_tower-<config hash>/``): ``model.pt``
+    (a plain state dict, loads with ``weights_only=True``), ``config.json``, ``history.csv`` and
+    the joint-space embeddings of every image and caption (``image.npy``, ``text.npy``), which are
+    the voken tokenizer's input.
+    Returns ``(model, history DataFrame, directory)``.
+    """
+    import json
+    import os
+    import shutil
+
+    import pandas as pd
+
+    out = feats.directory / f"two_tower-{config_key(cfg)}"
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+    if not (out / "model.pt").exists():
+        train = feats.split(ds, "train")[1:]
+        val = feats.split(ds, "val")[1:]
+        model, history = train_two_tower(train, val, cfg, progress=progress)
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(model.state_dict(), tmp / "model.pt")
+        (tmp / "config.json").write_text(json.dumps({"two_tower": asdict(cfg), "d_img": feats.image.shape[1],
+                                                     "d_txt": feats.text.shape[1]}, indent=1))
+        pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+        g, q = embed(model, feats.image, feats.text)
+        np.save(tmp / "image.npy", g.astype(np.float32))
+        np.save(tmp / "text.npy", q.astype(np.float32))
+        os.replace(tmp, out)
+    return load(out), pd.read_csv(out / "history.csv"), out
+
+
+def load(directory) -> TwoTower:
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    meta = json.loads((directory / "config.json").read_text())
+    model = TwoTower(meta["d_img"], meta["d_txt"], TwoTowerConfig(**meta["two_tower"]))
+    model.load_state_dict(torch.load(directory / "model.pt", weights_only=True))
+    return model.eval()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install the pinned requirements and avg_lib. Idempotent.
+# torch==2.13.0 goes first so that pip takes the CPU build instead of a multi-GB CUDA one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -d .venv ] || "$PY" -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.13.0
+python -m pip install -q -r requirements.txt
+python -m pip install -q --no-deps -e .
+python -m ipykernel install --sys-prefix --name python3 >/dev/null
+echo "setup done: $(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

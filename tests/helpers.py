@@ -1,0 +1,32 @@
+"""Fixtures the tests build themselves: tiny random-config models saved to a temp directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def save_tiny_clip(directory: Path, projection_dim: int = 16, image_size: int = 32) -> Path:
+    """A random-weight CLIPModel + byte-level tokenizer + image processor, saved like a real checkpoint."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    try:
+        from transformers import CLIPImageProcessorPil as Proc
+    except ImportError:
+        from transformers import CLIPImageProcessor as Proc
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    tok = CLIPTokenizer(vocab=vocab, merges=[])
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=vocab["<|endoftext|>"],
+                         bos_token_id=vocab["<|startoftext|>"], pad_token_id=vocab["<|endoftext|>"]),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        projection_dim=projection_dim)
+    directory.mkdir(parents=True, exist_ok=True)
+    CLIPModel(cfg).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    Proc(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    return directory

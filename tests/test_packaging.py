@@ -1,0 +1,28 @@
+"""The two install descriptions say the same thing, and CI runs exactly the README's test command."""
+
+import re
+
+import yaml
+
+from avg_lib.paths import REPO_ROOT
+
+
+def _pins(lines):
+    return sorted(l.strip() for l in lines if l.strip() and not l.strip().startswith(("#", "-e")))
+
+
+def test_environment_yml_matches_requirements():
+    req = _pins((REPO_ROOT / "requirements.txt").read_text().splitlines())
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert _pins(pip) == req
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][\w.+]*", r) for r in req), "every requirement is pinned exactly"
+    assert req.count("torch==2.13.0") == 1
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO_ROOT / "README.md").read_text()
+    ci = [l for l in (REPO_ROOT / ".ci" / "run").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    m = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\s*\n(.+?)\n```", readme, re.S)
+    assert m, "README must mark its test command with <!-- test-command -->"
+    assert m.group(1).strip() in [l.strip() for l in ci]

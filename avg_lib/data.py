@@ -74,10 +74,13 @@ class LoadReport:
 
 
 def clean_captions(captions: Iterable[str]) -> tuple[str, ...]:
-    """Strip, collapse white space, drop empties and case-insensitive duplicates (order kept)."""
+    """Strip, collapse white space, drop empties, non-strings (``null`` in JSON) and case-insensitive
+    duplicates (order kept)."""
     out, seen = [], set()
     for c in captions:
-        c = re.sub(r"\s+", " ", str(c)).strip()
+        if not isinstance(c, str):
+            continue
+        c = re.sub(r"\s+", " ", c).strip()
         if c and c.lower() not in seen:
             seen.add(c.lower())
             out.append(c)
@@ -157,7 +160,10 @@ class CaptionedImages:
 
 
 def stable_split(ids: list[str], n_val: int, n_test: int, salt: str = "avg") -> dict[str, str]:
-    """Deterministic split by a hash of each id: independent of input order and of other ids' presence."""
+    """Deterministic split by a hash of each id, independent of input order, with exact counts.
+
+    Ids are ranked by hash: the ``n_test`` first are test, the next ``n_val`` val. An id's split depends
+    on its rank, so adding or removing other ids can move it (the counts stay exact)."""
     if n_val + n_test >= len(ids):
         raise ValueError(f"n_val + n_test = {n_val + n_test} leaves no training images out of {len(ids)}")
     order = sorted(ids, key=lambda i: hashlib.sha1(f"{salt}:{i}".encode()).hexdigest())
@@ -167,7 +173,7 @@ def stable_split(ids: list[str], n_val: int, n_test: int, salt: str = "avg") -> 
 # ----------------------------------------------------------------------------------------- folder
 
 def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark (Windows editors)
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -267,7 +273,9 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, name: str | Non
         where = f"{json_path}: images[{k}]"
         if not isinstance(img, dict) or "filename" not in img or "split" not in img:
             raise DataError(f"{where}: each image needs 'filename' and 'split'")
-        split = split_map.get(img["split"])
+        if not isinstance(img["filename"], str) or not isinstance(img.get("filepath", ""), str):
+            raise DataError(f"{where}: 'filename' and 'filepath' must be strings")
+        split = split_map.get(img["split"]) if isinstance(img["split"], str) else None
         if split is None:
             raise DataError(f"{where}: unknown split {img['split']!r} (expected train, val, test or restval)")
         if split == "skip":
@@ -289,9 +297,9 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, name: str | Non
 
 # --------------------------------------------------------------------------------------- dispatch
 
-def load_dataset(name: str, **kwargs) -> CaptionedImages:
+def load_dataset(name: str, /, **kwargs) -> CaptionedImages:
     """``load_dataset("emoji")``, ``("synthetic", n_images=500)``, ``("karpathy", json_path=..., image_root=...)``,
-    ``("folder", root=...)``."""
+    ``("folder", root=...)``. ``name`` is positional-only, so ``name=`` in kwargs reaches the loader."""
     if name == "emoji":
         from .emoji import load_emoji
 

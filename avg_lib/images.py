@@ -1,6 +1,6 @@
 """Image decoding: every PIL mode becomes 8-bit RGB the same way, or a clear error names the file.
 
-Rules (tested in tests/test_images.py):
+Rules (tested in tests/test_images.py); files are first rotated by their EXIF orientation tag:
   * transparency (RGBA, LA, palette with a transparent index or alpha, PNG colour key on L / RGB) is
     composited onto a white background, because emoji and icons are drawn on transparent canvases
     and a black fill would change them;
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class ImageError(ValueError):
@@ -57,7 +57,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img))  # camera photos: honour the EXIF orientation
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
 

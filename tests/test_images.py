@@ -320,3 +320,12 @@ def test_load_rgb_returns_loaded_image_independent_of_file(tmp_path):
     img = load_rgb(path)
     path.unlink()  # the returned image must not need the file any more
     assert px(img).tolist() == [[[9, 8, 7]] * 2] * 2
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif.tobytes())
+    assert load_rgb(path).size == (20, 40)

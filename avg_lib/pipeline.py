@@ -1,0 +1,162 @@
+"""The stages that notebooks share, each cache-or-compute on disk and keyed by its configuration.
+
+``joint_space(...)``  data -> frozen features -> two-tower joint space  (notebook 01; reused by 02+)
+``voken_tokenizer(...)``  joint space -> RQ-VAE -> unique voken identifiers  (notebook 02; reused by 03+)
+
+A later notebook calls the same function with the same parameters (``run_all.sh`` injects them
+from one profile) and gets the cached result in seconds; ``force=True`` recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data, features, identifiers, tokenizer, two_tower
+
+
+@dataclass
+class JointSpace:
+    ds: data.CaptionedImages
+    feats: features.Features
+    model: two_tower.TwoTower
+    history: pd.DataFrame
+    directory: Path
+    image: np.ndarray        # (n_images, d) L2-normalised joint embeddings, dataset order
+    text: np.ndarray         # (n_captions, d), dataset.captions() order
+    text_owner: np.ndarray   # (n_captions,) image index of each caption
+    encoder_key: str
+    text_encoder: object     # the frozen caption encoder, to embed new queries
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """Joint-space embeddings of free-text queries (frozen encoder, then the trained text head)."""
+        return two_tower.embed(self.model, text_feats=self.text_encoder.encode_texts(list(texts)))
+
+    def split(self, split: str):
+        """``(image_index, image_emb, caption_emb, caption_owner_as_position_in_split)`` of one split."""
+        idx, _, _, own = self.feats.split(self.ds, split)
+        keep = np.isin(self.text_owner, idx)
+        return idx, self.image[idx], self.text[keep], own
+
+
+def joint_space(dataset: str = "emoji", dataset_kwargs: dict | None = None, encoder: str = "effnet-minilm",
+                encoder_path: str | None = None, image_size: int = 224,
+                two_tower_cfg: two_tower.TwoTowerConfig = two_tower.TwoTowerConfig(),
+                force: bool = False, progress: bool = True) -> JointSpace:
+    ds = data.load_dataset(dataset, **(dataset_kwargs or {}))
+    img_enc, txt_enc = features.load_encoders(encoder, path=encoder_path, image_size=image_size)
+    feats = features.extract_features(ds, img_enc, txt_enc, force=force, progress=progress)
+    model, history, directory = two_tower.fit_or_load(ds, feats, two_tower_cfg, force=force, progress=progress)
+    return JointSpace(ds, feats, model, history, directory, np.load(directory / "image.npy"),
+                      np.load(directory / "text.npy"), feats.text_owner, f"{img_enc.key}+{txt_enc.key}", txt_enc)
+
+
+@dataclass
+class VokenTokenizer:
+    model: tokenizer.RQVAE
+    history: pd.DataFrame
+    ids: identifiers.Identifiers
+    directory: Path
+    codebooks: np.ndarray    # (n_books, K, e_dim): initialises the generator's voken embeddings
+    error: np.ndarray        # (n_images,) quantisation error ||z - z_q||
+
+
+    def vokens_of(self, emb: np.ndarray) -> np.ndarray:
+        """Raw vokens ``(n, L)`` the tokenizer gives any joint-space vectors (images or, thanks to the
+        alignment, caption/query embeddings)."""
+        return self.model.encode(torch.as_tensor(np.asarray(emb), dtype=torch.float32)).numpy()
+
+
+def _key(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def tokenizer_rows(js: JointSpace, split: str, extra_captions: np.ndarray | None = None,
+                   extra_owner: np.ndarray | None = None):
+    """Training rows (image embedding, paired caption embedding): one per caption of ``split``,
+    plus optional extra (pseudo-query) caption embeddings owned by images of that split."""
+    idx = js.ds.split_indices(split)
+    keep = np.isin(js.text_owner, idx)
+    x, t = js.image[js.text_owner[keep]], js.text[keep]
+    if extra_captions is not None:
+        x = np.concatenate([x, js.image[extra_owner]])
+        t = np.concatenate([t, extra_captions])
+    return x, t
+
+
+def voken_tokenizer(js: JointSpace, cfg: tokenizer.TokenizerConfig = tokenizer.TokenizerConfig(),
+                    force: bool = False, progress: bool = True) -> VokenTokenizer:
+    """Train (or load) the RQ-VAE on training images + captions, select on validation loss, and give
+    every image of the dataset a unique identifier (collisions resolved, see avg_lib.identifiers)."""
+    out = js.directory / f"rqvae-{_key([tokenizer.CACHE_VERSION, asdict(cfg)])}"
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+    if not (out / "vokens.json").exists():
+        model, history = tokenizer.train_tokenizer(tokenizer_rows(js, "train"), tokenizer_rows(js, "val"), cfg,
+                                                   progress=progress)
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save(model, tmp)
+        pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+        x = torch.as_tensor(js.image)
+        with torch.no_grad():
+            z = model.encoder(x)
+            raw = model.encode(x)
+            err = (z - model.quantizer.decode_indices(raw)).norm(dim=1).numpy()
+        ids = identifiers.resolve_collisions(js.ds.ids, raw.numpy(), err, cfg.codebook_size)
+        codebooks = model.quantizer.codebooks.detach().numpy()
+        np.save(tmp / "codebooks.npy", codebooks)
+        np.save(tmp / "codes.npy", ids.codes)
+        np.save(tmp / "raw_codes.npy", ids.raw)
+        np.save(tmp / "quantisation_error.npy", err)
+        (tmp / "vokens.json").write_text(json.dumps({
+            "tokenizer": asdict(cfg), "joint_space": str(js.directory), "depth": ids.depth,
+            "disambiguated": ids.disambiguated, "codebook_size": cfg.codebook_size,
+            "vokens": {i: c for i, c in zip(ids.ids, ids.codes.tolist())}}, indent=0))
+        os.replace(tmp, out)
+    meta = json.loads((out / "vokens.json").read_text())
+    if list(meta["vokens"]) != js.ds.ids:
+        raise RuntimeError(f"{out}: cached vokens belong to other items; rerun with force=True")
+    ids = identifiers.Identifiers(js.ds.ids, np.load(out / "raw_codes.npy"), np.load(out / "codes.npy"),
+                                  meta["codebook_size"])
+    return VokenTokenizer(tokenizer.load(out), pd.read_csv(out / "history.csv"), ids, out,
+                          np.load(out / "codebooks.npy"), np.load(out / "quantisation_error.npy"))
+
+
+def tokenizer_report(js: JointSpace, vt: VokenTokenizer) -> dict:
+    """The per-run numbers of the tokenizer (results/tokenizer.csv): reconstruction, alignment,
+    codebook usage and perplexity per level, identifier entropy, collision rates."""
+    cfg = vt.model.cfg
+    row: dict = {"K": cfg.codebook_size, "L": cfg.levels, "shared_codebook": cfg.shared_codebook,
+                 "align_weight": cfg.align_weight, "align_on": cfg.align_on, "kmeans_init": cfg.kmeans_init,
+                 "epochs_run": len(vt.history), "selected_epoch": int(vt.history["val_select"].idxmin()) + 1}
+    x = torch.as_tensor(js.image)
+    recon = vt.model.decode(torch.as_tensor(vt.ids.raw)).numpy()
+    for split in ("val", "test"):
+        idx = js.ds.split_indices(split)
+        row[f"recon_mse_{split}"] = float(((recon[idx] - js.image[idx]) ** 2).mean())
+        keep = np.isin(js.text_owner, idx)
+        r = recon[js.text_owner[keep]]
+        cos = (r * js.text[keep]).sum(1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(js.text[keep], axis=1) + 1e-12)
+        row[f"align_cos_{split}"] = float(cos.mean())
+        base = (js.image[js.text_owner[keep]] * js.text[keep]).sum(1)
+        row[f"image_caption_cos_{split}"] = float(base.mean())  # the same measure for the unquantised image
+    del x
+    for s in identifiers.level_stats(vt.ids.raw, cfg.codebook_size):
+        row[f"used_l{s['level']}"], row[f"perplexity_l{s['level']}"] = s["used"], s["perplexity"]
+    row["identifier_entropy_bits"] = identifiers.entropy_bits(vt.ids.raw)
+    row["max_entropy_bits"] = float(np.log2(len(vt.ids.raw)))
+    test = js.ds.split_indices("test")
+    row["collision_rate_all"] = identifiers.collision_rate(vt.ids.raw)
+    row["collision_rate_test_gallery"] = identifiers.collision_rate(vt.ids.raw[test])
+    row["collision_rate_after"] = identifiers.collision_rate(vt.ids.codes)
+    row["identifier_depth"] = vt.ids.depth
+    return row

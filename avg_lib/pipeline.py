@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -160,3 +161,75 @@ def tokenizer_report(js: JointSpace, vt: VokenTokenizer) -> dict:
     row["collision_rate_after"] = identifiers.collision_rate(vt.ids.codes)
     row["identifier_depth"] = vt.ids.depth
     return row
+
+
+# ------------------------------------------------------------------------------------ generator
+
+@dataclass
+class RetrievalSplit:
+    texts: list[str]          # queries (captions of the split's images)
+    targets: np.ndarray       # gallery position of each query's image
+    gallery_codes: np.ndarray  # (n_gallery, depth) identifiers of the split's images
+    image_index: np.ndarray   # dataset index of each gallery position
+
+
+def retrieval_split(js: JointSpace, vt: VokenTokenizer, split: str) -> RetrievalSplit:
+    texts, owner = js.ds.captions()
+    idx = js.ds.split_indices(split)
+    pos = np.full(len(js.ds), -1)
+    pos[idx] = np.arange(len(idx))
+    keep = pos[owner] >= 0
+    return RetrievalSplit([t for t, k in zip(texts, keep) if k], pos[owner[keep]], vt.ids.codes[idx], idx)
+
+
+def pseudo_queries(js: JointSpace, split: str = "test", per_image: int = 2) -> tuple[list[str], np.ndarray]:
+    """Pseudo queries for the images of ``split`` that never read that split's captions: each image
+    borrows the first caption of each of its ``per_image`` most similar *training* images (cosine of
+    joint-space image embeddings). Returns (texts, dataset index of the image each text points to)."""
+    train = js.ds.split_indices("train")
+    target = js.ds.split_indices(split)
+    sims = js.image[target] @ js.image[train].T
+    nn_ = np.argsort(-sims, axis=1)[:, :per_image]
+    texts, owner = [], []
+    for t, row in zip(target, nn_):
+        for j in row:
+            texts.append(js.ds.items[train[j]].captions[0])
+            owner.append(t)
+    return texts, np.asarray(owner, dtype=np.int64)
+
+
+def generator_training_pairs(js: JointSpace, vt: VokenTokenizer, pseudo: int = 0) -> tuple[list[str], np.ndarray]:
+    """(caption, identifier) pairs of the training images, plus ``pseudo`` borrowed captions per test image."""
+    tr = retrieval_split(js, vt, "train")
+    texts, codes = list(tr.texts), vt.ids.codes[tr.image_index[tr.targets]]
+    if pseudo:
+        ptexts, powner = pseudo_queries(js, "test", pseudo)
+        texts += ptexts
+        codes = np.concatenate([codes, vt.ids.codes[powner]])
+    return texts, codes
+
+
+def voken_generator(js: JointSpace, vt: VokenTokenizer, cfg, pseudo: int = 0, force: bool = False,
+                    progress: bool = True):
+    """Train (or load) a generator on training captions (+ pseudo queries), selected on validation R@1."""
+    from . import generator
+
+    out = vt.directory / f"generator-{_key([generator.CACHE_VERSION, asdict(cfg), pseudo])}"
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+    if not (out / "generator.pt").exists():
+        texts, codes = generator_training_pairs(js, vt, pseudo)
+        val = retrieval_split(js, vt, "val")
+        train_imgs = js.ds.split_indices("train")
+        gen = generator.build_generator(vt.ids.codebook_size, vt.ids.depth, cfg, vt.codebooks,
+                                        prior_head=js.model.text_head if cfg.joint_prior else None)
+        t0 = time.time()
+        gen, history = generator.train_generator(gen, (texts, codes), (val.texts, val.targets, val.gallery_codes),
+                                                 train_codes_all=vt.ids.codes[train_imgs], progress=progress)
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        generator.save(gen, tmp, {"pseudo_queries_per_test_image": pseudo, "train_pairs": len(texts),
+                                  "train_seconds": round(time.time() - t0, 1)})
+        pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+        os.replace(tmp, out)
+    return generator.load(out), pd.read_csv(out / "history.csv"), out

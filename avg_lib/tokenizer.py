@@ -273,7 +273,7 @@ def train_tokenizer(train_rows: tuple[np.ndarray, np.ndarray], val_rows: tuple[n
             best, best_loss, since = copy.deepcopy(model.state_dict()), val["select"], 0
         else:
             since += 1
-        bar.set_postfix(val=f"{val['total']:.4f}", recon=f"{val['recon']:.4f}", align=f"{val['align']:.4f}")
+        bar.set_postfix(val=f"{val['select']:.4f}", recon=f"{val['recon']:.4f}", align=f"{val['align']:.4f}", refresh=False)
         if since >= cfg.patience:
             break
     model.load_state_dict(best)

@@ -132,7 +132,7 @@ def train_two_tower(train, val, cfg: TwoTowerConfig = TwoTowerConfig(), progress
             best, best_key, since = copy.deepcopy(model.state_dict()), key, 0
         else:
             since += 1
-        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", best=f"{best_key[0]:.1f}")
+        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", best=f"{best_key[0]:.1f}", refresh=False)
         if since >= cfg.patience:
             break
     model.load_state_dict(best)

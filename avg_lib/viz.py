@@ -150,3 +150,24 @@ def query_panels(ds, queries: list[str], query_vokens: np.ndarray, neighbours: n
                         ha="right", va="center", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def generator_curves(hist, disc_start: int | None = None):
+    """Training loss and validation R@1 per epoch for each model in ``hist`` (column ``model``);
+    the start of the discriminative stage is marked."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
+    for name, h in hist.groupby("model", sort=False):
+        axes[0].plot(h["epoch"], h["train_gen_loss"], label=name)
+        disc = h[h["train_listwise_loss"] > 0]
+        if len(disc):
+            axes[1].plot(disc["epoch"], disc["train_listwise_loss"], marker="o", label=name)
+        axes[2].plot(h["epoch"], h["val_R@1"], marker=".", label=name)
+    for ax, label in zip(axes, ("generation loss (train)", "listwise loss (train)", "R@1 (validation)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if disc_start is not None:
+            ax.axvline(disc_start + 0.5, color="gray", ls="--", lw=0.8)
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

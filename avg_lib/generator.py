@@ -39,7 +39,7 @@ from .trie import BeamResult, VokenTrie, beam_search
 
 
 # Part of every cache key of trained generators: bump when a change here changes what training produces.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -438,7 +438,8 @@ def evaluate(gen: VokenGenerator, texts: list[str], targets: np.ndarray, trie: V
 
 def train_generator(gen: VokenGenerator, train: tuple[list[str], np.ndarray], val: tuple[list[str], np.ndarray, np.ndarray],
                     train_codes_all: np.ndarray | None = None, progress: bool = True):
-    """Generative training, then (``disc_epochs`` > 0) the discriminative stage; selection on validation R@1.
+    """Generative training, then (``disc_epochs`` > 0) the discriminative stage, which starts from the
+    generative epoch with the best validation R@1 (at ``disc_lr``); overall selection on validation R@1.
 
     ``train``: (texts, codes (n, D)) pairs, pseudo queries included if any.
     ``val``: (texts, target gallery positions, gallery codes) for R@1 on the validation gallery.
@@ -465,9 +466,10 @@ def train_generator(gen: VokenGenerator, train: tuple[list[str], np.ndarray], va
     bar = tqdm(range(total), desc=f"generator ({cfg.backend})", disable=not progress)
     for epoch in bar:
         disc = epoch >= cfg.epochs and neg_trie is not None
-        if epoch == cfg.epochs and disc:
+        if epoch == cfg.epochs and disc:  # stage 2 starts from the selected generative checkpoint
+            gen.load_state_dict(best)
             for g in opt.param_groups:
-                g["lr"] = cfg.disc_lr if g["params"] is other else min(g["lr"], cfg.disc_lr)
+                g["lr"] = cfg.disc_lr
         gen.train()
         order = rng.permutation(len(texts))
         sums = {"gen": 0.0, "list": 0.0}

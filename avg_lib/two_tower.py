@@ -41,6 +41,7 @@ class TwoTowerConfig:
     weight_decay: float = 1.0
     init_temperature: float = 0.07
     patience: int = 60  # epochs without a better validation R@1 before stopping
+    sampling: str = "image"  # "image": one random caption per image per step; "caption": every caption, every epoch
     seed: int = 0
 
 
@@ -72,6 +73,17 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, log_scale: torch.Tensor) -> 
     logits = log_scale.clamp(max=math.log(100.0)).exp() * txt @ img.T
     labels = torch.arange(len(img), device=img.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, owner: torch.Tensor, log_scale: torch.Tensor):
+    """InfoNCE for a batch of captions and their (distinct) images: ``owner[j]`` = row of caption j's image.
+    Text->image: cross-entropy over the batch's images; image->text: every caption of the image is a positive."""
+    logits = log_scale.clamp(max=math.log(100.0)).exp() * txt @ img.T           # (captions, images)
+    t2i = F.cross_entropy(logits, owner)
+    pos = F.one_hot(owner, len(img)).T.bool()                                    # (images, captions)
+    li = logits.T
+    i2t = (torch.logsumexp(li, 1) - torch.logsumexp(li.masked_fill(~pos, float("-inf")), 1)).mean()
+    return 0.5 * (t2i + i2t)
 
 
 @torch.no_grad()
@@ -111,14 +123,19 @@ def train_two_tower(train, val, cfg: TwoTowerConfig = TwoTowerConfig(), progress
     bar = tqdm(range(cfg.epochs), desc="two-tower", disable=not progress)
     for epoch in bar:
         model.train()
-        order = rng.permutation(np.nonzero(has_caps)[0])
+        order = rng.permutation(np.nonzero(has_caps)[0] if cfg.sampling == "image" else len(owner))
         losses = []
         for s in range(0, len(order), cfg.batch_size):
             b = order[s:s + cfg.batch_size]
             if len(b) < 2:
                 continue
-            c = np.array([rng.choice(caps_of[i]) for i in b])
-            loss = clip_loss(model.embed_images(img_t[b]), model.embed_texts(txt_t[c]), model.log_scale)
+            if cfg.sampling == "image":
+                c = np.array([rng.choice(caps_of[i]) for i in b])
+                loss = clip_loss(model.embed_images(img_t[b]), model.embed_texts(txt_t[c]), model.log_scale)
+            else:
+                imgs, inv = np.unique(owner[b], return_inverse=True)
+                loss = multi_positive_loss(model.embed_images(img_t[imgs]), model.embed_texts(txt_t[b]),
+                                           torch.from_numpy(inv.reshape(-1)), model.log_scale)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -63,3 +63,19 @@ def test_fit_or_load_caches_and_round_trips(tmp_path):
     assert np.allclose(np.load(d1 / "image.npy"), g1, atol=1e-6)
     torch.load(d1 / "model.pt", weights_only=True)  # plain state dict
     assert len(h1) == 3 and list(h1.columns)[:2] == ["epoch", "train_loss"]
+
+
+def test_multi_positive_loss_equals_clip_loss_when_captions_are_distinct_images():
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    s = torch.tensor(2.0)
+    assert torch.allclose(tt.multi_positive_loss(img, txt, torch.arange(6), s), tt.clip_loss(img, txt, s), atol=1e-6)
+
+
+def test_caption_sampling_trains_too():
+    train, val, test = clustered(300, 0), clustered(60, 1), clustered(60, 2)
+    import dataclasses
+
+    model, _ = tt.train_two_tower(train, val, dataclasses.replace(CFG, sampling="caption"), progress=False)
+    assert tt.evaluate(model, *test)["R@1"] > 5 * 100 / 60

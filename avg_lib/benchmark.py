@@ -67,3 +67,79 @@ def decoding_benchmark(gen, texts: list[str], trie: VokenTrie, num_beams: int = 
                          "num_beams": num_beams, "seconds": t, "queries_per_s": len(texts) / t,
                          "speedup_vs_transformers": t_ref / t, "identical_rankings": agree})
     return pd.DataFrame(rows)
+
+
+def random_unique_codes(n: int, depth: int, vocab: int, seed: int = 0) -> np.ndarray:
+    """``n`` distinct random identifiers of ``depth`` tokens over ``vocab`` values (a synthetic gallery
+    for timing: decoding cost does not depend on what the identifiers mean)."""
+    if vocab ** depth < n:
+        raise ValueError(f"{vocab}**{depth} identifiers cannot hold {n} distinct items")
+    rng = np.random.default_rng(seed)
+    codes = np.empty((0, depth), dtype=np.int64)
+    while len(codes) < n:
+        more = rng.integers(0, vocab, size=(2 * (n - len(codes)), depth))
+        codes = np.unique(np.concatenate([codes, more]), axis=0)
+    return codes[rng.permutation(len(codes))[:n]]
+
+
+def _timed(fn, repeats: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@torch.no_grad()
+def gallery_scaling(gen, query_texts: list[str], query_emb: np.ndarray, cross_encoder, sizes, depth: int,
+                    vocab: int, num_beams: int = 10, batch_size: int = 64, one_tower_queries: int = 4,
+                    one_tower_max: int | None = None, seed: int = 0, device: str = "cpu") -> pd.DataFrame:
+    """Per-query latency at batch 1 and throughput at ``batch_size`` for the three retrieval styles,
+    on synthetic galleries of each size in ``sizes``, in one run on one machine:
+
+    * generative: ``gen.retrieve`` (trie-constrained beam search) over random identifiers;
+    * two-tower: exact inner-product top-10 over random unit vectors of the joint space's width;
+    * one-tower: ``cross_encoder`` scores every (query, image) pair (projected random images);
+      timed on ``one_tower_queries`` queries, and skipped above ``one_tower_max`` images.
+    Query texts/embeddings are real; only the galleries are synthetic. Trie construction and gallery
+    encoding are offline work and not timed."""
+    rng = np.random.default_rng(seed)
+    q1 = query_texts[:1]
+    qb = (query_texts * (batch_size // max(len(query_texts), 1) + 1))[:batch_size]
+    emb = torch.as_tensor(np.asarray(query_emb), dtype=torch.float32, device=device)
+    eb = emb.repeat(batch_size // len(emb) + 1, 1)[:batch_size]
+    rows = []
+    for n in sizes:
+        trie = VokenTrie(random_unique_codes(n, depth, vocab, seed)).to(device)
+        gen.retrieve(q1, trie, num_beams=num_beams, batch_size=1)  # warm-up
+        t1 = _timed(lambda: gen.retrieve(q1, trie, num_beams=num_beams, batch_size=1), 3)
+        tb = _timed(lambda: gen.retrieve(qb, trie, num_beams=num_beams, batch_size=batch_size), 2)
+        rows.append({"method": "generative (trie beam search)", "gallery_size": n, "latency_ms_batch1": 1000 * t1,
+                     "queries_per_s_batched": batch_size / tb})
+        gallery = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, emb.shape[1])), dtype=torch.float32,
+                                                                device=device), dim=1)
+        t1 = _timed(lambda: (emb[:1] @ gallery.T).topk(10, dim=1), 5)
+        tb = _timed(lambda: (eb @ gallery.T).topk(10, dim=1), 3)
+        rows.append({"method": "two-tower (exact search)", "gallery_size": n, "latency_ms_batch1": 1000 * t1,
+                     "queries_per_s_batched": batch_size / tb})
+        del gallery
+        if cross_encoder is not None and (one_tower_max is None or n <= one_tower_max):
+            cross_encoder.eval()
+            width = cross_encoder.img.out_features
+            imgs = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, width)), dtype=torch.float32,
+                                                                 device=device), dim=1)
+            _, t = cross_encoder.project(None, torch.as_tensor(rng.normal(size=(one_tower_queries,
+                                                                                cross_encoder.txt.in_features)),
+                                                               dtype=torch.float32, device=device))
+
+            def score_all(rows_t):
+                for r in rows_t:
+                    torch.cat([cross_encoder.pair_scores(r[None], imgs[s:s + 8192])
+                               for s in range(0, n, 8192)], dim=1).topk(10, dim=1)
+
+            t1 = _timed(lambda: score_all(t[:1]), 1)
+            tq = _timed(lambda: score_all(t), 1) / len(t)
+            rows.append({"method": "one-tower (score every pair)", "gallery_size": n, "latency_ms_batch1": 1000 * t1,
+                         "queries_per_s_batched": 1.0 / tq})
+    return pd.DataFrame(rows)

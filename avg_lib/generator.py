@@ -39,7 +39,7 @@ from .trie import BeamResult, VokenTrie, beam_search
 
 
 # Part of every cache key of trained generators: bump when a change here changes what training produces.
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -177,13 +177,23 @@ class DecoderBlock(nn.Module):
         k, v = self.kv(memory).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
-    def forward(self, x, kv, mem_mask, group: int = 1):
+    def forward(self, x, kv, mem_mask, group: int = 1, past=None):
         """``x`` (rows, t, d); ``kv``/``mem_mask`` hold one entry per text, and row ``r`` belongs to text
         ``r // group`` (beams or negatives of one text): their cross-attention runs against that text's
-        keys/values without copying them ``group`` times."""
+        keys/values without copying them ``group`` times.
+
+        ``past``: incremental decoding. ``x`` is then the newest position only, ``past`` the cached
+        self-attention keys/values of the earlier positions (``None`` at the first step), and the
+        return value is ``(x, new_past)``."""
         p = self.dropout if self.training else 0.0
         q, k, v = (self._split(t) for t in self.qkv(self.n1(x)).chunk(3, dim=-1))
-        h = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        incremental = past is not None
+        if incremental:
+            if past != ():
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            h = F.scaled_dot_product_attention(q, k, v)     # one query: sees every cached position
+        else:
+            h = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         x = x + self.drop(self.o1(h.transpose(1, 2).flatten(2)))
         q = self._split(self.q(self.n2(x)))                              # (rows, heads, t, dh)
         rows, heads, t, dh = q.shape
@@ -191,7 +201,14 @@ class DecoderBlock(nn.Module):
         h = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mem_mask[:, None, None, :], dropout_p=p)
         h = h.reshape(rows // group, heads, group, t, dh).transpose(1, 2).reshape(rows, heads, t, dh)
         x = x + self.drop(self.o2(h.transpose(1, 2).flatten(2)))
-        return x + self.drop(self.ff(self.n3(x)))
+        x = x + self.drop(self.ff(self.n3(x)))
+        return (x, (k, v)) if incremental else x
+
+
+# Frozen-encoder token states, shared by the MiniLM generators of a process: {(encoder, max_len, device): {text: (n, d)}}
+_STATE_CACHE: dict = {}
+_STATE_CACHE_SIZE = [0]
+STATE_CACHE_FLOATS = 500_000_000  # 2 GB of float32
 
 
 class MiniLMGenerator(VokenGenerator):
@@ -206,6 +223,7 @@ class MiniLMGenerator(VokenGenerator):
         from transformers import AutoModel, AutoTokenizer
 
         encoder_dir = encoder_dir or _minilm_dir()
+        self.encoder_dir = str(encoder_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
         self.encoder = AutoModel.from_pretrained(encoder_dir)
         if not cfg.finetune_encoder:
@@ -255,10 +273,13 @@ class MiniLMGenerator(VokenGenerator):
 
     @torch.no_grad()
     def _encode_frozen(self, texts):
-        """Frozen encoder: token states are computed once per distinct text and kept in memory."""
-        cache = self.__dict__.setdefault("_state_cache", {})
-        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        """Frozen encoder: token states are computed once per distinct text and kept in memory, shared
+        by every generator of this process that uses the same pretrained encoder (notebooks train
+        several), up to ``STATE_CACHE_FLOATS`` numbers; beyond that texts are encoded on the fly."""
         dev = self.embed.weight.device
+        cache = _STATE_CACHE.setdefault((self.encoder_dir, self.cfg.max_text_len, str(dev)), {})
+        found = {t: cache[t] for t in texts if t in cache}
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
         self.encoder.eval()
         for s in range(0, len(missing), 256):
             chunk = missing[s:s + 256]
@@ -266,8 +287,11 @@ class MiniLMGenerator(VokenGenerator):
                                return_tensors="pt").to(dev)
             h = self.encoder(**b).last_hidden_state
             for t, row, m in zip(chunk, h, b["attention_mask"]):
-                cache[t] = row[: int(m.sum())].clone()
-        states = [cache[t] for t in texts]
+                found[t] = row[: int(m.sum())].clone()
+                if _STATE_CACHE_SIZE[0] + found[t].numel() <= STATE_CACHE_FLOATS:
+                    cache[t] = found[t]
+                    _STATE_CACHE_SIZE[0] += found[t].numel()
+        states = [found[t] for t in texts]
         width = max(len(x) for x in states)
         memory = torch.zeros(len(texts), width, states[0].shape[1], device=dev)
         mask = torch.zeros(len(texts), width, dtype=torch.bool, device=dev)
@@ -275,6 +299,31 @@ class MiniLMGenerator(VokenGenerator):
             memory[i, : len(x)] = x
             mask[i, : len(x)] = True
         return memory, mask
+
+    def decode_step(self, ctx):
+        """Incremental decoding: each step runs the decoder on the newest position only, reusing the
+        self-attention keys/values of earlier positions (reordered to follow the beams)."""
+        kvs, mask, group = ctx
+        state = {"past": [()] * len(self.blocks)}
+        scale = self.logit_scale / self.cfg.temperature
+
+        def step(prefix, src):
+            rows, t = prefix.shape
+            if t == 0:
+                tok = torch.full((rows,), self.bos_id, device=prefix.device, dtype=torch.long)
+            else:
+                tok = prefix[:, -1]
+                state["past"] = [(k[src], v[src]) for k, v in state["past"]]
+            x = (self.embed(tok) + self.pos.weight[t]).unsqueeze(1)
+            new = []
+            for blk, kv, past in zip(self.blocks, kvs, state["past"]):
+                x, cache = blk(x, kv, mask, group, past=past)
+                new.append(cache)
+            state["past"] = new
+            logits = self.norm(x[:, 0]) @ self.embed.weight[: self.codebook_size + 1].T
+            return F.log_softmax(logits * scale, dim=-1)
+
+        return step
 
     def decoder_logits(self, ctx, prefix):
         kvs, mask, group = ctx
@@ -444,7 +493,10 @@ def train_generator(gen: VokenGenerator, train: tuple[list[str], np.ndarray], va
     ``train``: (texts, codes (n, D)) pairs, pseudo queries included if any.
     ``val``: (texts, target gallery positions, gallery codes) for R@1 on the validation gallery.
     ``train_codes_all``: identifiers of the training images, the trie negatives are mined from.
-    Returns ``(gen with the best state, history)``.
+    Returns ``(gen with the best state, history)``. With a discriminative stage, ``gen.generative_state``
+    is the state dict of the best generative epoch: exactly what the same call with ``disc_epochs=0``
+    would return (same seed, same batches), so the "without discriminative training" ablation needs no
+    second run.
     """
     cfg = gen.cfg
     torch.manual_seed(cfg.seed)
@@ -459,7 +511,7 @@ def train_generator(gen: VokenGenerator, train: tuple[list[str], np.ndarray], va
     total = cfg.epochs + cfg.disc_epochs
     best, best_key, history = None, (-1.0, -1.0), []
     neg_trie = VokenTrie(train_codes_all) if cfg.disc_epochs and train_codes_all is not None else None
-    pos_item = None
+    pos_item, generative_state = None, None
     if neg_trie is not None:  # item index of each training pair's image within train_codes_all
         lookup = {tuple(c): i for i, c in enumerate(np.asarray(train_codes_all).tolist())}
         pos_item = np.array([lookup.get(tuple(c), -1) for c in np.asarray(train[1]).tolist()])
@@ -467,6 +519,7 @@ def train_generator(gen: VokenGenerator, train: tuple[list[str], np.ndarray], va
     for epoch in bar:
         disc = epoch >= cfg.epochs and neg_trie is not None
         if epoch == cfg.epochs and disc:  # stage 2 starts from the selected generative checkpoint
+            generative_state = copy.deepcopy(best)
             gen.load_state_dict(best)
             for g in opt.param_groups:
                 g["lr"] = cfg.disc_lr
@@ -504,4 +557,5 @@ def train_generator(gen: VokenGenerator, train: tuple[list[str], np.ndarray], va
             bar.set_postfix(loss=f"{row['train_gen_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", refresh=False)
         history.append(row)
     gen.load_state_dict(best)
+    gen.generative_state = generative_state if cfg.epochs and neg_trie is not None else best
     return gen.eval(), history

@@ -29,7 +29,8 @@ class Identifiers:
     ids: list[str]           # item ids, dataset order
     raw: np.ndarray          # (n, L) vokens from the tokenizer
     codes: np.ndarray        # (n, L) or (n, L + 1): unique identifiers after resolution
-    codebook_size: int
+    codebook_size: int       # distinct token values per position (the generator's voken vocabulary)
+    scheme: str = "rq"       # how the identifiers were made: rq | atomic | random | hkmeans (avg_lib.baselines)
 
     @property
     def depth(self) -> int:
@@ -41,7 +42,8 @@ class Identifiers:
 
     def subset(self, index) -> "Identifiers":
         index = np.asarray(index)
-        return Identifiers([self.ids[i] for i in index], self.raw[index], self.codes[index], self.codebook_size)
+        return Identifiers([self.ids[i] for i in index], self.raw[index], self.codes[index], self.codebook_size,
+                           self.scheme)
 
 
 def collision_groups(codes: np.ndarray) -> list[np.ndarray]:
@@ -57,7 +59,8 @@ def collision_rate(codes: np.ndarray) -> float:
     return float(sum(len(g) for g in groups)) / max(len(codes), 1)
 
 
-def resolve_collisions(ids: list[str], raw: np.ndarray, error: np.ndarray, codebook_size: int) -> Identifiers:
+def resolve_collisions(ids: list[str], raw: np.ndarray, error: np.ndarray, codebook_size: int,
+                       scheme: str = "rq") -> Identifiers:
     """Apply the module's rule; see the module docstring."""
     raw = np.asarray(raw, dtype=np.int64)
     if len(ids) != len(raw) or len(error) != len(raw):
@@ -66,7 +69,7 @@ def resolve_collisions(ids: list[str], raw: np.ndarray, error: np.ndarray, codeb
         raise ValueError("item ids must be unique")
     groups = collision_groups(raw)
     if not groups:
-        return Identifiers(list(ids), raw, raw.copy(), codebook_size)
+        return Identifiers(list(ids), raw, raw.copy(), codebook_size, scheme)
     if codebook_size < 2:
         raise ValueError("codebook_size must be at least 2")
     largest = max(len(g) for g in groups)
@@ -80,7 +83,7 @@ def resolve_collisions(ids: list[str], raw: np.ndarray, error: np.ndarray, codeb
     digits = [(rank // codebook_size ** p) % codebook_size for p in range(m - 1, -1, -1)]
     codes = np.concatenate([raw, np.stack(digits, axis=1)], axis=1)
     assert not collision_groups(codes)
-    return Identifiers(list(ids), raw, codes, codebook_size)
+    return Identifiers(list(ids), raw, codes, codebook_size, scheme)
 
 
 def entropy_bits(codes: np.ndarray) -> float:

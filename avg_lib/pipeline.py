@@ -9,6 +9,7 @@ from one profile) and gets the cached result in seconds; ``force=True`` recomput
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -173,13 +174,16 @@ class RetrievalSplit:
     image_index: np.ndarray   # dataset index of each gallery position
 
 
-def retrieval_split(js: JointSpace, vt: VokenTokenizer, split: str) -> RetrievalSplit:
+def retrieval_split(js: JointSpace, vt: "VokenTokenizer | identifiers.Identifiers", split: str) -> RetrievalSplit:
+    """Queries = the captions of ``split``'s images; gallery = those images with their identifiers
+    (``vt`` a tokenizer, or any :class:`~avg_lib.identifiers.Identifiers`)."""
+    ids = vt if isinstance(vt, identifiers.Identifiers) else vt.ids
     texts, owner = js.ds.captions()
     idx = js.ds.split_indices(split)
     pos = np.full(len(js.ds), -1)
     pos[idx] = np.arange(len(idx))
     keep = pos[owner] >= 0
-    return RetrievalSplit([t for t, k in zip(texts, keep) if k], pos[owner[keep]], vt.ids.codes[idx], idx)
+    return RetrievalSplit([t for t, k in zip(texts, keep) if k], pos[owner[keep]], ids.codes[idx], idx)
 
 
 def pseudo_queries(js: JointSpace, split: str = "test", per_image: int = 2) -> tuple[list[str], np.ndarray]:
@@ -210,9 +214,21 @@ def generator_training_pairs(js: JointSpace, vt: VokenTokenizer, pseudo: int = 0
 
 
 def voken_generator(js: JointSpace, vt: VokenTokenizer, cfg, pseudo: int = 0, force: bool = False,
-                    progress: bool = True):
-    """Train (or load) a generator on training captions (+ pseudo queries), selected on validation R@1."""
+                    progress: bool = True, stage: str = "final", ids: "identifiers.Identifiers | None" = None,
+                    codebooks: np.ndarray | None = None):
+    """Train (or load) a generator on training captions (+ pseudo queries), selected on validation R@1.
+
+    ``stage="generative"`` returns the best checkpoint of the generative stage alone (the "without
+    discriminative training" ablation; identical to a run with ``disc_epochs=0``, see
+    :func:`avg_lib.generator.train_generator`). ``ids``/``codebooks``: other identifiers than the
+    tokenizer's (the baselines' atomic, random or hierarchical-k-means ids; :mod:`avg_lib.baselines`)."""
     from . import generator
+
+    if stage not in ("final", "generative"):
+        raise ValueError(f"stage must be 'final' or 'generative', not {stage!r}")
+    if ids is not None:
+        vt = dataclasses.replace(vt, ids=ids, codebooks=codebooks,
+                                 directory=vt.directory.parent / f"ids-{ids.scheme}-{_key(ids.codes.tolist())}")
 
     out = vt.directory / f"generator-{_key([generator.CACHE_VERSION, asdict(cfg), pseudo])}"
     if force:
@@ -231,5 +247,11 @@ def voken_generator(js: JointSpace, vt: VokenTokenizer, cfg, pseudo: int = 0, fo
         generator.save(gen, tmp, {"pseudo_queries_per_test_image": pseudo, "train_pairs": len(texts),
                                   "train_seconds": round(time.time() - t0, 1)})
         pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+        if cfg.disc_epochs:
+            torch.save(gen.generative_state, tmp / "generator_generative.pt")
         os.replace(tmp, out)
-    return generator.load(out), pd.read_csv(out / "history.csv"), out
+    gen, history = generator.load(out), pd.read_csv(out / "history.csv")
+    if stage == "generative" and cfg.disc_epochs:
+        gen.load_state_dict(torch.load(out / "generator_generative.pt", weights_only=True))
+        history = history[history["stage"] == "generative"].reset_index(drop=True)
+    return gen, history, out

@@ -64,6 +64,14 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, profile: str, seed: int
     return _atomic(repo_path(path), lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
 
 
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file (markdown tables, reports) atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    return _atomic(repo_path(path), write)
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
     """Save a matplotlib figure atomically as PNG."""
     return _atomic(repo_path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))

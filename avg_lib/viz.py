@@ -53,7 +53,7 @@ def recall_bars(table, methods_col: str = "method", ks=("R@1", "R@5", "R@10"), t
     for j, k in enumerate(ks):
         bars = ax.bar(x + (j - (len(ks) - 1) / 2) * w, table[k], w, label=k)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(x, table[methods_col], fontsize=8)
+    ax.set_xticks(x, [textwrap.fill(str(m), 20) for m in table[methods_col]], fontsize=8)
     ax.set_ylabel("recall (%)")
     ax.legend(fontsize=8)
     ax.set_title(title)
@@ -169,5 +169,58 @@ def generator_curves(hist, disc_start: int | None = None):
         if disc_start is not None:
             ax.axvline(disc_start + 0.5, color="gray", ls="--", lw=0.8)
     axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sweep(table, x: str, title: str = "", ks=("R@1", "R@5", "R@10"), logx: bool = False):
+    """Recall@K (left) and mean query latency (right) against one swept setting ``x``."""
+    table = table.sort_values(x)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for k in ks:
+        a.plot(table[x], table[k], marker="o", label=k)
+    b.plot(table[x], table["latency_ms"], marker="o", color="tab:gray")
+    for ax, label in ((a, "recall (%)"), (b, "latency (ms / query)")):
+        ax.set_xlabel(x)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(table[x].tolist(), [str(v) for v in table[x]])
+    a.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def efficiency(table, title: str = ""):
+    """Latency at batch 1 and batched throughput against gallery size (log-log), one line per method."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for method, t in table.groupby("method", sort=False):
+        a.plot(t["gallery_size"], t["latency_ms_batch1"], marker="o", label=method)
+        b.plot(t["gallery_size"], t["queries_per_s_batched"], marker="o", label=method)
+    for ax, label in ((a, "latency at batch 1 (ms / query)"), (b, "throughput (queries / s)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("gallery size (images)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    a.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def delta_bars(table, ref: float, col: str = "R@1", label_col: str = "variant", title: str = ""):
+    """Horizontal bars of ``col`` per row, with the reference value as a vertical line."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.2))
+    y = np.arange(len(table))[::-1]
+    colors = ["tab:red" if v < ref else "tab:green" for v in table[col]]
+    bars = ax.barh(y, table[col], color=colors)
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.axvline(ref, color="k", lw=1, ls="--")
+    ax.set_yticks(y, table[label_col], fontsize=8)
+    ax.set_xlabel(f"{col} (%)")
+    ax.set_title(title)
     fig.tight_layout()
     return fig

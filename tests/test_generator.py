@@ -112,3 +112,38 @@ def test_bad_backend_is_rejected():
         GeneratorConfig(backend="gpt")
     with pytest.raises(FileNotFoundError, match="config.json"):
         build_generator(K, D, GeneratorConfig(backend="t5", t5_path="/nonexistent"))
+
+
+@pytest.mark.parametrize("prior", [False, True])
+def test_minilm_cached_decoding_equals_full_recomputation(prior):
+    head = nn.Linear(384, 16) if prior else None
+    gen = build_generator(K, D, dataclasses.replace(SMALL, layers=2, joint_prior=prior),
+                          np.random.randn(1, K, 16), head).eval()
+    with torch.no_grad():  # give the decoder non-trivial weights so positions and beams differ
+        for p in gen.blocks.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ctx = gen.repeat(gen.encode(TEXTS[:2]), 3)
+    step = gen.decode_step(ctx)
+    prefix = torch.zeros(6, 0, dtype=torch.long)
+    src = None
+    for t in range(D + 1):
+        full = gen.log_probs(ctx, prefix)[:, -1]
+        assert torch.allclose(step(prefix, src), full, atol=1e-5), t
+        # reorder rows inside each text's group, as beam search does, then extend
+        src = torch.tensor([1, 0, 2, 5, 5, 3])
+        prefix = torch.cat([prefix[src], torch.tensor([[1], [2], [0], [4], [3], [1]])], dim=1)[:, :D]
+        if t == D - 1:
+            break
+
+
+def test_generative_state_equals_a_run_without_discriminative_stage():
+    book = np.random.randn(1, K, 16)
+    train = (TEXTS * 2, np.concatenate([CODES] * 2))
+    val = (TEXTS, np.arange(6), CODES)
+    both = dataclasses.replace(SMALL, epochs=2, disc_epochs=1, disc_negatives=2)
+    gen, _ = generator.train_generator(build_generator(K, D, both, book), train, val, train_codes_all=CODES,
+                                       progress=False)
+    alone, _ = generator.train_generator(build_generator(K, D, dataclasses.replace(both, disc_epochs=0), book),
+                                         train, val, train_codes_all=CODES, progress=False)
+    want = alone.state_dict()
+    assert all(torch.equal(gen.generative_state[k], want[k]) for k in want)

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from avg_lib import baselines
+from avg_lib.identifiers import collision_groups
+from avg_lib.metrics import evaluate_scores
+from avg_lib.trie import VokenTrie
+
+IDS = [f"img{i:03d}" for i in range(120)]
+
+
+def test_atomic_ids_are_one_token_per_image():
+    ids = baselines.atomic_ids(IDS)
+    assert ids.depth == 1 and ids.codebook_size == 120 and ids.scheme == "atomic"
+    assert sorted(ids.codes[:, 0].tolist()) == list(range(120))
+
+
+def test_random_ids_are_unique_fixed_length_digits_and_seeded():
+    a, b = baselines.random_ids(IDS, base=10, seed=1), baselines.random_ids(IDS, base=10, seed=1)
+    assert a.depth == 3 and a.codes.max() < 10 and a.codes.min() >= 0  # 10**3 >= 120 > 10**2
+    assert not collision_groups(a.codes)
+    assert np.array_equal(a.codes, b.codes)
+    assert not np.array_equal(a.codes, baselines.random_ids(IDS, base=10, seed=2).codes)
+    VokenTrie(a.codes)  # usable by the decoder as is
+
+
+def test_hkmeans_ids_follow_the_cluster_hierarchy_and_are_unique():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 8)) * 10
+    emb = np.concatenate([c + rng.normal(size=(30, 8)) for c in centers])  # 4 well separated blobs
+    ids = baselines.hkmeans_ids(IDS, emb, branching=4, levels=2, seed=0)
+    assert ids.scheme == "hkmeans" and np.array_equal(ids.codes[:, :2], ids.raw)  # + disambiguation digits
+    assert not collision_groups(ids.codes)
+    # the first level recovers the blobs
+    for blob in range(4):
+        assert len(set(ids.codes[blob * 30:(blob + 1) * 30, 0].tolist())) == 1
+    assert len(set(ids.codes[:, 0].tolist())) == 4
+    again = baselines.hkmeans_ids(IDS, emb, branching=4, levels=2, seed=0)
+    assert np.array_equal(ids.codes, again.codes)
+
+
+def test_unresolved_collision_recall_counts_collided_neighbours():
+    raw = np.array([[1, 1], [1, 1], [2, 2], [3, 3]])  # items 0 and 1 collide
+    ranked = np.array([[1, 2, -1], [0, 1, 3], [3, 2, 0]])
+    target = np.array([0, 1, 2])
+    out = baselines.unresolved_collision_recall(ranked, target, raw)
+    # q0: returns item 1, same raw string as its target 0 -> hit at 1; q1: hit at 1; q2: hit at rank 2
+    assert out["R@1"] == pytest.approx(200 / 3)
+    assert out["R@5"] == pytest.approx(100.0)
+
+
+def test_cross_encoder_scores_every_pair_and_learns():
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(60, 12)).astype(np.float32)
+    proj = rng.normal(size=(12, 8)).astype(np.float32)
+    txt = np.repeat(img @ proj, 2, axis=0) + 0.05 * rng.normal(size=(120, 8)).astype(np.float32)
+    owner = np.repeat(np.arange(60), 2)
+    model, hist = baselines.train_cross_encoder((img, txt, owner), (img, txt, owner), epochs=15, batch_size=20,
+                                                seed=0, progress=False)
+    scores = model.score(img, txt)
+    assert scores.shape == (120, 60)
+    # pair_scores on one pair equals the matrix entry
+    i, t = model.project(torch.tensor(img[3:4]), torch.tensor(txt[7:8]))
+    with torch.no_grad():
+        one = float(model.pair_scores(t, i))
+    assert one == pytest.approx(float(scores[7, 3]), abs=1e-5)
+    assert evaluate_scores(scores, owner)["R@1"] > 50  # chance is 1.7%

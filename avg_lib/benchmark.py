@@ -87,6 +87,8 @@ def _timed(fn, repeats: int = 1) -> float:
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        if torch.cuda.is_available():  # kernels run asynchronously: wait for them before stopping the clock
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return best
 

@@ -1,7 +1,7 @@
 """Result files: written atomically (no partial file is ever left behind) and stamped with provenance.
 
-Every CSV row carries ``profile``, ``seed``, ``git_commit`` (``+dirty`` when the work tree had
-uncommitted changes) and ``created_utc``; :mod:`avg_lib.runner` adds the wall time of each
+Every CSV row carries ``profile``, ``seed``, ``git_commit`` (``+dirty`` when tracked files outside
+``results/`` had uncommitted changes) and ``created_utc``; :mod:`avg_lib.runner` adds the wall time of each
 notebook to ``<results_dir>/provenance.csv``.
 """
 
@@ -21,12 +21,13 @@ from .paths import REPO_ROOT, repo_path
 PROVENANCE_COLUMNS = ("profile", "seed", "git_commit", "created_utc")
 
 
-def git_commit() -> str:
+def git_commit(root: Path = REPO_ROOT) -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        # outputs under results/ do not count: a run rewrites them as it goes, and they are not code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

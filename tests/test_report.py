@@ -56,3 +56,25 @@ def test_results_readme_checks_claims_from_the_tables(tmp_path):
     assert "grows ×1.10" in text and "two-tower (exact search) ×50.00" in text
     assert "## Not produced in this run" in text and "`tokenizer.csv`" in text  # missing tables are named
     assert "| AVG (minilm) | True | 11.00 |" in text
+
+
+def test_git_commit_ignores_rewritten_results_but_not_code(tmp_path):
+    import subprocess
+
+    from avg_lib.results import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "t.csv").write_text("a\n1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 12 and "+" not in clean
+    (tmp_path / "results" / "t.csv").write_text("a\n2\n")   # a run rewriting its outputs
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")            # uncommitted code
+    assert git_commit(tmp_path) == clean + "+dirty"

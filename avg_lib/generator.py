@@ -39,7 +39,7 @@ from .trie import BeamResult, VokenTrie, beam_search
 
 
 # Part of every cache key of trained generators: bump when a change here changes what training produces.
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -173,8 +173,15 @@ class DecoderBlock(nn.Module):
     def _split(self, x):  # (rows, t, d) -> (rows, heads, t, d / heads)
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
-    def memory_kv(self, memory):
-        k, v = self.kv(memory).chunk(2, dim=-1)
+    def memory_kv(self, memory, mask=None):
+        """Cross-attention keys/values of the text states ``memory`` (texts, width, d). With ``mask``,
+        only the real (unpadded) positions are projected (emoji captions are padded about 4x in a
+        random batch); padded positions get zeros, which attention masks out anyway."""
+        if mask is None:
+            kv = self.kv(memory)
+        else:
+            kv = memory.new_zeros(*mask.shape, 2 * memory.shape[-1]).index_put((mask,), self.kv(memory[mask]))
+        k, v = kv.chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
     def forward(self, x, kv, mem_mask, group: int = 1, past=None):
@@ -265,7 +272,7 @@ class MiniLMGenerator(VokenGenerator):
             prior = self.prior_proj(F.normalize(self.prior_head(sent), dim=-1)).unsqueeze(1)
             memory = torch.cat([prior, memory], dim=1)
             mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
-        return [blk.memory_kv(memory) for blk in self.blocks], mask, 1
+        return [blk.memory_kv(memory, mask) for blk in self.blocks], mask, 1
 
     def repeat(self, ctx, n):
         kvs, mask, group = ctx

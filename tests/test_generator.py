@@ -147,3 +147,13 @@ def test_generative_state_equals_a_run_without_discriminative_stage():
                                          train, val, train_codes_all=CODES, progress=False)
     want = alone.state_dict()
     assert all(torch.equal(gen.generative_state[k], want[k]) for k in want)
+
+
+def test_padding_does_not_change_scores():
+    gen = build_generator(K, D, SMALL, np.random.randn(1, K, 16)).eval()
+    long = "a very long caption with many many words to force a lot of padding on the short one"
+    codes = torch.as_tensor(CODES[:2])
+    together = gen.sequence_logprob(gen.encode(["sun", long]), codes)
+    alone = torch.cat([gen.sequence_logprob(gen.encode(["sun"]), codes[:1]),
+                       gen.sequence_logprob(gen.encode([long]), codes[1:])])
+    assert torch.allclose(together, alone, atol=1e-5)

@@ -39,19 +39,23 @@ def test_results_readme_checks_claims_from_the_tables(tmp_path):
         {"method": "AVG (minilm)", "family": "AVG", "pseudo_queries": False, "R@1": 12.0, "latency_ms": 3.0},
         {"method": "AVG (minilm)", "family": "AVG", "pseudo_queries": True, "R@1": 11.0, "latency_ms": 3.0}])
     _write(tmp_path, "ablation.csv", [
-        {"variant": "AVG (full)", "R@1": 12.0, "delta_R@1": 0.0},
-        {"variant": "without semantic alignment", "R@1": 10.0, "delta_R@1": -2.0},
-        {"variant": "without k-means init", "R@1": 13.0, "delta_R@1": 1.0},
-        {"variant": "unresolved collisions (string match)", "R@1": 12.5, "delta_R@1": 0.5}])
+        {"variant": "AVG (full)", "R@1": 12.0, "rSum": 50.0, "delta_R@1": 0.0},
+        {"variant": "without semantic alignment", "R@1": 10.0, "rSum": 45.0, "delta_R@1": -2.0},
+        {"variant": "without k-means init", "R@1": 13.0, "rSum": 49.0, "delta_R@1": 1.0},
+        {"variant": "unresolved collisions (string match)", "R@1": 12.5, "rSum": 51.0, "delta_R@1": 0.5}])
     _write(tmp_path, "efficiency.csv", [
         {"method": m, "gallery_size": n, "latency_ms_batch1": v, "queries_per_s_batched": 1.0}
         for m, vals in [("generative (trie beam search)", (10.0, 11.0)), ("two-tower (exact search)", (0.1, 5.0))]
         for n, v in zip((1000, 100000), vals)])
-    text = report.write_results_readme(tmp_path, "t").read_text()
+    pd.DataFrame([{"notebook": "01.ipynb", "status": "ok", "wall_s": 60.0},
+                  {"notebook": "08.ipynb", "status": "ok", "wall_s": 5.0}]).to_csv(tmp_path / "provenance.csv", index=False)
+    text = report.write_results_readme(tmp_path, "t", running="08.ipynb").read_text()
+    assert "| 08.ipynb | running (writes this file) |" in text and "Sum of the wall times above: 1.0 min" in text
     claims = {c.split(":")[0]: c for c in text.splitlines() if c.startswith("- ")}
     assert "holds here**: AVG R@1 12.0 vs best other 9.0 (random ids)" in claims["- AVG's identifiers beat the other generative identifiers (same generator)"]
     assert "does not hold here" in claims["- Pseudo queries improve AVG"]
-    assert "does not hold here" in claims["- Each ablation hurts"] and "without k-means init +1.0" in text
+    assert "does not hold here" in claims["- Each ablation hurts (R@1)"]
+    assert "without k-means init +1.0 R@1 / -1.0 rSum" in text
     assert "**holds here**: +0.50" in claims["- Ignoring identifier collisions inflates recall (the authors' evaluation)"]
     assert "grows ×1.10" in text and "two-tower (exact search) ×50.00" in text
     assert "## Not produced in this run" in text and "`tokenizer.csv`" in text  # missing tables are named

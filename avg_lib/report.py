@@ -118,7 +118,7 @@ def write_results_readme(results_dir: str | Path, profile: str, running: str | N
     d = Path(results_dir)
     prov = _read(d, "provenance.csv")
     if prov is not None and running is not None:
-        prov = prov[prov["notebook"] != running]
+        prov = prov[prov["notebook"] != running].astype(object)  # keep integer columns printed as integers
         prov = pd.concat([prov, pd.DataFrame([{"notebook": running, "status": "running (writes this file)"}])],
                          ignore_index=True)
     lines = [f"# Results: profile `{profile}`", "",

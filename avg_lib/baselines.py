@@ -17,7 +17,6 @@ score, so retrieval scores every pair of the gallery: accurate in principle, lin
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -28,6 +27,7 @@ from torch import nn
 from . import identifiers
 from .metrics import recall_at_k
 from .progress import tqdm
+from .selection import BestState
 from .tokenizer import kmeans
 
 
@@ -137,7 +137,7 @@ def train_cross_encoder(train, val, epochs: int = 30, batch_size: int = 64, lr: 
     img_t, txt_t = torch.from_numpy(img).float(), torch.from_numpy(txt).float()
     caps_of = [np.nonzero(owner == i)[0] for i in range(len(img))]
     with_caps = np.array([i for i, c in enumerate(caps_of) if len(c)])
-    best, best_key, history = None, (-1.0, -1.0), []
+    best, history = BestState(), []
     for epoch in tqdm(range(epochs), desc="one-tower", disable=not progress):
         model.train()
         losses = []
@@ -153,7 +153,6 @@ def train_cross_encoder(train, val, epochs: int = 30, batch_size: int = 64, lr: 
             losses.append(loss.item())
         m = evaluate_scores(model.score(val[0], val[1]), val[2])
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in m.items()}})
-        if (m["R@1"], m["rSum"]) > best_key:
-            best, best_key = copy.deepcopy(model.state_dict()), (m["R@1"], m["rSum"])
-    model.load_state_dict(best)
+        best.update(model, (m["R@1"], m["rSum"]))
+    model.load_state_dict(best.state)
     return model.eval(), history

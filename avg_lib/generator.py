@@ -35,6 +35,7 @@ from torch import nn
 
 from .metrics import recall_at_k
 from .progress import tqdm
+from .selection import BestState
 from .trie import BeamResult, VokenTrie, beam_search
 
 
@@ -527,7 +528,7 @@ def train_generator(gen: VokenGenerator, train: tuple[list[str], np.ndarray], va
     groups = [{"params": other, "lr": cfg.lr}] + ([{"params": enc_params, "lr": cfg.encoder_lr}] if enc_params else [])
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     total = cfg.epochs + cfg.disc_epochs
-    best, best_key, history = None, (-1.0, -1.0), []
+    best, history = BestState(), []
     neg_trie = VokenTrie(train_codes_all) if cfg.disc_epochs and train_codes_all is not None else None
     pos_item, generative_state = None, None
     if neg_trie is not None:  # item index of each training pair's image within train_codes_all
@@ -537,8 +538,8 @@ def train_generator(gen: VokenGenerator, train: tuple[list[str], np.ndarray], va
     for epoch in bar:
         disc = epoch >= cfg.epochs and neg_trie is not None
         if epoch == cfg.epochs and disc:  # stage 2 starts from the selected generative checkpoint
-            generative_state = copy.deepcopy(best)
-            gen.load_state_dict(best)
+            generative_state = copy.deepcopy(best.state)
+            gen.load_state_dict(best.state)
             for g in opt.param_groups:
                 g["lr"] = cfg.disc_lr
         gen.train()
@@ -569,11 +570,9 @@ def train_generator(gen: VokenGenerator, train: tuple[list[str], np.ndarray], va
         if (epoch + 1) % cfg.eval_every == 0 or epoch == total - 1:
             m = evaluate(gen, val_texts, val_targets, val_trie)
             row.update({f"val_{k}": v for k, v in m.items()})
-            key = (m["R@1"], m["rSum"])
-            if key > best_key:
-                best, best_key = copy.deepcopy(gen.state_dict()), key
+            best.update(gen, (m["R@1"], m["rSum"]))
             bar.set_postfix(loss=f"{row['train_gen_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", refresh=False)
         history.append(row)
-    gen.load_state_dict(best)
-    gen.generative_state = generative_state if cfg.epochs and neg_trie is not None else best
+    gen.load_state_dict(best.state)
+    gen.generative_state = generative_state if cfg.epochs and neg_trie is not None else best.state
     return gen.eval(), history

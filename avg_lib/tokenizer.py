@@ -23,7 +23,6 @@ paper. Selection is on the validation reconstruction + alignment loss; the test 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .progress import tqdm
+from .selection import BestState
 
 
 # Part of every cache key of trained tokenizers: bump it when a change to this module changes what
@@ -238,7 +238,7 @@ def train_tokenizer(train_rows: tuple[np.ndarray, np.ndarray], val_rows: tuple[n
                 model.quantizer.codebooks.data[b] = z[torch.randint(len(z), (cfg.codebook_size,), generator=g)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
-    best, best_loss, history, since = None, math.inf, [], 0
+    best, history = BestState(min_delta=1e-6), []
     bar = tqdm(range(cfg.epochs), desc="rq-vae", disable=not progress)
     for epoch in bar:
         model.train()
@@ -269,14 +269,11 @@ def train_tokenizer(train_rows: tuple[np.ndarray, np.ndarray], val_rows: tuple[n
         val["select"] = val["recon"] + cfg.align_weight * val["align"]
         row["val_select"] = val["select"]
         history.append(row)
-        if val["select"] < best_loss - 1e-6:
-            best, best_loss, since = copy.deepcopy(model.state_dict()), val["select"], 0
-        else:
-            since += 1
+        best.update(model, -val["select"])  # lower is better
         bar.set_postfix(val=f"{val['select']:.4f}", recon=f"{val['recon']:.4f}", align=f"{val['align']:.4f}", refresh=False)
-        if since >= cfg.patience:
+        if best.since >= cfg.patience:
             break
-    model.load_state_dict(best)
+    model.load_state_dict(best.state)
     return model.eval(), history
 
 

@@ -13,7 +13,6 @@ reference the two-tower model should beat.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -24,6 +23,7 @@ from torch import nn
 from .progress import tqdm
 
 from .metrics import evaluate_scores
+from .selection import BestState
 
 
 # Part of the cache key: bump when a change here changes what training produces.
@@ -119,7 +119,7 @@ def train_two_tower(train, val, cfg: TwoTowerConfig = TwoTowerConfig(), progress
     caps_of = [np.nonzero(owner == i)[0] for i in range(len(img))]
     has_caps = np.array([len(c) > 0 for c in caps_of])
     img_t, txt_t = torch.from_numpy(img).float(), torch.from_numpy(txt).float()
-    best, best_key, history, since = None, (-1.0, -1.0), [], 0
+    best, history = BestState(), []
     bar = tqdm(range(cfg.epochs), desc="two-tower", disable=not progress)
     for epoch in bar:
         model.train()
@@ -144,15 +144,11 @@ def train_two_tower(train, val, cfg: TwoTowerConfig = TwoTowerConfig(), progress
         m = evaluate(model, *val)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                         "temperature": float(1.0 / model.log_scale.detach().exp()), **{f"val_{k}": v for k, v in m.items()}})
-        key = (m["R@1"], m["rSum"])
-        if key > best_key:
-            best, best_key, since = copy.deepcopy(model.state_dict()), key, 0
-        else:
-            since += 1
-        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", best=f"{best_key[0]:.1f}", refresh=False)
-        if since >= cfg.patience:
+        best.update(model, (m["R@1"], m["rSum"]))
+        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", best=f"{best.key[0]:.1f}", refresh=False)
+        if best.since >= cfg.patience:
             break
-    model.load_state_dict(best)
+    model.load_state_dict(best.state)
     model.eval()
     return model, history
 

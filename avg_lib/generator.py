@@ -10,8 +10,10 @@ search over the gallery's identifiers (:mod:`avg_lib.trie`). Two backends share 
     MiniLM's WordPiece tokenizer (no T5 weights exist offline). ``K`` voken tokens are appended to
     the vocabulary; end-of-sequence is T5's.
 ``minilm``
-    The pretrained all-MiniLM-L6-v2 encoder (fine-tuned) with a small Transformer decoder over voken
-    tokens that cross-attends to it: language knowledge offline at a CPU-friendly size.
+    The pretrained all-MiniLM-L6-v2 encoder (frozen by default) with a small Transformer decoder over
+    voken tokens (``decoder_width`` wide) that cross-attends to it: language knowledge offline at a
+    CPU-friendly size. On emoji a 256-wide decoder trains in 0.6x the time of a 384-wide one (the
+    encoder's width) at the same validation R@1 within seed noise.
 
 Both initialise the voken token embeddings from the RQ-VAE codebook (projected to the model width
 when the sizes differ; ``init_from_codebook=False`` is the ablation), share input and output voken
@@ -49,6 +51,8 @@ class GeneratorConfig:
     t5_path: str | None = None        # t5 only: local pretrained T5 directory; None = small random T5
     d_model: int = 256                # small random T5 only
     layers: int = 4                   # small random T5: encoder and decoder layers; minilm: decoder layers
+    decoder_width: int | None = 256   # minilm: width of the voken decoder (None = the encoder's, 384); the
+                                      # text states are projected to it by the cross-attention keys/values
     heads: int = 4
     dropout: float = 0.3
     temperature: float = 0.5
@@ -164,13 +168,13 @@ class DecoderBlock(nn.Module):
     """Pre-norm Transformer decoder block whose cross-attention keys/values are computed once per text
     (:meth:`memory_kv`) and then shared by every beam and every step, instead of once per beam per step."""
 
-    def __init__(self, d: int, heads: int, dropout: float):
+    def __init__(self, d: int, heads: int, dropout: float, memory_dim: int | None = None):
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.n1, self.n2, self.n3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
         self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(d, 2 * d)
+        self.kv = nn.Linear(memory_dim or d, 2 * d)  # text states (memory_dim wide) -> keys/values
         self.o1, self.o2 = nn.Linear(d, d), nn.Linear(d, d)
         self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
         self.drop = nn.Dropout(dropout)
@@ -179,13 +183,13 @@ class DecoderBlock(nn.Module):
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
     def memory_kv(self, memory, mask=None):
-        """Cross-attention keys/values of the text states ``memory`` (texts, width, d). With ``mask``,
+        """Cross-attention keys/values of the text states ``memory`` (texts, width, memory_dim). With ``mask``,
         only the real (unpadded) positions are projected (emoji captions are padded about 4x in a
         random batch); padded positions get zeros, which attention masks out anyway."""
         if mask is None:
             kv = self.kv(memory)
         else:
-            kv = memory.new_zeros(*mask.shape, 2 * memory.shape[-1]).index_put((mask,), self.kv(memory[mask]))
+            kv = memory.new_zeros(*mask.shape, self.kv.out_features).index_put((mask,), self.kv(memory[mask]))
         k, v = kv.chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
@@ -240,7 +244,8 @@ class MiniLMGenerator(VokenGenerator):
         self.encoder = AutoModel.from_pretrained(encoder_dir)
         if not cfg.finetune_encoder:
             self.encoder.requires_grad_(False)
-        d = self.encoder.config.hidden_size
+        enc_d = self.encoder.config.hidden_size
+        d = cfg.decoder_width or enc_d
         heads = cfg.heads if d % cfg.heads == 0 else 6
         self.voken_offset, self.eos_id, self.bos_id = 0, codebook_size, codebook_size + 1
         self.embed = nn.Embedding(codebook_size + 2, d)
@@ -250,13 +255,13 @@ class MiniLMGenerator(VokenGenerator):
                 self.embed.weight[:codebook_size] = project_codebook(codebook, d, 0.02, cfg.seed)
         self.pos = nn.Embedding(depth + 2, d)
         nn.init.normal_(self.pos.weight, std=0.02)
-        self.blocks = nn.ModuleList(DecoderBlock(d, heads, cfg.dropout) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(DecoderBlock(d, heads, cfg.dropout, enc_d) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(d)
         if cfg.joint_prior:
             if prior_head is None:
                 raise ValueError("joint_prior needs the two-tower text head (prior_head)")
             self.prior_head = copy.deepcopy(prior_head).requires_grad_(False)  # frozen, from notebook 01
-            self.prior_proj = nn.Linear(prior_head.out_features, d)
+            self.prior_proj = nn.Linear(prior_head.out_features, enc_d)  # a memory token, like the text states
         # output logits share the voken embeddings; this scale makes them O(1) at initialisation
         self.logit_scale = nn.Parameter(torch.tensor(1.0 / (0.02 * math.sqrt(d))))
 

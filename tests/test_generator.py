@@ -53,7 +53,7 @@ def test_codebook_initialises_voken_embeddings_and_can_be_switched_off():
     book = np.random.default_rng(0).normal(size=(1, K, 384))
     on = build_generator(K, D, SMALL, book)
     off = build_generator(K, D, dataclasses.replace(SMALL, init_from_codebook=False), book)
-    expect = project_codebook(book.mean(0), 384, 0.02, SMALL.seed)
+    expect = project_codebook(book.mean(0), SMALL.decoder_width, 0.02, SMALL.seed)
     assert torch.allclose(on.embed.weight[:K], expect)
     assert not torch.allclose(off.embed.weight[:K], expect)
 
@@ -157,3 +157,11 @@ def test_padding_does_not_change_scores():
     alone = torch.cat([gen.sequence_logprob(gen.encode(["sun"]), codes[:1]),
                        gen.sequence_logprob(gen.encode([long]), codes[1:])])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("width, expect", [(None, 384), (128, 128)])
+def test_minilm_decoder_width_is_independent_of_the_encoder(width, expect):
+    gen = build_generator(K, D, dataclasses.replace(SMALL, decoder_width=width), np.random.randn(1, K, 16)).eval()
+    assert gen.embed.weight.shape[1] == expect and gen.blocks[0].kv.in_features == 384
+    codes = torch.as_tensor(CODES[:2])
+    assert gen.sequence_logprob(gen.encode(TEXTS[:2]), codes).shape == (2,)

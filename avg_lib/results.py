@@ -1,6 +1,6 @@
 """Result files: written atomically (no partial file is ever left behind) and stamped with provenance.
 
-Every CSV row carries ``profile``, ``seed``, ``git_commit`` (``+dirty`` when tracked files outside
+Every CSV row carries ``profile``, ``seed`` (the row's own, for tables with one row per seed), ``git_commit`` (``+dirty`` when tracked files outside
 ``results/`` had uncommitted changes) and ``created_utc``; :mod:`avg_lib.runner` adds the wall time of each
 notebook to ``<results_dir>/provenance.csv``.
 """
@@ -19,6 +19,8 @@ import pandas as pd
 from .paths import REPO_ROOT, repo_path
 
 PROVENANCE_COLUMNS = ("profile", "seed", "git_commit", "created_utc")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
@@ -49,6 +51,7 @@ def _atomic(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are for everyone to read
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -59,9 +62,16 @@ def _atomic(path: Path, write) -> Path:
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike, profile: str, seed: int | str) -> Path:
-    """Write ``df`` plus the provenance columns to ``path`` (relative paths: from the repo root)."""
+    """Write ``df`` plus the provenance columns to ``path`` (relative paths: from the repo root).
+
+    A table with its own ``seed`` column (one row per training seed) keeps it: a row's seed is more
+    specific than the run's. Any other provenance column already in ``df`` is an error."""
     df = df.copy()
-    df["profile"], df["seed"], df["git_commit"], df["created_utc"] = profile, seed, git_commit(), utc_now()
+    for name, value in zip(PROVENANCE_COLUMNS, (profile, seed, git_commit(), utc_now())):
+        if name not in df.columns:
+            df[name] = value
+        elif name != "seed":
+            raise ValueError(f"{path}: column {name!r} is reserved for provenance")
     return _atomic(repo_path(path), lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
 
 

@@ -96,3 +96,19 @@ def test_pseudo_query_claim_compares_the_same_seeds(tmp_path):
     pd.DataFrame(runs).to_csv(tmp_path / "main_table_runs.csv", index=False)
     (claim,) = [c for c in report.claims(tmp_path) if c.startswith("Pseudo queries")]
     assert "does not hold here**: R@1 16.0 → 15.0, rSum 90.0 → 95.0 (seed 0)" in claim
+
+
+def test_write_csv_keeps_per_row_seeds_and_stamps_provenance(tmp_path):
+    """A table with one row per training seed must not have its seed column replaced by the run's."""
+    from avg_lib.results import write_csv
+
+    path = write_csv(pd.DataFrame({"method": ["a", "a"], "seed": [1, 2], "R@1": [1.0, 2.0]}), tmp_path / "runs.csv",
+                     profile="p", seed="1,2")
+    back = pd.read_csv(path)
+    assert back["seed"].tolist() == [1, 2] and (back["profile"] == "p").all() and back["git_commit"].notna().all()
+    assert path.stat().st_mode & 0o044  # readable by others (mkstemp alone gives 0600), umask permitting
+    assert not list(tmp_path.glob("*.partial"))
+    path = write_csv(pd.DataFrame({"method": ["a"]}), tmp_path / "one.csv", profile="p", seed=0)
+    assert pd.read_csv(path)["seed"].tolist() == [0]
+    with pytest.raises(ValueError, match="reserved for provenance"):
+        write_csv(pd.DataFrame({"profile": ["x"]}), tmp_path / "bad.csv", profile="p", seed=0)

@@ -71,10 +71,15 @@ def test_main_table_has_every_family_and_three_seeds_for_avg_and_two_tower():
     assert (main[(main["family"] == "AVG") & (~main["pseudo_queries"])]["n_seeds"] >= 3).all()
     assert set(main[main["family"] == "AVG"]["pseudo_queries"]) == {True, False}
     assert (main[main["n_seeds"] == 1][[c for c in main.columns if c.endswith("_std")]] == 0).all().all()
-    # the per-seed runs average to the table
+    # the per-seed runs keep their own seeds and average to the table
     avg = runs[(runs["family"] == "AVG") & (~runs["pseudo_queries"])]
+    assert avg["seed"].astype(int).nunique() == len(avg) == row_seeds(main, "AVG")
     row = main[(main["family"] == "AVG") & (~main["pseudo_queries"])].iloc[0]
     assert abs(avg["R@1"].mean() - row["R@1"]) < 1e-3
+
+
+def row_seeds(main, family):
+    return int(main[(main["family"] == family) & (~main["pseudo_queries"])]["n_seeds"].iloc[0])
 
 
 def test_ablation_table_names_every_ablation():

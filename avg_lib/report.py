@@ -58,27 +58,60 @@ def _verdict(ok: bool | None) -> str:
     return {True: "**holds here**", False: "**does not hold here**", None: "not measured in this run"}[ok]
 
 
-def _pseudo_query_effect(d: Path, main: pd.DataFrame):
-    """AVG without and with pseudo queries, ``((R@1, R@1), (rSum, rSum), which seeds)``, compared on the
-    same seeds: from ``main_table_runs.csv`` when present (the main table may average the setting
-    without pseudo queries over more seeds than the one with them), else the main table's rows."""
+def _runs(d: Path) -> pd.DataFrame | None:
+    """``main_table_runs.csv`` (one row per method, setting and seed), if it has what the claims need."""
     runs = _read(d, "main_table_runs.csv")
-    if runs is not None and {"family", "pseudo_queries", "seed"} <= set(runs.columns):
+    if runs is None or not {"method", "family", "pseudo_queries", "seed", "R@1", "rSum"} <= set(runs.columns):
+        return None
+    return runs.assign(pseudo_queries=runs["pseudo_queries"].astype(bool), seed=runs["seed"].astype(int))
+
+
+def _seeds(seeds) -> str:
+    seeds = sorted(seeds)
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
+def _pseudo_query_effect(d: Path, main: pd.DataFrame):
+    """AVG without and with pseudo queries, ``((R@1, R@1), (rSum, rSum), which seeds)``, on the same
+    seeds: from ``main_table_runs.csv`` when present (the main table may average the setting without
+    pseudo queries over more seeds than the one with them), else the main table's rows."""
+    runs = _runs(d)
+    if runs is not None:
         r = runs[runs["family"] == "AVG"]
-        pq = r["pseudo_queries"].astype(bool)
-        seeds = sorted(set(r.loc[pq, "seed"]) & set(r.loc[~pq, "seed"]))
+        seeds = set(r.loc[r["pseudo_queries"], "seed"]) & set(r.loc[~r["pseudo_queries"], "seed"])
         if not seeds:
             return None
-        on = r[r["seed"].isin(seeds)]
-        a, p = on[~on["pseudo_queries"].astype(bool)], on[on["pseudo_queries"].astype(bool)]
-        label = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(int(s)) for s in seeds)}"
-        return (a["R@1"].mean(), p["R@1"].mean()), (a["rSum"].mean(), p["rSum"].mean()), label
+        r = r[r["seed"].isin(seeds)]
+        a, p = r[~r["pseudo_queries"]], r[r["pseudo_queries"]]
+        return (a["R@1"].mean(), p["R@1"].mean()), (a["rSum"].mean(), p["rSum"].mean()), _seeds(seeds)
     r = main[main["family"] == "AVG"]
     pq = r["pseudo_queries"].astype(bool)
     if not pq.any() or pq.all():
         return None
     a, p = r[~pq].iloc[0], r[pq].iloc[0]
     return (a["R@1"], p["R@1"]), (a.get("rSum", np.nan), p.get("rSum", np.nan)), "main table rows"
+
+
+def _identifier_comparison(d: Path, avg: pd.DataFrame, gen: pd.DataFrame):
+    """AVG's R@1 and each generative baseline's (``{method: R@1}``), on the seeds the baselines ran
+    (from ``main_table_runs.csv``), else the main table's rows; and which seeds."""
+    runs = _runs(d)
+    if runs is not None:
+        base = runs[(runs["family"] == "generative baseline") & ~runs["pseudo_queries"]]
+        mine = runs[(runs["family"] == "AVG") & ~runs["pseudo_queries"]]
+        seeds = set(base["seed"]) & set(mine["seed"])
+        if seeds:
+            base = base[base["seed"].isin(seeds)].groupby("method", sort=False)["R@1"].mean()
+            return float(mine[mine["seed"].isin(seeds)]["R@1"].mean()), base.to_dict(), _seeds(seeds)
+    return float(avg["R@1"].iloc[0]), dict(zip(gen["method"], gen["R@1"])), "main table rows"
+
+
+def _seed_spread(avg: pd.DataFrame) -> str:
+    """How much AVG's R@1 moves between seeds (main table), to read single-seed differences against."""
+    if len(avg) and "R@1_std" in avg and int(avg.get("n_seeds", pd.Series([1])).iloc[0]) > 1:
+        return (f" AVG's R@1 over {int(avg['n_seeds'].iloc[0])} seeds: {float(avg['R@1'].iloc[0]):.1f} ± "
+                f"{float(avg['R@1_std'].iloc[0]):.1f}.")
+    return ""
 
 
 def claims(d: Path) -> list[str]:
@@ -92,12 +125,12 @@ def claims(d: Path) -> list[str]:
         tt = main[main["family"] == "two-tower"]
         ot = main[main["family"] == "one-tower"]
         if len(avg) and len(gen):
-            a = float(avg["R@1"].iloc[0])
-            best = gen.loc[gen["R@1"].idxmax()]
+            a, others, seeds = _identifier_comparison(d, avg, gen)
+            name, b = max(others.items(), key=lambda kv: kv[1])
             out.append(f"AVG's identifiers beat the other generative identifiers (same generator): "
-                       f"{_verdict(a > best['R@1'])}: AVG R@1 {a:.1f} vs best other {best['R@1']:.1f} "
-                       f"({best['method'].replace('generative: ', '')}); all: "
-                       + ", ".join(f"{m.replace('generative: ', '')} {r:.1f}" for m, r in zip(gen["method"], gen["R@1"])) + ".")
+                       f"{_verdict(a > b)}: AVG R@1 {a:.1f} vs best other {b:.1f} ({name.replace('generative: ', '')}) "
+                       f"at {seeds}; all: " + ", ".join(f"{m.replace('generative: ', '')} {r:.1f}" for m, r in others.items())
+                       + "." + _seed_spread(avg))
         pq = _pseudo_query_effect(d, main)
         if pq is not None:
             (a, p), (ra, rp), seeds = pq
@@ -118,7 +151,8 @@ def claims(d: Path) -> list[str]:
             d_rsum = rest["rSum"] - float(full["rSum"].iloc[0]) if len(full) and "rSum" in abl else rest["rSum"] * np.nan
             out.append(f"Each ablation hurts (R@1): {_verdict(bool(hurts.all()))}: "
                        + ", ".join(f"{v} {dl:+.1f} R@1 / {dr:+.1f} rSum"
-                                   for v, dl, dr in zip(rest["variant"], rest["delta_R@1"], d_rsum)) + " (points).")
+                                   for v, dl, dr in zip(rest["variant"], rest["delta_R@1"], d_rsum))
+                       + " (points; one seed each)." + (_seed_spread(avg) if main is not None else ""))
         unres = abl[abl["variant"].str.startswith("unresolved")]
         if len(unres):
             dl = float(unres["delta_R@1"].iloc[0])

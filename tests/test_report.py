@@ -84,18 +84,28 @@ def test_git_commit_ignores_rewritten_results_but_not_code(tmp_path):
     assert git_commit(tmp_path) == clean + "+dirty"
 
 
-def test_pseudo_query_claim_compares_the_same_seeds(tmp_path):
-    """The main table averages AVG over 3 seeds but AVG + pseudo queries may have run at one: the claim
-    must compare seed 0 with seed 0, not a 3-seed mean with one run."""
+def test_claims_compare_runs_on_the_same_seeds(tmp_path):
+    """The main table averages AVG over 3 seeds but AVG + pseudo queries and the baselines may have run
+    at one: the claims must compare seed 0 with seed 0, not a 3-seed mean with one run."""
     _write(tmp_path, "main_table.csv", [
-        {"method": "AVG (minilm)", "family": "AVG", "pseudo_queries": False, "R@1": 14.0, "rSum": 90.0},
-        {"method": "AVG (minilm)", "family": "AVG", "pseudo_queries": True, "R@1": 15.0, "rSum": 95.0}])
+        {"method": "generative: hkmeans ids", "family": "generative baseline", "pseudo_queries": False, "R@1": 15.0,
+         "R@1_std": 0.0, "rSum": 80.0, "n_seeds": 1},
+        {"method": "AVG (minilm)", "family": "AVG", "pseudo_queries": False, "R@1": 14.0, "R@1_std": 1.7, "rSum": 90.0,
+         "n_seeds": 3},
+        {"method": "AVG (minilm)", "family": "AVG", "pseudo_queries": True, "R@1": 15.0, "R@1_std": 0.0, "rSum": 95.0,
+         "n_seeds": 1}])
     runs = [{"method": "AVG (minilm)", "family": "AVG", "pseudo_queries": False, "seed": s, "R@1": r, "rSum": 90.0}
             for s, r in [(0, 16.0), (1, 13.0), (2, 13.0)]]
     runs.append({"method": "AVG (minilm)", "family": "AVG", "pseudo_queries": True, "seed": 0, "R@1": 15.0, "rSum": 95.0})
+    runs.append({"method": "generative: hkmeans ids", "family": "generative baseline", "pseudo_queries": False, "seed": 0,
+                 "R@1": 15.0, "rSum": 80.0})
     pd.DataFrame(runs).to_csv(tmp_path / "main_table_runs.csv", index=False)
-    (claim,) = [c for c in report.claims(tmp_path) if c.startswith("Pseudo queries")]
-    assert "does not hold here**: R@1 16.0 → 15.0, rSum 90.0 → 95.0 (seed 0)" in claim
+    found = report.claims(tmp_path)
+    (pq,) = [c for c in found if c.startswith("Pseudo queries")]
+    assert "does not hold here**: R@1 16.0 → 15.0, rSum 90.0 → 95.0 (seed 0)" in pq
+    (ids,) = [c for c in found if c.startswith("AVG's identifiers")]
+    assert "holds here**: AVG R@1 16.0 vs best other 15.0 (hkmeans ids) at seed 0" in ids
+    assert "AVG's R@1 over 3 seeds: 14.0 ± 1.7." in ids
 
 
 def test_write_csv_keeps_per_row_seeds_and_stamps_provenance(tmp_path):

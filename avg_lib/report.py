@@ -120,7 +120,6 @@ def claims(d: Path) -> list[str]:
     main, abl, eff = _read(d, "main_table.csv"), _read(d, "ablation.csv"), _read(d, "efficiency.csv")
     if main is not None:
         avg = main[(main["family"] == "AVG") & (~main["pseudo_queries"].astype(bool))]
-        avg_pq = main[(main["family"] == "AVG") & (main["pseudo_queries"].astype(bool))]
         gen = main[(main["family"] == "generative baseline") & (~main["pseudo_queries"].astype(bool))]
         tt = main[main["family"] == "two-tower"]
         ot = main[main["family"] == "one-tower"]

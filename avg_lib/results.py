@@ -1,8 +1,8 @@
 """Result files: written atomically (no partial file is ever left behind) and stamped with provenance.
 
-Every CSV row carries ``profile``, ``seed`` (the row's own, for tables with one row per seed), ``git_commit`` (``+dirty`` when tracked files outside
-``results/`` had uncommitted changes) and ``created_utc``; :mod:`avg_lib.runner` adds the wall time of each
-notebook to ``<results_dir>/provenance.csv``.
+Every CSV row carries ``profile``, ``seed`` (the row's own, for tables with one row per seed),
+``git_commit`` (``+dirty`` when tracked files outside ``results/`` had uncommitted changes) and
+``created_utc``; :mod:`avg_lib.runner` adds the wall time of each notebook to ``<results_dir>/provenance.csv``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ A profile is ``profiles/<name>.yaml``::
     common: {seed: 0, ...}          # offered to every notebook
     notebooks:                      # per-notebook overrides, by file stem
       01_data_preparation: {two_tower_epochs: 300}
+    extends: default                # optional: start from another profile; ``common`` and each
+                                    # notebook's section are merged key by key, the rest replaced
 
 A notebook receives only the parameters its ``parameters`` cell declares. The run stops at the
 first failing notebook and exits non-zero, naming it. ``<results_dir>/provenance.csv`` gets one
@@ -35,13 +37,23 @@ def notebooks() -> list[Path]:
     return sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
-def load_profile(name: str) -> dict:
+def load_profile(name: str, _seen: tuple[str, ...] = ()) -> dict:
     path = PROFILE_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(p.stem for p in sorted(PROFILE_DIR.glob("*.yaml")))
         raise SystemExit(f"unknown profile {name!r} ({path} not found); known profiles: {known}")
+    if name in _seen:
+        raise SystemExit(f"{path}: profiles extend each other in a cycle: {' -> '.join(_seen + (name,))}")
     with open(path) as f:
         prof = yaml.safe_load(f) or {}
+    base = prof.pop("extends", None)
+    if base is not None:
+        parent = load_profile(base, _seen + (name,))
+        common = {**parent["common"], **(prof.get("common") or {})}
+        books = dict(parent["notebooks"])
+        for nb, section in (prof.get("notebooks") or {}).items():
+            books[nb] = {**(books.get(nb) or {}), **(section or {})}
+        prof = {**parent, **prof, "common": common, "notebooks": books}
     for key in ("results_dir", "common", "notebooks"):
         prof.setdefault(key, {} if key != "results_dir" else "results")
     unknown = set(prof["notebooks"]) - {p.stem for p in notebooks()}

@@ -54,3 +54,33 @@ def test_failing_notebook_stops_the_run_and_is_named(tmp_path, monkeypatch, caps
     _nb(nbdir / "02_boom.ipynb", 'results_dir = "r"', "pass")
     assert runner.main(["--profile", "t", "--quiet", "--from", "02"]) == 0
     assert (tmp_path / "ran_03").exists()
+
+
+def test_profile_extends_another_key_by_key(tmp_path, monkeypatch):
+    nbdir, profdir = tmp_path / "notebooks", tmp_path / "profiles"
+    nbdir.mkdir()
+    profdir.mkdir()
+    _nb(nbdir / "01_a.ipynb", "seed = 0")
+    _nb(nbdir / "02_b.ipynb", "seed = 0")
+    (profdir / "base.yaml").write_text("description: base\nresults_dir: r\ncommon: {seed: 1, lr: 0.1}\n"
+                                       "notebooks: {01_a: {x: 1, y: 2}, 02_b: {z: 3}}\n")
+    (profdir / "child.yaml").write_text("description: child\nextends: base\nresults_dir: r2\ncommon: {lr: 0.5}\n"
+                                        "notebooks: {01_a: {y: 9}}\n")
+    (profdir / "loop.yaml").write_text("extends: loop2\n")
+    (profdir / "loop2.yaml").write_text("extends: loop\n")
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbdir)
+    monkeypatch.setattr(runner, "PROFILE_DIR", profdir)
+    prof = runner.load_profile("child")
+    assert prof == {"description": "child", "results_dir": "r2", "common": {"seed": 1, "lr": 0.5},
+                    "notebooks": {"01_a": {"x": 1, "y": 9}, "02_b": {"z": 3}}}
+    with pytest.raises(SystemExit, match="cycle: loop -> loop2 -> loop"):
+        runner.load_profile("loop")
+
+
+def test_gpu_profile_is_the_default_run_plus_the_cuda_efficiency_study():
+    default, gpu = runner.load_profile("default"), runner.load_profile("gpu")
+    assert gpu["common"] == default["common"] and gpu["results_dir"] == "results/gpu"
+    assert {k: v for k, v in gpu["notebooks"].items() if k != "08_efficiency_report"} == \
+        {k: v for k, v in default["notebooks"].items() if k != "08_efficiency_report"}
+    eff = gpu["notebooks"]["08_efficiency_report"]
+    assert eff["device"] == "cuda" and max(eff["gallery_sizes"]) == 1_000_000

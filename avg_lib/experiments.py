@@ -32,10 +32,7 @@ def avg_result(js, vt, gen_cfg, pseudo: int = 0, *, stage: str = "final", ids=No
     sp = pipeline.retrieval_split(js, ident, split)
     trie = VokenTrie(sp.gallery_codes)
     beams = num_beams or gen_cfg.num_beams
-    gen.precompute(sp.texts)  # latency excludes a frozen text encoder, like the two-tower row
-    t0 = time.perf_counter()
-    res = gen.retrieve(sp.texts, trie, num_beams=beams, batch_size=64)
-    latency = 1000.0 * (time.perf_counter() - t0) / len(sp.texts)
+    res, latency = generator.timed_retrieve(gen, sp.texts, trie, num_beams=beams, batch_size=64)
     items = res.items.cpu().numpy()
     best = hist.loc[hist["val_R@1"].idxmax()]
     row = {**recall_at_k(items, sp.targets), "latency_ms": latency, "val_R@1": float(best["val_R@1"]),

@@ -496,17 +496,23 @@ def mine_negatives(gen: VokenGenerator, texts: list[str], pos_items: np.ndarray,
     return torch.from_numpy(out)
 
 
-def evaluate(gen: VokenGenerator, texts: list[str], targets: np.ndarray, trie: VokenTrie,
-             num_beams: int | None = None, batch_size: int = 64) -> dict:
-    """Recall@1/5/10 (of the beam list) and mean per-query latency of batched constrained decoding.
-    Latency excludes a frozen text encoder (its states are precomputed first), as the two-tower
-    latency excludes computing its frozen text features; a trained encoder (t5) is timed."""
+def timed_retrieve(gen: VokenGenerator, texts: list[str], trie: VokenTrie, num_beams: int | None = None,
+                   batch_size: int = 64) -> tuple[BeamResult, float]:
+    """:meth:`VokenGenerator.retrieve` and its mean per-query latency in ms. The latency excludes a
+    frozen text encoder (its states are precomputed first), as the two-tower latency excludes
+    computing its frozen text features; a trained encoder (t5) is timed."""
     gen.precompute(texts)
     t0 = time.perf_counter()
     res = gen.retrieve(texts, trie, num_beams=num_beams, batch_size=batch_size)
-    elapsed = time.perf_counter() - t0
+    return res, 1000.0 * (time.perf_counter() - t0) / len(texts)
+
+
+def evaluate(gen: VokenGenerator, texts: list[str], targets: np.ndarray, trie: VokenTrie,
+             num_beams: int | None = None, batch_size: int = 64) -> dict:
+    """Recall@1/5/10 (of the beam list) and mean per-query latency (:func:`timed_retrieve`)."""
+    res, latency = timed_retrieve(gen, texts, trie, num_beams, batch_size)
     m = recall_at_k(res.items.cpu().numpy(), np.asarray(targets))
-    m["latency_ms"] = 1000.0 * elapsed / len(texts)
+    m["latency_ms"] = latency
     return m
 
 
@@ -544,7 +550,7 @@ def train_generator(gen: VokenGenerator, train: tuple[list[str], np.ndarray], va
     for epoch in bar:
         disc = epoch >= cfg.epochs and neg_trie is not None
         if epoch == cfg.epochs and disc:  # stage 2 starts from the selected generative checkpoint
-            generative_state = copy.deepcopy(best.state)
+            generative_state = best.state  # a copy already: BestState keeps a snapshot, never the live tensors
             gen.load_state_dict(best.state)
             for g in opt.param_groups:
                 g["lr"] = cfg.disc_lr

@@ -11,7 +11,7 @@ import datetime as _dt
 import os
 import platform
 import subprocess
-import tempfile
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +19,6 @@ import pandas as pd
 from .paths import REPO_ROOT, repo_path
 
 PROVENANCE_COLUMNS = ("profile", "seed", "git_commit", "created_utc")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
@@ -49,9 +47,9 @@ def hardware() -> str:
 
 def _atomic(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are for everyone to read
+    tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial"))
+    # created like open() would (mode 0666 less the umask); mkstemp would make an owner-only file
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         write(tmp)
         os.replace(tmp, path)

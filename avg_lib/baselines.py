@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import identifiers
+from .dropout import Dropout
 from .metrics import recall_at_k
 from .progress import tqdm
 from .selection import BestState
@@ -99,7 +100,7 @@ class CrossEncoder(nn.Module):
         self.register_buffer("img_mean", torch.zeros(d_img) if img_mean is None else torch.as_tensor(img_mean).float())
         self.register_buffer("img_std", torch.ones(d_img) if img_std is None else torch.as_tensor(img_std).float())
         self.img, self.txt = nn.Linear(d_img, dim), nn.Linear(d_txt, dim)
-        self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(4 * dim, hidden), nn.GELU(), nn.Dropout(dropout),
+        self.mlp = nn.Sequential(Dropout(dropout), nn.Linear(4 * dim, hidden), nn.GELU(), Dropout(dropout),
                                  nn.Linear(hidden, 1))
 
     def project(self, image_feats=None, text_feats=None):

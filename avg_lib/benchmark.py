@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from .trie import VokenTrie
 
@@ -145,3 +146,95 @@ def gallery_scaling(gen, query_texts: list[str], query_emb: np.ndarray, cross_en
             rows.append({"method": "one-tower (score every pair)", "gallery_size": n, "latency_ms_batch1": 1000 * t1,
                          "queries_per_s_batched": 1.0 / tq})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------- dropout
+
+def _swap_dropout(model: torch.nn.Module, make) -> torch.nn.Module:
+    """Replace every :class:`avg_lib.dropout.Dropout` of ``model`` by ``make(p)`` (in place)."""
+    from .dropout import Dropout
+
+    for name, child in model.named_children():
+        if isinstance(child, Dropout):
+            setattr(model, name, make(child.p))
+        else:
+            _swap_dropout(child, make)
+    return model
+
+
+def dropout_benchmark(repeats: int = 20, seed: int = 0) -> pd.DataFrame:
+    """Milliseconds of ``torch.nn.functional.dropout`` against :func:`avg_lib.dropout.dropout`, alone
+    (activation shapes of the tokenizer and of the voken decoder's discriminative batches) and inside
+    training steps: an RQ-VAE step (batch 256, the default tokenizer) and a forward + backward of a
+    2-block, 256-wide voken decoder on 640 rows (64 captions x 10 sequences). Same seed, same inputs,
+    best of ``repeats``; only the dropout differs."""
+    from . import generator, tokenizer
+    from .dropout import dropout
+
+    torch.manual_seed(seed)
+    rows = []
+
+    def record(what, shape, fn_torch, fn_ours):
+        t_torch, t_ours = _timed(fn_torch, repeats), _timed(fn_ours, repeats)
+        rows.append({"what": what, "shape": shape, "torch_ms": 1000 * t_torch, "avg_lib_ms": 1000 * t_ours,
+                     "speedup": t_torch / t_ours})
+
+    for shape, p in (((256, 512), 0.1), ((1400, 256), 0.3), ((1400, 1024), 0.3)):
+        x = torch.randn(shape)
+        record(f"dropout p={p}", "x".join(map(str, shape)), lambda: F.dropout(x, p, True), lambda: dropout(x, p, True))
+
+    cfg = tokenizer.TokenizerConfig()
+    x, t = F.normalize(torch.randn(256, 256), dim=1), F.normalize(torch.randn(256, 256), dim=1)
+
+    def rq_step(model, opt):
+        def run():
+            loss = model.losses(x, t)["total"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return run
+
+    models = {}
+    for kind in ("torch", "ours"):
+        torch.manual_seed(seed)
+        m = tokenizer.RQVAE(256, cfg).train()
+        if kind == "torch":
+            _swap_dropout(m, torch.nn.Dropout)
+        models[kind] = rq_step(m, torch.optim.AdamW(m.parameters(), lr=cfg.lr))
+    record("RQ-VAE training step", "256 rows", models["torch"], models["ours"])
+
+    texts, beams, depth, d = 64, 10, 3, 256
+    memory, mask = torch.randn(texts, 16, 384), torch.ones(texts, 16, dtype=torch.bool)
+    prefix = torch.randn(texts * beams, depth + 1, d)
+    for kind in ("torch", "ours"):
+        torch.manual_seed(seed)
+        blocks = torch.nn.ModuleList(generator.DecoderBlock(d, 4, 0.3, 384) for _ in range(2)).train()
+        if kind == "torch":
+            _swap_dropout(blocks, torch.nn.Dropout)
+
+        def step(blocks=blocks):
+            h = prefix
+            for blk in blocks:
+                h = blk(h, blk.memory_kv(memory, mask), mask, beams)
+            h.square().mean().backward()
+        models[kind] = step
+    record("voken decoder forward + backward", f"{texts * beams}x{depth + 1}x{d}", models["torch"], models["ours"])
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m avg_lib.benchmark",
+                                 description="Micro-benchmarks that back speed claims in the code (the decoding "
+                                             "and gallery-size benchmarks run in notebooks 05 and 08).")
+    ap.add_argument("what", choices=["dropout"], help="dropout: torch's dropout against avg_lib.dropout, "
+                                                      "alone and inside training steps")
+    ap.add_argument("--repeats", type=int, default=20, help="best of this many timings (default 20)")
+    args = ap.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(dropout_benchmark(args.repeats).round(3).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import Dropout
 from .metrics import recall_at_k
 from .progress import tqdm
 from .selection import BestState
@@ -43,7 +44,7 @@ from .trie import BeamResult, VokenTrie, beam_search
 
 
 # Part of every cache key of trained generators: bump when a change here changes what training produces.
-CACHE_VERSION = 6
+CACHE_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -123,16 +124,16 @@ class VokenGenerator(nn.Module):
         """Logits ``(rows, t + 1, vocab)`` at every position for input = start token + ``prefix`` (voken values)."""
         raise NotImplementedError
 
+    def decode_step(self, ctx):
+        """A ``step(prefix, src)`` function for :func:`avg_lib.trie.beam_search` (last-position log-probs;
+        ``ctx`` = :meth:`repeat` of :meth:`encode` over the beams). Its first call has one row per text."""
+        raise NotImplementedError
+
     def precompute(self, texts: list[str]) -> None:
         """Work a deployment does once per text collection, outside query latency (nothing by default;
         the MiniLM backend with a frozen encoder caches the text states, like the two-tower features)."""
 
     # --- shared -------------------------------------------------------------------------------
-    def decode_step(self, ctx):
-        """A ``step(prefix, src)`` function for :func:`avg_lib.trie.beam_search` (last-position log-probs).
-        The default recomputes the decoder over the whole prefix; backends may cache."""
-        return lambda prefix, src: self.log_probs(ctx, prefix)[:, -1]
-
     def log_probs(self, ctx, prefix: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.decoder_logits(ctx, prefix) / self.cfg.temperature, dim=-1)
 
@@ -177,8 +178,8 @@ class DecoderBlock(nn.Module):
         self.q = nn.Linear(d, d)
         self.kv = nn.Linear(memory_dim or d, 2 * d)  # text states (memory_dim wide) -> keys/values
         self.o1, self.o2 = nn.Linear(d, d), nn.Linear(d, d)
-        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
-        self.drop = nn.Dropout(dropout)
+        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), Dropout(dropout), nn.Linear(4 * d, d))
+        self.drop = Dropout(dropout)
 
     def _split(self, x):  # (rows, t, d) -> (rows, heads, t, d / heads)
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
@@ -325,12 +326,13 @@ class MiniLMGenerator(VokenGenerator):
     def decode_step(self, ctx):
         """Incremental decoding: each step runs the decoder on the newest position only, reusing the
         self-attention keys/values of earlier positions (reordered to follow the beams)."""
-        kvs, mask, group = ctx
+        kvs, mask, _ = ctx
         state = {"past": [()] * len(self.blocks)}
         scale = self.logit_scale / self.cfg.temperature
 
         def step(prefix, src):
             rows, t = prefix.shape
+            group = rows // len(mask)  # rows per text: 1 at the first step of beam search, then the beams
             if t == 0:
                 tok = torch.full((rows,), self.bos_id, device=prefix.device, dtype=torch.long)
             else:
@@ -412,11 +414,16 @@ class T5Generator(VokenGenerator):
         state = {"cache": None}
 
         def step(prefix, src):
-            if prefix.shape[1] == 0:
-                dec = torch.full((len(memory), 1), self.start_id, device=memory.device, dtype=torch.long)
-            else:
-                state["cache"].reorder_cache(src)
-                dec = prefix[:, -1:] + self.voken_offset
+            if prefix.shape[1] == 0:  # beam search starts with fewer rows (one per text) than ctx has
+                every = len(memory) // len(prefix)
+                first = BaseModelOutput(last_hidden_state=memory[::every])
+                dec = torch.full((len(prefix), 1), self.start_id, device=memory.device, dtype=torch.long)
+                out = self.model(encoder_outputs=first, attention_mask=mask[::every], decoder_input_ids=dec,
+                                 use_cache=True)
+                state["cache"] = out.past_key_values
+                return F.log_softmax(out.logits[:, -1] / self.cfg.temperature, dim=-1)
+            state["cache"].reorder_cache(src)
+            dec = prefix[:, -1:] + self.voken_offset
             out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec,
                              past_key_values=state["cache"], use_cache=True)
             state["cache"] = out.past_key_values

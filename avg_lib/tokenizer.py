@@ -33,13 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import Dropout
 from .progress import tqdm
 from .selection import BestState
 
 
 # Part of every cache key of trained tokenizers: bump it when a change to this module changes what
 # training produces, so that stale cached runs are never read back.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def _mlp(dims: list[int], dropout: float) -> nn.Sequential:
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
-            layers += [nn.BatchNorm1d(b), nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.BatchNorm1d(b), nn.ReLU(), Dropout(dropout)]
     return nn.Sequential(*layers)
 
 

@@ -95,20 +95,22 @@ def beam_search(step: StepFn, n_queries: int, trie: VokenTrie, num_beams: int, v
                 device: str | torch.device = "cpu") -> BeamResult:
     """Constrained beam search for ``n_queries`` queries at once.
 
-    ``step(prefix, src)`` gets the voken values generated so far, ``(n_queries * num_beams, t)`` (rows
-    grouped by query, ``num_beams`` rows each) and, from the second step on, ``src``: for each row the
-    row of the previous step it extends (to reorder a key/value cache; ``None`` at the first step).
-    It returns log-probabilities ``(rows, vocab)`` over the model's output vocabulary; voken value
-    ``v`` is column ``voken_offset + v`` and the end-of-sequence token is column ``eos_id``.
+    ``step(prefix, src)`` gets the voken values generated so far, ``(rows, t)`` with rows grouped by
+    query: one row per query at the first step (every beam starts from the same empty prefix, so it is
+    computed once, not ``num_beams`` times), ``num_beams`` rows per query afterwards. From the second
+    step on, ``src`` gives for each row the row of the previous step it extends (to reorder a key/value
+    cache; ``None`` at the first step). It returns log-probabilities ``(rows, vocab)`` over the model's
+    output vocabulary; voken value ``v`` is column ``voken_offset + v`` and end-of-sequence is ``eos_id``.
     """
-    rows = n_queries * num_beams
-    scores = torch.full((n_queries, num_beams), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: keep one, as transformers does
-    node = torch.zeros(rows, dtype=torch.long, device=device)
-    prefix = torch.zeros(rows, 0, dtype=torch.long, device=device)
-    q_base = torch.arange(n_queries, device=device).unsqueeze(1) * num_beams
+    scores = torch.zeros(n_queries, 1, device=device)  # one live hypothesis per query at the start
+    node = torch.zeros(n_queries, dtype=torch.long, device=device)
+    prefix = torch.zeros(n_queries, 0, dtype=torch.long, device=device)
+    queries = torch.arange(n_queries, device=device).unsqueeze(1)
+    q_base = queries * num_beams
     src = None
     for t in range(trie.depth):
+        beams = scores.shape[1]
+        rows = n_queries * beams
         logp = step(prefix, src)
         lo, hi = trie.offsets[t][node], trie.offsets[t][node + 1]
         n_child = hi - lo
@@ -118,13 +120,13 @@ def beam_search(step: StepFn, n_queries: int, trie: VokenTrie, num_beams: int, v
         j = torch.where(valid, j, lo.unsqueeze(1))
         tok, child = trie.tokens[t][j], trie.children[t][j]
         cand = scores.reshape(rows, 1) + logp.gather(1, tok + voken_offset)
-        cand = cand.masked_fill(~valid, float("-inf")).reshape(n_queries, num_beams * width)
+        cand = cand.masked_fill(~valid, float("-inf")).reshape(n_queries, beams * width)
         k = min(num_beams, cand.shape[1])
         top, pos = cand.topk(k, dim=1)
         if k < num_beams:
             pad = torch.full((n_queries, num_beams - k), float("-inf"), device=device)
             top, pos = torch.cat([top, pad], 1), torch.cat([pos, pos[:, :1].expand(-1, num_beams - k)], 1)
-        src = (q_base + pos // width).reshape(-1)
+        src = (queries * beams + pos // width).reshape(-1)
         pick = (pos % width).reshape(-1)
         node = child[src, pick]
         prefix = torch.cat([prefix[src], tok[src, pick].unsqueeze(1)], dim=1)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .dropout import Dropout
 from .progress import tqdm
 
 from .metrics import evaluate_scores
@@ -27,7 +28,7 @@ from .selection import BestState
 
 
 # Part of the cache key: bump when a change here changes what training produces.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,10 @@ class TwoTower(nn.Module):
         self.register_buffer("img_mean", torch.zeros(d_img) if img_mean is None else torch.as_tensor(img_mean).float())
         self.register_buffer("img_std", torch.ones(d_img) if img_std is None else torch.as_tensor(img_std).float())
         if cfg.hidden > 0:
-            self.image_head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d_img, cfg.hidden), nn.GELU(),
-                                            nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.dim))
+            self.image_head = nn.Sequential(Dropout(cfg.dropout), nn.Linear(d_img, cfg.hidden), nn.GELU(),
+                                            Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.dim))
         else:  # hidden=0: a linear head
-            self.image_head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d_img, cfg.dim))
+            self.image_head = nn.Sequential(Dropout(cfg.dropout), nn.Linear(d_img, cfg.dim))
         self.text_head = nn.Linear(d_txt, cfg.dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
 

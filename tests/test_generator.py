@@ -136,6 +136,24 @@ def test_minilm_cached_decoding_equals_full_recomputation(prior):
             break
 
 
+@pytest.mark.parametrize("backend", ["minilm", "t5"])
+def test_exhaustive_beam_search_ranks_like_scoring_every_identifier(backend):
+    """With as many beams as gallery items, constrained beam search (its first step on one row per
+    text, then cached steps) must rank the whole gallery by the sequence log-probability of each item."""
+    gen = build_generator(K, D, dataclasses.replace(SMALL, backend=backend, layers=2, d_model=32),
+                          np.random.randn(1, K, 16)).eval()
+    with torch.no_grad():  # non-trivial weights so that items get distinct scores
+        for p in gen.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    texts = TEXTS[:3]
+    res = gen.retrieve(texts, VokenTrie(CODES), num_beams=len(CODES), batch_size=2)
+    with torch.no_grad():
+        scores = torch.stack([gen.sequence_logprob(gen.encode([t] * len(CODES)), torch.as_tensor(CODES))
+                              for t in texts])
+    assert res.items.tolist() == torch.argsort(scores, dim=1, descending=True).tolist()
+    assert torch.allclose(res.scores, scores.sort(dim=1, descending=True).values, atol=1e-4)
+
+
 def test_generative_state_equals_a_run_without_discriminative_stage():
     book = np.random.randn(1, K, 16)
     train = (TEXTS * 2, np.concatenate([CODES] * 2))

@@ -12,9 +12,10 @@ search over the gallery's identifiers (:mod:`avg_lib.trie`). Two backends share 
 ``minilm``
     The pretrained all-MiniLM-L6-v2 encoder (frozen by default) with a small Transformer decoder over
     voken tokens (``decoder_width`` wide) that cross-attends to it: language knowledge offline at a
-    CPU-friendly size. On emoji, 8 epochs of a 256-wide decoder take 39 s against 64 s at 384 (the
-    encoder's width), for validation R@1 15.7 and 16.2 (seeds 0, 1) against 17.1 (seed 0); test R@1
-    of AVG over 3 seeds went from 14.1 ± 0.9 at 384 to 14.8 ± 1.5 at 256.
+    CPU-friendly size. On emoji (measured before :mod:`avg_lib.dropout` replaced torch's dropout),
+    8 epochs of a 256-wide decoder took 39 s against 64 s at 384 (the encoder's width), for validation
+    R@1 15.7 and 16.2 (seeds 0, 1) against 17.1 (seed 0); test R@1 of AVG over 3 seeds went from
+    14.1 ± 0.9 at 384 to 14.8 ± 1.5 at 256.
 
 Both initialise the voken token embeddings from the RQ-VAE codebook (projected to the model width
 when the sizes differ; ``init_from_codebook=False`` is the ablation), share input and output voken

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .dropout import Dropout
-from .progress import tqdm
 
+from .dropout import Dropout
 from .metrics import evaluate_scores
+from .progress import tqdm
 from .selection import BestState
 
 

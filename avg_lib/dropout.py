@@ -21,10 +21,15 @@ from torch import nn
 _BITS = 65536
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """Zero each element of ``x`` with probability ``p`` and scale the rest by ``1 / (1 - p)``."""
+def _check(p: float) -> float:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    return p
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Zero each element of ``x`` with probability ``p`` and scale the rest by ``1 / (1 - p)``."""
+    _check(p)
     if not training or p == 0.0:
         return x
     if p == 1.0:
@@ -42,9 +47,7 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-        self.p = p
+        self.p = _check(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)

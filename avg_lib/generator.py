@@ -417,15 +417,13 @@ class T5Generator(VokenGenerator):
         def step(prefix, src):
             if prefix.shape[1] == 0:  # beam search starts with fewer rows (one per text) than ctx has
                 every = len(memory) // len(prefix)
-                first = BaseModelOutput(last_hidden_state=memory[::every])
+                enc_now, mask_now = BaseModelOutput(last_hidden_state=memory[::every]), mask[::every]
                 dec = torch.full((len(prefix), 1), self.start_id, device=memory.device, dtype=torch.long)
-                out = self.model(encoder_outputs=first, attention_mask=mask[::every], decoder_input_ids=dec,
-                                 use_cache=True)
-                state["cache"] = out.past_key_values
-                return F.log_softmax(out.logits[:, -1] / self.cfg.temperature, dim=-1)
-            state["cache"].reorder_cache(src)
-            dec = prefix[:, -1:] + self.voken_offset
-            out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec,
+            else:
+                state["cache"].reorder_cache(src)
+                enc_now, mask_now = enc, mask
+                dec = prefix[:, -1:] + self.voken_offset
+            out = self.model(encoder_outputs=enc_now, attention_mask=mask_now, decoder_input_ids=dec,
                              past_key_values=state["cache"], use_cache=True)
             state["cache"] = out.past_key_values
             return F.log_softmax(out.logits[:, -1] / self.cfg.temperature, dim=-1)

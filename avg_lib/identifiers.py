@@ -26,11 +26,11 @@ import numpy as np
 
 @dataclass
 class Identifiers:
-    ids: list[str]           # item ids, dataset order
-    raw: np.ndarray          # (n, L) vokens from the tokenizer
-    codes: np.ndarray        # (n, L) or (n, L + 1): unique identifiers after resolution
-    codebook_size: int       # distinct token values per position (the generator's voken vocabulary)
-    scheme: str = "rq"       # how the identifiers were made: rq | atomic | random | hkmeans (avg_lib.baselines)
+    ids: list[str]  # item ids, dataset order
+    raw: np.ndarray  # (n, L) vokens from the tokenizer
+    codes: np.ndarray  # (n, L) or (n, L + 1): unique identifiers after resolution
+    codebook_size: int  # distinct token values per position (the generator's voken vocabulary)
+    scheme: str = "rq"  # how the identifiers were made: rq | atomic | random | hkmeans (avg_lib.baselines)
 
     @property
     def depth(self) -> int:
@@ -40,10 +40,11 @@ class Identifiers:
     def disambiguated(self) -> bool:
         return self.codes.shape[1] > self.raw.shape[1]
 
-    def subset(self, index) -> "Identifiers":
+    def subset(self, index) -> Identifiers:
         index = np.asarray(index)
-        return Identifiers([self.ids[i] for i in index], self.raw[index], self.codes[index], self.codebook_size,
-                           self.scheme)
+        return Identifiers(
+            [self.ids[i] for i in index], self.raw[index], self.codes[index], self.codebook_size, self.scheme
+        )
 
 
 def collision_groups(codes: np.ndarray) -> list[np.ndarray]:
@@ -59,8 +60,9 @@ def collision_rate(codes: np.ndarray) -> float:
     return float(sum(len(g) for g in groups)) / max(len(codes), 1)
 
 
-def resolve_collisions(ids: list[str], raw: np.ndarray, error: np.ndarray, codebook_size: int,
-                       scheme: str = "rq") -> Identifiers:
+def resolve_collisions(
+    ids: list[str], raw: np.ndarray, error: np.ndarray, codebook_size: int, scheme: str = "rq"
+) -> Identifiers:
     """Apply the module's rule; see the module docstring."""
     raw = np.asarray(raw, dtype=np.int64)
     if len(ids) != len(raw) or len(error) != len(raw):
@@ -74,13 +76,13 @@ def resolve_collisions(ids: list[str], raw: np.ndarray, error: np.ndarray, codeb
         raise ValueError("codebook_size must be at least 2")
     largest = max(len(g) for g in groups)
     m = 1
-    while codebook_size ** m < largest:
+    while codebook_size**m < largest:
         m += 1
     rank = np.zeros(len(raw), dtype=np.int64)
     for g in groups:
         order = sorted(g, key=lambda i: (float(error[i]), ids[i]))
         rank[order] = np.arange(len(g))
-    digits = [(rank // codebook_size ** p) % codebook_size for p in range(m - 1, -1, -1)]
+    digits = [(rank // codebook_size**p) % codebook_size for p in range(m - 1, -1, -1)]
     codes = np.concatenate([raw, np.stack(digits, axis=1)], axis=1)
     assert not collision_groups(codes)
     return Identifiers(list(ids), raw, codes, codebook_size, scheme)
@@ -99,8 +101,14 @@ def level_stats(codes: np.ndarray, codebook_size: int) -> list[dict]:
     for level in range(codes.shape[1]):
         counts = np.bincount(codes[:, level], minlength=codebook_size)
         p = counts[counts > 0] / counts.sum()
-        out.append({"level": level + 1, "used": int((counts > 0).sum()), "usage": float((counts > 0).mean()),
-                    "perplexity": float(np.exp(-(p * np.log(p)).sum()))})
+        out.append(
+            {
+                "level": level + 1,
+                "used": int((counts > 0).sum()),
+                "usage": float((counts > 0).mean()),
+                "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+            }
+        )
     return out
 
 

@@ -76,7 +76,7 @@ def check_readable(path: str | Path) -> str | None:
             # decode such files, so that a kept image is one load_rgb can read
             with Image.open(path) as img:
                 img.load()
-    except Exception:  # noqa: BLE001 - any decoder failure means "unreadable"
+    except Exception:
         return "unreadable image"
     return None
 

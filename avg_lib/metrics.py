@@ -19,7 +19,7 @@ def top_k(scores: torch.Tensor | np.ndarray, k: int, chunk: int = 4096) -> np.nd
     """Indices of the ``k`` highest scores per row (exact search), in chunks of rows to bound memory."""
     scores = torch.as_tensor(scores)
     k = min(k, scores.shape[1])
-    return torch.cat([scores[s:s + chunk].topk(k, dim=1).indices for s in range(0, len(scores), chunk)]).cpu().numpy()
+    return torch.cat([scores[s : s + chunk].topk(k, dim=1).indices for s in range(0, len(scores), chunk)]).cpu().numpy()
 
 
 def recall_at_k(ranked: np.ndarray, target: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:

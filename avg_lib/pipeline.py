@@ -1,257 +1,155 @@
-"""The stages that notebooks share, each cache-or-compute on disk and keyed by its configuration.
+"""One call sets a notebook up: ``run = pipeline.setup(profile)``.
 
-``joint_space(...)``  data -> frozen features -> two-tower joint space  (notebook 01; reused by 02+)
-``voken_tokenizer(...)``  joint space -> RQ-VAE -> unique voken identifiers  (notebook 02; reused by 03+)
+:class:`Run` holds the validated run configuration (:mod:`avg_lib.config`) and hands out the
+cached stages as typed objects, each computed on first use and loaded from ``data/`` afterwards:
 
-A later notebook calls the same function with the same parameters (``run_all.sh`` injects them
-from one profile) and gets the cached result in seconds; ``force=True`` recomputes.
+=====================  ===============================================================
+``run.ds``             the dataset (loaded, not yet encoded)
+``run.js``             the joint space (data, frozen features, two-tower model)
+``run.vt``             the voken tokenizer and the unique identifiers of every image
+``run.tokenizer(...)`` a variant tokenizer (ablations and sweeps: settings changed)
+``run.generator(...)`` a trained generator (pseudo queries, stage, settings changed)
+``run.split(name)``    the queries and gallery of a split
+``run.with_seed(s)``   the same run with another seed in every trained stage
+=====================  ===============================================================
+
+and writes what a notebook records: ``run.record(table, name)`` (CSV with provenance, and the
+run configuration as JSON in ``<results_dir>/config/<name>.json``), ``run.figure(fig, name)``,
+``run.done(**numbers)`` (the last line of a notebook: its numbers and wall time as JSON).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import shutil
 import time
-from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
-from . import data, features, identifiers, tokenizer, two_tower
-
-
-@dataclass
-class JointSpace:
-    ds: data.CaptionedImages
-    feats: features.Features
-    model: two_tower.TwoTower
-    history: pd.DataFrame
-    directory: Path
-    image: np.ndarray        # (n_images, d) L2-normalised joint embeddings, dataset order
-    text: np.ndarray         # (n_captions, d), dataset.captions() order
-    text_owner: np.ndarray   # (n_captions,) image index of each caption
-    encoder_key: str
-    text_encoder: object     # the frozen caption encoder, to embed new queries
-
-    def embed_queries(self, texts: list[str]) -> np.ndarray:
-        """Joint-space embeddings of free-text queries (frozen encoder, then the trained text head)."""
-        return two_tower.embed(self.model, text_feats=self.text_encoder.encode_texts(list(texts)))
-
-    def split(self, split: str):
-        """``(image_index, image_emb, caption_emb, caption_owner_as_position_in_split)`` of one split."""
-        idx, _, _, own = self.feats.split(self.ds, split)
-        keep = np.isin(self.text_owner, idx)
-        return idx, self.image[idx], self.text[keep], own
+from . import config, data, generator, identifiers, splits, stages
+from .paths import repo_path
+from .results import save_figure, write_csv, write_text
 
 
-def joint_space(dataset: str = "emoji", dataset_kwargs: dict | None = None, encoder: str = "effnet-minilm",
-                encoder_path: str | None = None, image_size: int = 224,
-                two_tower_cfg: two_tower.TwoTowerConfig = two_tower.TwoTowerConfig(),
-                force: bool = False, progress: bool = True) -> JointSpace:
-    ds = data.load_dataset(dataset, **(dataset_kwargs or {}))
-    img_enc, txt_enc = features.load_encoders(encoder, path=encoder_path, image_size=image_size)
-    feats = features.extract_features(ds, img_enc, txt_enc, force=force, progress=progress)
-    model, history, directory = two_tower.fit_or_load(ds, feats, two_tower_cfg, force=force, progress=progress)
-    return JointSpace(ds, feats, model, history, directory, np.load(directory / "image.npy"),
-                      np.load(directory / "text.npy"), feats.text_owner, f"{img_enc.key}+{txt_enc.key}", txt_enc)
+class Run:
+    def __init__(
+        self,
+        cfg: config.RunConfig,
+        text_states: generator.TextStateCache | None = None,
+        progress: bool = True,
+        _seeds: dict | None = None,
+    ):
+        self.cfg = cfg
+        self.out = repo_path(cfg.results_dir)
+        self.figures = self.out / "figures"
+        self.progress = progress
+        # frozen-encoder states shared by every generator of this run (and its other seeds)
+        self.text_states = text_states if text_states is not None else generator.TextStateCache()
+        self.started = time.time()
+        self._seeds = _seeds if _seeds is not None else {}  # the runs of other seeds, shared by all of them
+        self._seeds.setdefault(cfg.seed, self)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"Run(profile={c.profile!r}, seed={c.seed}, data={c.data.dataset}, encoder={c.encoder.name}, "
+            f"tokenizer K={c.tokenizer.codebook_size} L={c.tokenizer.levels}, generator={c.generator.backend}, "
+            f"results={c.results_dir})"
+        )
+
+    # --- stages -------------------------------------------------------------------------------
+    @cached_property
+    def dataset(self) -> data.CaptionedImages:
+        return data.load_dataset(self.cfg.data.dataset, **self.cfg.data.kwargs)
+
+    @cached_property
+    def js(self) -> stages.JointSpace:
+        return stages.joint_space(
+            self.cfg.data, self.cfg.encoder, self.cfg.two_tower, progress=self.progress, ds=self.dataset
+        )
+
+    @cached_property
+    def vt(self) -> stages.VokenTokenizer:
+        return stages.voken_tokenizer(self.js, self.cfg.tokenizer, progress=self.progress)
+
+    @property
+    def ds(self) -> data.CaptionedImages:
+        return self.dataset
+
+    def tokenizer(self, **changes) -> stages.VokenTokenizer:
+        """The run's tokenizer with ``changes`` to its settings (e.g. ``align_weight=0.0``)."""
+        if not changes:
+            return self.vt
+        cfg = dataclasses.replace(self.cfg.tokenizer, **changes)
+        return stages.voken_tokenizer(self.js, cfg, progress=self.progress)
+
+    def generator(
+        self,
+        pseudo: int = 0,
+        *,
+        vt: stages.VokenTokenizer | None = None,
+        stage: str = "final",
+        ids: identifiers.Identifiers | None = None,
+        codebooks: np.ndarray | None = None,
+        force: bool = False,
+        **changes,
+    ) -> stages.TrainedGenerator:
+        """A generator trained with ``pseudo`` borrowed captions per test image (0: none) on the identifiers of
+        ``vt`` (default: the run's tokenizer) or ``ids``, with ``changes`` to the profile's generator settings."""
+        cfg = dataclasses.replace(self.cfg.generator, **changes)
+        return stages.voken_generator(
+            self.js,
+            vt or self.vt,
+            cfg,
+            pseudo,
+            force=force,
+            progress=self.progress,
+            stage=stage,
+            ids=ids,
+            codebooks=codebooks,
+            text_states=self.text_states,
+        )
+
+    def split(self, name: str = "test", ids: identifiers.Identifiers | None = None) -> splits.RetrievalSplit:
+        return splits.retrieval_split(self.js, ids if ids is not None else self.vt, name)
+
+    def with_seed(self, seed: int) -> Run:
+        """The same run with ``seed`` in every trained stage (made once per seed, then reused)."""
+        if seed not in self._seeds:
+            other = Run(self.cfg.with_seed(seed), self.text_states, self.progress, self._seeds)
+            other.started = self.started
+            if "dataset" in self.__dict__:  # the data does not depend on the seed
+                other.dataset = self.dataset
+        return self._seeds[seed]
+
+    # --- recording ----------------------------------------------------------------------------
+    def record(self, table, name: str, seed: int | str | None = None) -> Path:
+        """``<results_dir>/<name>.csv`` with provenance columns; the run configuration goes beside it."""
+        return write_csv(
+            table,
+            self.out / f"{name}.csv",
+            profile=self.cfg.profile,
+            seed=self.cfg.seed if seed is None else seed,
+            config=self.cfg.to_dict(),
+        )
+
+    def figure(self, fig, name: str) -> Path:
+        return save_figure(fig, self.figures / f"{name}.png")
+
+    def text(self, text: str, name: str) -> Path:
+        return write_text(text, self.out / name)
+
+    def done(self, **numbers) -> None:
+        """Print the notebook's headline numbers and wall time as one JSON line (the last cell)."""
+        print(json.dumps({**numbers, "wall_s": round(time.time() - self.started, 1)}, default=str))
 
 
-@dataclass
-class VokenTokenizer:
-    model: tokenizer.RQVAE
-    history: pd.DataFrame
-    ids: identifiers.Identifiers
-    directory: Path
-    codebooks: np.ndarray    # (n_books, K, e_dim): initialises the generator's voken embeddings
-    error: np.ndarray        # (n_images,) quantisation error ||z - z_q||
-
-
-    def vokens_of(self, emb: np.ndarray) -> np.ndarray:
-        """Raw vokens ``(n, L)`` the tokenizer gives any joint-space vectors (images or, thanks to the
-        alignment, caption/query embeddings)."""
-        return self.model.encode(torch.as_tensor(np.asarray(emb), dtype=torch.float32)).numpy()
-
-
-def _key(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def tokenizer_rows(js: JointSpace, split: str, extra_captions: np.ndarray | None = None,
-                   extra_owner: np.ndarray | None = None):
-    """Training rows (image embedding, paired caption embedding): one per caption of ``split``,
-    plus optional extra (pseudo-query) caption embeddings owned by images of that split."""
-    idx = js.ds.split_indices(split)
-    keep = np.isin(js.text_owner, idx)
-    x, t = js.image[js.text_owner[keep]], js.text[keep]
-    if extra_captions is not None:
-        x = np.concatenate([x, js.image[extra_owner]])
-        t = np.concatenate([t, extra_captions])
-    return x, t
-
-
-def voken_tokenizer(js: JointSpace, cfg: tokenizer.TokenizerConfig = tokenizer.TokenizerConfig(),
-                    force: bool = False, progress: bool = True) -> VokenTokenizer:
-    """Train (or load) the RQ-VAE on training images + captions, select on validation loss, and give
-    every image of the dataset a unique identifier (collisions resolved, see avg_lib.identifiers)."""
-    out = js.directory / f"rqvae-{_key([tokenizer.CACHE_VERSION, asdict(cfg)])}"
-    if force:
-        shutil.rmtree(out, ignore_errors=True)
-    if not (out / "vokens.json").exists():
-        model, history = tokenizer.train_tokenizer(tokenizer_rows(js, "train"), tokenizer_rows(js, "val"), cfg,
-                                                   progress=progress)
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer.save(model, tmp)
-        pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
-        x = torch.as_tensor(js.image)
-        with torch.no_grad():
-            z = model.encoder(x)
-            raw = model.encode(x)
-            err = (z - model.quantizer.decode_indices(raw)).norm(dim=1).numpy()
-        ids = identifiers.resolve_collisions(js.ds.ids, raw.numpy(), err, cfg.codebook_size)
-        codebooks = model.quantizer.codebooks.detach().numpy()
-        np.save(tmp / "codebooks.npy", codebooks)
-        np.save(tmp / "codes.npy", ids.codes)
-        np.save(tmp / "raw_codes.npy", ids.raw)
-        np.save(tmp / "quantisation_error.npy", err)
-        (tmp / "vokens.json").write_text(json.dumps({
-            "tokenizer": asdict(cfg), "joint_space": str(js.directory), "depth": ids.depth,
-            "disambiguated": ids.disambiguated, "codebook_size": cfg.codebook_size,
-            "vokens": {i: c for i, c in zip(ids.ids, ids.codes.tolist())}}, indent=0))
-        os.replace(tmp, out)
-    meta = json.loads((out / "vokens.json").read_text())
-    if list(meta["vokens"]) != js.ds.ids:
-        raise RuntimeError(f"{out}: cached vokens belong to other items; rerun with force=True")
-    ids = identifiers.Identifiers(js.ds.ids, np.load(out / "raw_codes.npy"), np.load(out / "codes.npy"),
-                                  meta["codebook_size"])
-    return VokenTokenizer(tokenizer.load(out), pd.read_csv(out / "history.csv"), ids, out,
-                          np.load(out / "codebooks.npy"), np.load(out / "quantisation_error.npy"))
-
-
-def tokenizer_report(js: JointSpace, vt: VokenTokenizer) -> dict:
-    """The per-run numbers of the tokenizer (results/tokenizer.csv): reconstruction, alignment,
-    codebook usage and perplexity per level, identifier entropy, collision rates."""
-    cfg = vt.model.cfg
-    row: dict = {"K": cfg.codebook_size, "L": cfg.levels, "shared_codebook": cfg.shared_codebook,
-                 "align_weight": cfg.align_weight, "align_on": cfg.align_on, "kmeans_init": cfg.kmeans_init,
-                 "epochs_run": len(vt.history), "selected_epoch": int(vt.history["val_select"].idxmin()) + 1}
-    x = torch.as_tensor(js.image)
-    recon = vt.model.decode(torch.as_tensor(vt.ids.raw)).numpy()
-    for split in ("val", "test"):
-        idx = js.ds.split_indices(split)
-        row[f"recon_mse_{split}"] = float(((recon[idx] - js.image[idx]) ** 2).mean())
-        keep = np.isin(js.text_owner, idx)
-        r = recon[js.text_owner[keep]]
-        cos = (r * js.text[keep]).sum(1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(js.text[keep], axis=1) + 1e-12)
-        row[f"align_cos_{split}"] = float(cos.mean())
-        base = (js.image[js.text_owner[keep]] * js.text[keep]).sum(1)
-        row[f"image_caption_cos_{split}"] = float(base.mean())  # the same measure for the unquantised image
-    del x
-    for s in identifiers.level_stats(vt.ids.raw, cfg.codebook_size):
-        row[f"used_l{s['level']}"], row[f"perplexity_l{s['level']}"] = s["used"], s["perplexity"]
-    row["identifier_entropy_bits"] = identifiers.entropy_bits(vt.ids.raw)
-    row["max_entropy_bits"] = float(np.log2(len(vt.ids.raw)))
-    test = js.ds.split_indices("test")
-    row["collision_rate_all"] = identifiers.collision_rate(vt.ids.raw)
-    row["collision_rate_test_gallery"] = identifiers.collision_rate(vt.ids.raw[test])
-    row["collision_rate_after"] = identifiers.collision_rate(vt.ids.codes)
-    row["identifier_depth"] = vt.ids.depth
-    return row
-
-
-# ------------------------------------------------------------------------------------ generator
-
-@dataclass
-class RetrievalSplit:
-    texts: list[str]          # queries (captions of the split's images)
-    targets: np.ndarray       # gallery position of each query's image
-    gallery_codes: np.ndarray  # (n_gallery, depth) identifiers of the split's images
-    image_index: np.ndarray   # dataset index of each gallery position
-
-
-def retrieval_split(js: JointSpace, vt: "VokenTokenizer | identifiers.Identifiers", split: str) -> RetrievalSplit:
-    """Queries = the captions of ``split``'s images; gallery = those images with their identifiers
-    (``vt`` a tokenizer, or any :class:`~avg_lib.identifiers.Identifiers`)."""
-    ids = vt if isinstance(vt, identifiers.Identifiers) else vt.ids
-    texts, owner = js.ds.captions()
-    idx = js.ds.split_indices(split)
-    pos = np.full(len(js.ds), -1)
-    pos[idx] = np.arange(len(idx))
-    keep = pos[owner] >= 0
-    return RetrievalSplit([t for t, k in zip(texts, keep) if k], pos[owner[keep]], ids.codes[idx], idx)
-
-
-def pseudo_queries(js: JointSpace, split: str = "test", per_image: int = 2) -> tuple[list[str], np.ndarray]:
-    """Pseudo queries for the images of ``split`` that never read that split's captions: each image
-    borrows the first caption of each of its ``per_image`` most similar *training* images (cosine of
-    joint-space image embeddings). Returns (texts, dataset index of the image each text points to)."""
-    train = js.ds.split_indices("train")
-    target = js.ds.split_indices(split)
-    sims = js.image[target] @ js.image[train].T
-    nn_ = np.argsort(-sims, axis=1)[:, :per_image]
-    texts, owner = [], []
-    for t, row in zip(target, nn_):
-        for j in row:
-            texts.append(js.ds.items[train[j]].captions[0])
-            owner.append(t)
-    return texts, np.asarray(owner, dtype=np.int64)
-
-
-def generator_training_pairs(js: JointSpace, vt: VokenTokenizer, pseudo: int = 0) -> tuple[list[str], np.ndarray]:
-    """(caption, identifier) pairs of the training images, plus ``pseudo`` borrowed captions per test image."""
-    tr = retrieval_split(js, vt, "train")
-    texts, codes = list(tr.texts), vt.ids.codes[tr.image_index[tr.targets]]
-    if pseudo:
-        ptexts, powner = pseudo_queries(js, "test", pseudo)
-        texts += ptexts
-        codes = np.concatenate([codes, vt.ids.codes[powner]])
-    return texts, codes
-
-
-def voken_generator(js: JointSpace, vt: VokenTokenizer, cfg, pseudo: int = 0, force: bool = False,
-                    progress: bool = True, stage: str = "final", ids: "identifiers.Identifiers | None" = None,
-                    codebooks: np.ndarray | None = None):
-    """Train (or load) a generator on training captions (+ pseudo queries), selected on validation R@1.
-
-    ``stage="generative"`` returns the best checkpoint of the generative stage alone (the "without
-    discriminative training" ablation; identical to a run with ``disc_epochs=0``, see
-    :func:`avg_lib.generator.train_generator`). ``ids``/``codebooks``: other identifiers than the
-    tokenizer's (the baselines' atomic, random or hierarchical-k-means ids; :mod:`avg_lib.baselines`)."""
-    from . import generator
-
-    if stage not in ("final", "generative"):
-        raise ValueError(f"stage must be 'final' or 'generative', not {stage!r}")
-    if ids is not None:
-        vt = dataclasses.replace(vt, ids=ids, codebooks=codebooks,
-                                 directory=vt.directory.parent / f"ids-{ids.scheme}-{_key(ids.codes.tolist())}")
-
-    out = vt.directory / f"generator-{_key([generator.CACHE_VERSION, asdict(cfg), pseudo])}"
-    if force:
-        shutil.rmtree(out, ignore_errors=True)
-    if not (out / "generator.pt").exists():
-        texts, codes = generator_training_pairs(js, vt, pseudo)
-        val = retrieval_split(js, vt, "val")
-        train_imgs = js.ds.split_indices("train")
-        gen = generator.build_generator(vt.ids.codebook_size, vt.ids.depth, cfg, vt.codebooks,
-                                        prior_head=js.model.text_head if cfg.joint_prior else None)
-        t0 = time.time()
-        gen, history = generator.train_generator(gen, (texts, codes), (val.texts, val.targets, val.gallery_codes),
-                                                 train_codes_all=vt.ids.codes[train_imgs], progress=progress)
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        generator.save(gen, tmp, {"pseudo_queries_per_test_image": pseudo, "train_pairs": len(texts),
-                                  "train_seconds": round(time.time() - t0, 1)})
-        pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
-        if cfg.disc_epochs:
-            torch.save(gen.generative_state, tmp / "generator_generative.pt")
-        os.replace(tmp, out)
-    gen, history = generator.load(out), pd.read_csv(out / "history.csv")
-    if stage == "generative" and cfg.disc_epochs:
-        gen.load_state_dict(torch.load(out / "generator_generative.pt", weights_only=True))
-        history = history[history["stage"] == "generative"].reset_index(drop=True)
-    return gen, history, out
+def setup(profile: str | config.RunConfig = "smoke", overrides: dict | None = None, progress: bool = True) -> Run:
+    """The run of ``profile`` (a name in ``profiles/`` or a :class:`~avg_lib.config.RunConfig`), with optional
+    ``overrides`` merged over it like a profile that extends it. Prints what it set up."""
+    cfg = profile if isinstance(profile, config.RunConfig) else config.load_config(profile, overrides)
+    run = Run(cfg, progress=progress)
+    print(run)
+    return run

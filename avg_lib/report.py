@@ -10,42 +10,105 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .experiments import markdown
 from .results import write_text
+from .tables import markdown
 
-# The best public anchor for the paper's numbers (../shared/PAPER.md: an independent re-run of the
+# The best public anchor for the paper's numbers (docs/paper.md: an independent re-run of the
 # authors' code with T5-base, ComGTIR, SIGIR-AP 2025). Different data and models: only the
 # *relations* between rows are compared with this run, never the values.
-ANCHORS = pd.DataFrame([
-    {"setting": "AVG, no pseudo queries", "Flickr30K R@1/5/10": "40.8 / 75.1 / 84.2", "MS-COCO 5K R@1/5/10": "19.3 / 45.7 / 59.7"},
-    {"setting": "AVG, with pseudo queries", "Flickr30K R@1/5/10": "49.4 / 81.6 / 89.0", "MS-COCO 5K R@1/5/10": "23.2 / 51.1 / 64.1"},
-    {"setting": "GRACE structured IDs (as cited)", "Flickr30K R@1/5/10": "37.4 / 59.5 / 66.2", "MS-COCO 5K R@1/5/10": "16.7 / 39.2 / 50.3"},
-    {"setting": "CLIP ViT-L/14-336 zero-shot", "Flickr30K R@1/5/10": "68.7 / 90.6 / 95.2", "MS-COCO 5K R@1/5/10": "37.8 / 62.4 / 72.2"},
-])
+ANCHORS = pd.DataFrame(
+    [
+        {
+            "setting": "AVG, no pseudo queries",
+            "Flickr30K R@1/5/10": "40.8 / 75.1 / 84.2",
+            "MS-COCO 5K R@1/5/10": "19.3 / 45.7 / 59.7",
+        },
+        {
+            "setting": "AVG, with pseudo queries",
+            "Flickr30K R@1/5/10": "49.4 / 81.6 / 89.0",
+            "MS-COCO 5K R@1/5/10": "23.2 / 51.1 / 64.1",
+        },
+        {
+            "setting": "GRACE structured IDs (as cited)",
+            "Flickr30K R@1/5/10": "37.4 / 59.5 / 66.2",
+            "MS-COCO 5K R@1/5/10": "16.7 / 39.2 / 50.3",
+        },
+        {
+            "setting": "CLIP ViT-L/14-336 zero-shot",
+            "Flickr30K R@1/5/10": "68.7 / 90.6 / 95.2",
+            "MS-COCO 5K R@1/5/10": "37.8 / 62.4 / 72.2",
+        },
+    ]
+)
 
 PROVENANCE = ["profile", "seed", "git_commit", "created_utc"]
 
 SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance))
-    ("main_table.csv", "Main table (test gallery)", ["main_recall.png"],
-     ["method", "pseudo_queries", "R@1", "R@1_std", "R@5", "R@10", "rSum", "rSum_std", "latency_ms", "n_seeds"]),
-    ("ablation.csv", "Ablations (AVG without pseudo queries)", ["ablation.png"],
-     ["variant", "R@1", "R@5", "R@10", "rSum", "delta_R@1", "val_R@1"]),
-    ("analysis_codebook_size.csv", "Analysis: codebook size", ["analysis_codebook_size.png"],
-     ["codebook_size", "voken_length", "identifier_depth", "R@1", "R@5", "R@10", "latency_ms", "val_R@1"]),
-    ("analysis_voken_length.csv", "Analysis: voken length", ["analysis_voken_length.png"],
-     ["codebook_size", "voken_length", "identifier_depth", "R@1", "R@5", "R@10", "latency_ms", "val_R@1"]),
-    ("analysis_beam_size.csv", "Analysis: beam size", ["analysis_beam_size.png"],
-     ["beam_size", "R@1", "R@5", "R@10", "latency_ms"]),
-    ("efficiency.csv", "Efficiency: query cost against gallery size", ["efficiency.png"],
-     ["method", "gallery_size", "latency_ms_batch1", "queries_per_s_batched", "hardware"]),
-    ("two_tower.csv", "Two-tower baseline and the ridge reference (notebook 01)", ["two_tower_recall.png", "two_tower_training.png"], None),
-    ("tokenizer.csv", "Voken tokenizer (notebook 02)", ["tokenizer_training.png", "tokenizer_collisions.png",
-                                                         "voken_codebook_usage.png", "voken_prefix1_grid.png",
-                                                         "voken_prefix2_grid.png", "voken_map.png", "voken_queries.png"], None),
+    (
+        "main_table.csv",
+        "Main table (test gallery)",
+        ["main_recall.png"],
+        ["method", "pseudo_queries", "R@1", "R@1_std", "R@5", "R@10", "rSum", "rSum_std", "latency_ms", "n_seeds"],
+    ),
+    (
+        "ablation.csv",
+        "Ablations (AVG without pseudo queries)",
+        ["ablation.png"],
+        ["variant", "R@1", "R@5", "R@10", "rSum", "delta_R@1", "val_R@1"],
+    ),
+    (
+        "analysis_codebook_size.csv",
+        "Analysis: codebook size",
+        ["analysis_codebook_size.png"],
+        ["codebook_size", "voken_length", "identifier_depth", "R@1", "R@5", "R@10", "latency_ms", "val_R@1"],
+    ),
+    (
+        "analysis_voken_length.csv",
+        "Analysis: voken length",
+        ["analysis_voken_length.png"],
+        ["codebook_size", "voken_length", "identifier_depth", "R@1", "R@5", "R@10", "latency_ms", "val_R@1"],
+    ),
+    (
+        "analysis_beam_size.csv",
+        "Analysis: beam size",
+        ["analysis_beam_size.png"],
+        ["beam_size", "R@1", "R@5", "R@10", "latency_ms"],
+    ),
+    (
+        "efficiency.csv",
+        "Efficiency: query cost against gallery size",
+        ["efficiency.png"],
+        ["method", "gallery_size", "latency_ms_batch1", "queries_per_s_batched", "hardware"],
+    ),
+    (
+        "two_tower.csv",
+        "Two-tower baseline and the ridge reference (notebook 01)",
+        ["two_tower_recall.png", "two_tower_training.png"],
+        None,
+    ),
+    (
+        "tokenizer.csv",
+        "Voken tokenizer (notebook 02)",
+        [
+            "tokenizer_training.png",
+            "tokenizer_collisions.png",
+            "voken_codebook_usage.png",
+            "voken_prefix1_grid.png",
+            "voken_prefix2_grid.png",
+            "voken_map.png",
+            "voken_queries.png",
+        ],
+        None,
+    ),
     ("generator_training.csv", "Generator training (notebook 04)", ["generator_training.png"], None),
     ("generator_backends.csv", "Generator backends (notebook 04)", [], None),
     ("evaluation.csv", "AVG against two-tower at the profile seed (notebook 05)", ["evaluation_recall.png"], None),
-    ("decoding_benchmark.csv", "Decoding speed: batched trie vs transformers' prefix_allowed_tokens_fn (notebook 05)", [], None),
+    (
+        "decoding_benchmark.csv",
+        "Decoding speed: batched trie vs transformers' prefix_allowed_tokens_fn (notebook 05)",
+        [],
+        None,
+    ),
 ]
 
 
@@ -107,8 +170,10 @@ def _identifier_comparison(runs: pd.DataFrame | None, avg: pd.DataFrame, gen: pd
 def _seed_spread(avg: pd.DataFrame) -> str:
     """How much AVG's R@1 moves between seeds (main table), to read single-seed differences against."""
     if len(avg) and "R@1_std" in avg and int(avg.get("n_seeds", pd.Series([1])).iloc[0]) > 1:
-        return (f" AVG's R@1 over {int(avg['n_seeds'].iloc[0])} seeds: {float(avg['R@1'].iloc[0]):.1f} ± "
-                f"{float(avg['R@1_std'].iloc[0]):.1f}.")
+        return (
+            f" AVG's R@1 over {int(avg['n_seeds'].iloc[0])} seeds: {float(avg['R@1'].iloc[0]):.1f} ± "
+            f"{float(avg['R@1_std'].iloc[0]):.1f}."
+        )
     return ""
 
 
@@ -125,75 +190,111 @@ def claims(d: Path) -> list[str]:
         if len(avg) and len(gen):
             a, others, seeds = _identifier_comparison(runs, avg, gen)
             name, b = max(others.items(), key=lambda kv: kv[1])
-            out.append(f"AVG's identifiers beat the other generative identifiers (same generator): "
-                       f"{_verdict(a > b)}: AVG R@1 {a:.1f} vs best other {b:.1f} ({name.replace('generative: ', '')}) "
-                       f"at {seeds}; all: " + ", ".join(f"{m.replace('generative: ', '')} {r:.1f}" for m, r in others.items())
-                       + "." + _seed_spread(avg))
+            out.append(
+                f"AVG's identifiers beat the other generative identifiers (same generator): "
+                f"{_verdict(a > b)}: AVG R@1 {a:.1f} vs best other {b:.1f} ({name.replace('generative: ', '')}) "
+                f"at {seeds}; all: "
+                + ", ".join(f"{m.replace('generative: ', '')} {r:.1f}" for m, r in others.items())
+                + "."
+                + _seed_spread(avg)
+            )
         pq = _pseudo_query_effect(runs, main)
         if pq is not None:
             (a, p), (ra, rp), seeds = pq
-            out.append(f"Pseudo queries improve AVG (R@1): {_verdict(p > a)}: R@1 {a:.1f} → {p:.1f}, rSum {ra:.1f} → "
-                       f"{rp:.1f} ({seeds}).")
+            out.append(
+                f"Pseudo queries improve AVG (R@1): {_verdict(p > a)}: R@1 {a:.1f} → {p:.1f}, rSum {ra:.1f} → "
+                f"{rp:.1f} ({seeds})."
+            )
         if len(avg) and len(tt):
             a, t = float(avg["R@1"].iloc[0]), float(tt["R@1"].iloc[0])
-            out.append(f"AVG is competitive with the two-tower model it is built on: {_verdict(a >= t)} "
-                       f"(R@1 {a:.1f} vs {t:.1f}). In the anchor re-run AVG also stays below CLIP.")
+            out.append(
+                f"AVG is competitive with the two-tower model it is built on: {_verdict(a >= t)} "
+                f"(R@1 {a:.1f} vs {t:.1f}). In the anchor re-run AVG also stays below CLIP."
+            )
         if len(ot) and len(tt):
-            out.append(f"One-tower R@1 {float(ot['R@1'].iloc[0]):.1f} vs two-tower {float(tt['R@1'].iloc[0]):.1f} "
-                       f"(query latency {float(ot['latency_ms'].iloc[0]):.2f} vs {float(tt['latency_ms'].iloc[0]):.3f} ms).")
+            out.append(
+                f"One-tower R@1 {float(ot['R@1'].iloc[0]):.1f} vs two-tower {float(tt['R@1'].iloc[0]):.1f} "
+                f"(query latency {float(ot['latency_ms'].iloc[0]):.2f} vs {float(tt['latency_ms'].iloc[0]):.3f} ms)."
+            )
     if abl is not None:
         rest = abl[~abl["variant"].str.startswith(("AVG (full)", "unresolved"))]
         full = abl[abl["variant"] == "AVG (full)"]
         if len(rest):
             hurts = rest["delta_R@1"] < 0
-            d_rsum = rest["rSum"] - float(full["rSum"].iloc[0]) if len(full) and "rSum" in abl else rest["rSum"] * np.nan
-            out.append(f"Each ablation hurts (R@1): {_verdict(bool(hurts.all()))}: "
-                       + ", ".join(f"{v} {dl:+.1f} R@1 / {dr:+.1f} rSum"
-                                   for v, dl, dr in zip(rest["variant"], rest["delta_R@1"], d_rsum))
-                       + " (points; one seed each)." + (_seed_spread(avg) if main is not None else ""))
+            d_rsum = (
+                rest["rSum"] - float(full["rSum"].iloc[0]) if len(full) and "rSum" in abl else rest["rSum"] * np.nan
+            )
+            out.append(
+                f"Each ablation hurts (R@1): {_verdict(bool(hurts.all()))}: "
+                + ", ".join(
+                    f"{v} {dl:+.1f} R@1 / {dr:+.1f} rSum"
+                    for v, dl, dr in zip(rest["variant"], rest["delta_R@1"], d_rsum)
+                )
+                + " (points; one seed each)."
+                + (_seed_spread(avg) if main is not None else "")
+            )
         unres = abl[abl["variant"].str.startswith("unresolved")]
         if len(unres):
             dl = float(unres["delta_R@1"].iloc[0])
-            out.append(f"Ignoring identifier collisions inflates recall (the authors' evaluation): "
-                       f"{_verdict(dl > 0)}: {dl:+.2f} R@1 points on this gallery.")
+            out.append(
+                f"Ignoring identifier collisions inflates recall (the authors' evaluation): "
+                f"{_verdict(dl > 0)}: {dl:+.2f} R@1 points on this gallery."
+            )
     if eff is not None and len(eff["gallery_size"].unique()) > 1:
         g = eff.sort_values("gallery_size").groupby("method", sort=False)
-        growth = g.apply(lambda t: t["latency_ms_batch1"].iloc[-1] / t["latency_ms_batch1"].iloc[0], include_groups=False)
+        growth = g.apply(
+            lambda t: t["latency_ms_batch1"].iloc[-1] / t["latency_ms_batch1"].iloc[0], include_groups=False
+        )
         span = g["gallery_size"].agg(lambda s: f"{s.min():,}→{s.max():,}")
         gen_key = [m for m in growth.index if m.startswith("generative")]
         if gen_key:
             x = float(growth[gen_key[0]])
-            out.append(f"Generative retrieval's latency is flat in the gallery size: {_verdict(x < 2.0)}: batch-1 latency "
-                       f"grows ×{x:.2f} over {span[gen_key[0]]} images; "
-                       + ", ".join(f"{m} ×{float(v):.2f} ({span[m]})" for m, v in growth.items() if m not in gen_key) + ".")
+            out.append(
+                f"Generative retrieval's latency is flat in the gallery size: {_verdict(x < 2.0)}: batch-1 latency "
+                f"grows ×{x:.2f} over {span[gen_key[0]]} images; "
+                + ", ".join(f"{m} ×{float(v):.2f} ({span[m]})" for m, v in growth.items() if m not in gen_key)
+                + "."
+            )
     return out
 
 
-def write_results_readme(results_dir: str | Path, profile: str, running: str | None = None) -> Path:
-    """``running``: the notebook calling this (its row in provenance.csv is from an earlier run, if any,
-    and is shown as running instead)."""
+def write_results_readme(results_dir: str | Path, profile: str) -> Path:
+    """Write ``<results_dir>/README.md`` from the tables and figures in that directory (the runner calls
+    this after the notebooks it ran)."""
     d = Path(results_dir)
     prov = _read(d, "provenance.csv")
-    if prov is not None and running is not None:
-        prov = prov[prov["notebook"] != running].astype(object)  # keep integer columns printed as integers
-        prov = pd.concat([prov, pd.DataFrame([{"notebook": running, "status": "running (writes this file)"}])],
-                         ignore_index=True)
-    lines = [f"# Results: profile `{profile}`", "",
-             "Generated by `run_all.sh` (notebook 08, `avg_lib/report.py`) from the CSVs and figures in this directory; "
-             "do not edit by hand. Every CSV row carries its profile, seed(s), git commit and creation time.", "",
-             "Recall is in percent over the test gallery (a hit is the query's own image; identifiers are unique). "
-             "`latency_ms` is the mean time per query when queries are processed in batches of 64, excluding the frozen "
-             "text encoder for every method (two-tower, one-tower and AVG alike); the efficiency table adds batch-1 "
-             "latency.", ""]
+    lines = [
+        f"# Results: profile `{profile}`",
+        "",
+        "Generated by `run_all.sh` (`avg_lib/report.py`, after the notebooks it ran) from the CSVs and figures "
+        "in this directory; do not edit by hand. Every CSV row carries its profile, seed(s), git commit and "
+        "creation time, and `config/<table>.json` holds the run configuration that produced the table.",
+        "",
+        "Recall is in percent over the test gallery (a hit is the query's own image; identifiers are unique). "
+        "`latency_ms` is the mean time per query when queries are processed in batches of 64, excluding the frozen "
+        "text encoder for every method (two-tower, one-tower and AVG alike); the efficiency table adds batch-1 "
+        "latency.",
+        "",
+    ]
     if prov is not None and len(prov):
-        lines += ["## Run", "", markdown(prov), f"Sum of the wall times above: {prov['wall_s'].sum() / 60:.1f} min. "
-                  "A notebook rerun with cached models (`run_all.sh --from NN`) is much faster than in a fresh run; "
-                  "`provenance.csv` keeps the latest run of each notebook.", ""]
+        lines += [
+            "## Run",
+            "",
+            markdown(prov),
+            f"Sum of the wall times above: {prov['wall_s'].sum() / 60:.1f} min. "
+            "A notebook rerun with cached models (`run_all.sh --from NN`) is much faster than in a fresh run; "
+            "`provenance.csv` keeps the latest run of each notebook.",
+            "",
+        ]
     lines += ["## The paper's claims, checked on this run", ""]
     found = claims(d)
     lines += [f"- {c}" for c in found] if found else ["- (no tables to check yet)"]
-    lines += ["", "Anchors (PAPER.md; other datasets and models, so only the relations above are comparable):", "",
-              markdown(ANCHORS)]
+    lines += [
+        "",
+        "Anchors (docs/paper.md; other datasets and models, so only the relations above are comparable):",
+        "",
+        markdown(ANCHORS),
+    ]
     missing = []
     for csv, title, figs, cols in SECTIONS:
         df = _read(d, csv)

@@ -2,12 +2,15 @@
 
 Every CSV row carries ``profile``, ``seed`` (the row's own, for tables with one row per seed),
 ``git_commit`` (``+dirty`` when tracked files outside ``results/`` had uncommitted changes) and
-``created_utc``; :mod:`avg_lib.runner` adds the wall time of each notebook to ``<results_dir>/provenance.csv``.
+``created_utc``, and the run configuration that produced a table is saved beside it
+(``config/<name>.json``); :mod:`avg_lib.runner` adds the wall time of each notebook to
+``<results_dir>/provenance.csv``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import subprocess
@@ -23,11 +26,17 @@ PROVENANCE_COLUMNS = ("profile", "seed", "git_commit", "created_utc")
 
 def git_commit(root: Path = REPO_ROOT) -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
         # outputs under results/ do not count: a run rewrites them as it goes, and they are not code
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
-                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -42,10 +51,11 @@ def hardware() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
 
 
-def _atomic(path: Path, write) -> Path:
+def atomic_write(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial"))
     # created like open() would (mode 0666 less the umask); mkstemp would make an owner-only file
@@ -59,28 +69,44 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
-def write_csv(df: pd.DataFrame, path: str | os.PathLike, profile: str, seed: int | str) -> Path:
+def write_csv(
+    df: pd.DataFrame, path: str | os.PathLike, profile: str, seed: int | str, config: dict | None = None
+) -> Path:
     """Write ``df`` plus the provenance columns to ``path`` (relative paths: from the repo root).
 
     A table with its own ``seed`` column (one row per training seed) keeps it: a row's seed is more
-    specific than the run's. Any other provenance column already in ``df`` is an error."""
+    specific than the run's. Any other provenance column already in ``df`` is an error. ``config``
+    (the run configuration) is saved as ``config/<name>.json`` beside the CSV."""
     df = df.copy()
-    for name, value in zip(PROVENANCE_COLUMNS, (profile, seed, git_commit(), utc_now())):
+    commit, now = git_commit(), utc_now()
+    for name, value in zip(PROVENANCE_COLUMNS, (profile, seed, commit, now)):
         if name not in df.columns:
             df[name] = value
         elif name != "seed":
             raise ValueError(f"{path}: column {name!r} is reserved for provenance")
-    return _atomic(repo_path(path), lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
+    path = repo_path(path)
+    if config is not None:
+        meta = {"table": path.name, "profile": profile, "git_commit": commit, "created_utc": now, "config": config}
+        write_text(json.dumps(meta, indent=1, default=str) + "\n", config_path(path))
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
+
+
+def config_path(csv_path: str | os.PathLike) -> Path:
+    """Where the run configuration of a results CSV is saved: ``<dir>/config/<name>.json``."""
+    p = repo_path(csv_path)
+    return p.parent / "config" / f"{p.stem}.json"
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:
     """Write a text file (markdown tables, reports) atomically."""
+
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
-    return _atomic(repo_path(path), write)
+
+    return atomic_write(repo_path(path), write)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
     """Save a matplotlib figure atomically as PNG."""
-    return _atomic(repo_path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+    return atomic_write(repo_path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))

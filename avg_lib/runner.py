@@ -1,18 +1,13 @@
-"""Run the notebooks in order with papermill, injecting one profile's parameters (``run_all.sh``).
+"""Run the notebooks in order with papermill, for one profile (``run_all.sh``).
 
-A profile is ``profiles/<name>.yaml``::
-
-    description: one line
-    results_dir: results            # where CSVs, figures, executed notebooks and provenance go
-    common: {seed: 0, ...}          # offered to every notebook
-    notebooks:                      # per-notebook overrides, by file stem
-      01_data_preparation: {two_tower_epochs: 300}
-    extends: default                # optional: start from another profile; ``common`` and each
-                                    # notebook's section are merged key by key, the rest replaced
-
-A notebook receives only the parameters its ``parameters`` cell declares. The run stops at the
-first failing notebook and exits non-zero, naming it. ``<results_dir>/provenance.csv`` gets one
-row per notebook: status, wall time, commit, profile, seed and hardware.
+Each notebook's ``parameters`` cell names the profile (``profile = "smoke"`` as stored, so nbval and a
+fresh Jupyter run the smoke settings); the runner injects the chosen profile's name and the notebook
+builds everything else from it (:func:`avg_lib.pipeline.setup`). The profile is validated before
+anything runs (:mod:`avg_lib.config`). The run stops at the first failing notebook and exits
+non-zero, naming it. ``<results_dir>/provenance.csv`` gets one row per notebook (status, wall time,
+commit, profile, seed, hardware), and after the notebooks it ran the runner rewrites
+``<results_dir>/README.md`` from the tables and figures then in that directory
+(:mod:`avg_lib.report`), so ``--only`` and ``--from`` leave it true.
 """
 
 from __future__ import annotations
@@ -24,42 +19,16 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from . import config, report
 from .paths import REPO_ROOT, repo_path
-from .results import _atomic, git_commit, hardware, utc_now
+from .results import atomic_write, git_commit, hardware, utc_now
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-PROFILE_DIR = REPO_ROOT / "profiles"
 
 
 def notebooks() -> list[Path]:
     return sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-
-
-def load_profile(name: str, _seen: tuple[str, ...] = ()) -> dict:
-    path = PROFILE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in sorted(PROFILE_DIR.glob("*.yaml")))
-        raise SystemExit(f"unknown profile {name!r} ({path} not found); known profiles: {known}")
-    if name in _seen:
-        raise SystemExit(f"{path}: profiles extend each other in a cycle: {' -> '.join(_seen + (name,))}")
-    with open(path) as f:
-        prof = yaml.safe_load(f) or {}
-    base = prof.pop("extends", None)
-    if base is not None:
-        parent = load_profile(base, _seen + (name,))
-        common = {**parent["common"], **(prof.get("common") or {})}
-        books = dict(parent["notebooks"])
-        for nb, section in (prof.get("notebooks") or {}).items():
-            books[nb] = {**(books.get(nb) or {}), **(section or {})}
-        prof = {**parent, **prof, "common": common, "notebooks": books}
-    for key in ("results_dir", "common", "notebooks"):
-        prof.setdefault(key, {} if key != "results_dir" else "results")
-    unknown = set(prof["notebooks"]) - {p.stem for p in notebooks()}
-    if unknown:
-        raise SystemExit(f"{path}: sections for notebooks that do not exist: {sorted(unknown)}")
-    return prof
 
 
 def declared_parameters(nb: Path) -> dict[str, object]:
@@ -82,18 +51,23 @@ def declared_parameters(nb: Path) -> dict[str, object]:
     return out
 
 
-def parameters_for(nb: Path, profile_name: str, prof: dict) -> dict:
+def parameters_for(nb: Path, profile_name: str) -> dict:
+    """What the runner injects: the profile's name (the notebook builds its settings from it)."""
     declared = declared_parameters(nb)
-    offered = {"profile": profile_name, "results_dir": prof["results_dir"], **prof["common"],
-               **(prof["notebooks"].get(nb.stem) or {})}
-    return {k: v for k, v in offered.items() if k in declared}
+    if "profile" not in declared:
+        raise SystemExit(f"{nb}: the parameters cell must declare `profile` (the runner injects the profile's name)")
+    return {"profile": profile_name}
 
 
 def run(profile_name: str, only: list[str] | None = None, start: str | None = None, log_output: bool = True) -> int:
     import papermill as pm
 
-    prof = load_profile(profile_name)
-    results_dir = repo_path(prof["results_dir"])
+    try:
+        cfg = config.load_config(profile_name)
+    except config.ConfigError as e:
+        print(f"run_all.sh: {e}", file=sys.stderr)
+        return 2
+    results_dir = repo_path(cfg.results_dir)
     out_dir = results_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = notebooks()
@@ -111,46 +85,77 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
     commit, hw = git_commit(), hardware()
     try:
         for nb in todo:
-            params = parameters_for(nb, profile_name, prof)
+            params = parameters_for(nb, profile_name)
             print(f"==> {nb.relative_to(REPO_ROOT)}  profile={profile_name}  parameters={params}", flush=True)
             t0, started, status = time.time(), utc_now(), "ok"
             try:
-                pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params, cwd=str(REPO_ROOT),
-                                    log_output=log_output, progress_bar=False, kernel_name="python3")
-            except Exception as e:  # noqa: BLE001 - report any failure with the notebook's name
+                pm.execute_notebook(
+                    str(nb),
+                    str(out_dir / nb.name),
+                    parameters=params,
+                    cwd=str(REPO_ROOT),
+                    log_output=log_output,
+                    progress_bar=False,
+                    kernel_name="python3",
+                )
+            except Exception as e:
                 status = f"failed: {type(e).__name__}"
-                print(f"\nFAILED: {nb.relative_to(REPO_ROOT)} ({type(e).__name__}); executed copy with the "
-                      f"error: {(out_dir / nb.name).relative_to(REPO_ROOT)}\n{e}", file=sys.stderr)
-            row = {"notebook": nb.name, "status": status, "wall_s": round(time.time() - t0, 1), "started_utc": started,
-                   "profile": profile_name, "seed": prof["common"].get("seed", ""), "git_commit": commit, "hardware": hw}
+                print(
+                    f"\nFAILED: {nb.relative_to(REPO_ROOT)} ({type(e).__name__}); executed copy with the "
+                    f"error: {(out_dir / nb.name).relative_to(REPO_ROOT)}\n{e}",
+                    file=sys.stderr,
+                )
+            row = {
+                "notebook": nb.name,
+                "status": status,
+                "wall_s": round(time.time() - t0, 1),
+                "started_utc": started,
+                "profile": profile_name,
+                "seed": cfg.seed,
+                "git_commit": commit,
+                "hardware": hw,
+            }
             if len(prov):
                 prov = prov[prov["notebook"] != nb.name]
             prov = pd.concat([prov, pd.DataFrame([row])], ignore_index=True).sort_values("notebook")
-            _atomic(prov_path, lambda tmp: prov.to_csv(tmp, index=False))
+            atomic_write(prov_path, lambda tmp: prov.to_csv(tmp, index=False))
             print(f"<== {nb.name}: {status} in {row['wall_s']:.0f}s", flush=True)
             if status != "ok":
                 return 1
     finally:
+        readme = report.write_results_readme(results_dir, profile_name)
+        print(
+            f"<== {readme.relative_to(REPO_ROOT) if readme.is_relative_to(REPO_ROOT) else readme} rewritten from "
+            "the tables and figures in that directory",
+            flush=True,
+        )
         if env_before is None:
             os.environ.pop("AVG_PLAIN_PROGRESS", None)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="run_all.sh", description=(
-        "Execute the notebooks in order with papermill, regenerating every table (CSV) and figure (PNG) "
-        "of the chosen profile. Executed notebooks go to <results_dir>/notebooks/, timings to "
-        "<results_dir>/provenance.csv."))
-    ap.add_argument("--profile", default="default",
-                    help="profiles/<name>.yaml: default (offline emoji run), smoke (minutes, synthetic data)")
+    ap = argparse.ArgumentParser(
+        prog="run_all.sh",
+        description=(
+            "Execute the notebooks in order with papermill, regenerating every table (CSV) and figure (PNG) "
+            "of the chosen profile. Executed notebooks go to <results_dir>/notebooks/, timings to "
+            "<results_dir>/provenance.csv."
+        ),
+    )
+    ap.add_argument(
+        "--profile",
+        default="default",
+        help=f"profiles/<name>.yaml, one of: {', '.join(config.known_profiles())} (default: default)",
+    )
     ap.add_argument("--only", nargs="+", metavar="NN", help="run only the notebooks whose names start with these")
     ap.add_argument("--from", dest="start", metavar="NN", help="start at this notebook (resume after a failure)")
     ap.add_argument("--list", action="store_true", help="list profiles and notebooks, then exit")
     ap.add_argument("--quiet", action="store_true", help="do not stream notebook output to the terminal")
     args = ap.parse_args(argv)
     if args.list:
-        for p in sorted(PROFILE_DIR.glob("*.yaml")):
-            print(f"profile {p.stem}: {(yaml.safe_load(p.read_text()) or {}).get('description', '')}")
+        for name in config.known_profiles():
+            print(f"profile {name}: {config.load_profile(name).get('description', '')}")
         for nb in notebooks():
             print(f"notebook {nb.name}")
         return 0

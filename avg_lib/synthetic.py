@@ -13,23 +13,43 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data import CaptionedImages, Item
+from .dataset import CaptionedImages, Item
 
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40),
-          "purple": (140, 60, 180), "orange": (245, 140, 30), "black": (20, 20, 20), "pink": (240, 130, 190)}
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+    "black": (20, 20, 20),
+    "pink": (240, 130, 190),
+}
 BACKGROUNDS = {"white": (250, 250, 250), "gray": (150, 150, 150), "beige": (235, 220, 190), "sky": (190, 225, 245)}
 SHAPES = ("circle", "square", "triangle", "diamond")
 SIZES = {"small": 0.16, "large": 0.3}
-POSITIONS = {"top left": (0.28, 0.28), "top right": (0.72, 0.28), "bottom left": (0.28, 0.72),
-             "bottom right": (0.72, 0.72), "center": (0.5, 0.5)}
+POSITIONS = {
+    "top left": (0.28, 0.28),
+    "top right": (0.72, 0.28),
+    "bottom left": (0.28, 0.72),
+    "bottom right": (0.72, 0.72),
+    "center": (0.5, 0.5),
+}
 
 
 def scene(seed: int, index: int) -> dict:
     rng = np.random.default_rng([seed, index])
     n = int(rng.integers(1, 4))
     positions = rng.choice(list(POSITIONS), size=n, replace=False)
-    objs = [{"shape": str(rng.choice(SHAPES)), "color": str(rng.choice(list(COLORS))),
-             "size": str(rng.choice(list(SIZES))), "position": str(p)} for p in positions]
+    objs = [
+        {
+            "shape": str(rng.choice(SHAPES)),
+            "color": str(rng.choice(list(COLORS))),
+            "size": str(rng.choice(list(SIZES))),
+            "position": str(p),
+        }
+        for p in positions
+    ]
     return {"background": str(rng.choice(list(BACKGROUNDS))), "objects": objs, "variant": int(rng.integers(1 << 30))}
 
 
@@ -56,11 +76,15 @@ def captions(sc: dict, seed: int, index: int, n: int = 3) -> tuple[str, ...]:
     rng = np.random.default_rng([seed, index, 1])
     objs = list(sc["objects"])
     phrases = [f"a {o['size']} {o['color']} {o['shape']}" for o in objs]
-    placed = [f"{p} at the {o['position']}" if o["position"] != "center" else f"{p} in the center"
-              for p, o in zip(phrases, objs)]
+    placed = [
+        f"{p} at the {o['position']}" if o["position"] != "center" else f"{p} in the center"
+        for p, o in zip(phrases, objs)
+    ]
     bg = sc["background"]
-    out = [" and ".join(placed) + f" on a {bg} background",
-           f"{bg} background with " + ", ".join(f"{o['color']} {o['shape']}" for o in objs)]
+    out = [
+        " and ".join(placed) + f" on a {bg} background",
+        f"{bg} background with " + ", ".join(f"{o['color']} {o['shape']}" for o in objs),
+    ]
     order = rng.permutation(len(objs))
     out.append("there is " + " and ".join(placed[k] for k in order))
     out.append(f"{len(objs)} shape{'s' if len(objs) > 1 else ''}: " + ", ".join(phrases[k] for k in order))
@@ -71,7 +95,9 @@ def split_of(index: int) -> str:
     return "test" if index % 10 == 0 else "val" if index % 10 == 1 else "train"
 
 
-def load_synthetic(n_images: int = 500, seed: int = 0, image_size: int = 64, captions_per_image: int = 3) -> CaptionedImages:
+def load_synthetic(
+    n_images: int = 500, seed: int = 0, image_size: int = 64, captions_per_image: int = 3
+) -> CaptionedImages:
     def renderer(item: Item) -> Image.Image:
         return render(scene(seed, int(item.id.removeprefix("syn"))), image_size)
 

@@ -1,6 +1,6 @@
 """The voken tokenizer: an RQ-VAE over joint-space image embeddings, with semantic alignment.
 
-Paper §2 (``../shared/PAPER.md``): an MLP encoder maps an image embedding to a latent ``z``;
+Paper §2 (``docs/paper.md``, "Voken tokenizer"): an MLP encoder maps an image embedding to a latent ``z``;
 residual quantisation replaces ``z`` by a sum of ``L`` codebook vectors, chosen greedily level by
 level (``r_0 = z``, ``c_l = argmin_k ||r_{l-1} - e_k||``, ``r_l = r_{l-1} - e_{c_l}``); a mirror MLP
 decoder maps the quantised latent back. The ``L`` indices are the image's **vokens**. Losses:
@@ -23,6 +23,7 @@ paper. Selection is on the validation reconstruction + alignment loss; the test 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -30,13 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .dropout import Dropout
 from .progress import tqdm
 from .selection import BestState
-
 
 # Part of every cache key of trained tokenizers: bump it when a change to this module changes what
 # training produces, so that stale cached runs are never read back.
@@ -45,17 +44,17 @@ CACHE_VERSION = 3
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    codebook_size: int = 256          # K
-    levels: int = 3                   # L, the voken length
-    shared_codebook: bool = True      # one codebook applied L times (paper) or one per level
-    e_dim: int = 64                   # latent / codebook vector size
+    codebook_size: int = 256  # K
+    levels: int = 3  # L, the voken length
+    shared_codebook: bool = True  # one codebook applied L times (paper) or one per level
+    e_dim: int = 64  # latent / codebook vector size
     hidden: tuple[int, ...] = (512, 256)
     dropout: float = 0.1
-    beta: float = 0.25                # commitment weight
-    align_weight: float = 1.0         # semantic alignment weight; 0 = off (ablation)
+    beta: float = 0.25  # commitment weight
+    align_weight: float = 1.0  # semantic alignment weight; 0 = off (ablation)
     align_on: str = "reconstruction"  # "reconstruction" (paper) or "latent"
-    kmeans_init: bool = True          # False = random init from training latents (ablation)
-    restart_dead_codes: bool = True   # move entries unused for an epoch onto live residuals (not in the paper)
+    kmeans_init: bool = True  # False = random init from training latents (ablation)
+    restart_dead_codes: bool = True  # move entries unused for an epoch onto live residuals (not in the paper)
     epochs: int = 200
     batch_size: int = 256
     lr: float = 1e-3
@@ -78,7 +77,7 @@ def sq_err(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _mlp(dims: list[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
             layers += [nn.BatchNorm1d(b), nn.ReLU(), Dropout(dropout)]
@@ -201,7 +200,7 @@ class RQVAE(nn.Module):
         """Voken indices ``(n, L)`` of image embeddings (eval mode, deterministic)."""
         was = self.training
         self.eval()
-        out = torch.cat([self.quantizer(self.encoder(x[s:s + batch_size]))[1] for s in range(0, len(x), batch_size)])
+        out = torch.cat([self.quantizer(self.encoder(x[s : s + batch_size]))[1] for s in range(0, len(x), batch_size)])
         self.train(was)
         return out
 
@@ -214,8 +213,12 @@ class RQVAE(nn.Module):
         return out
 
 
-def train_tokenizer(train_rows: tuple[np.ndarray, np.ndarray], val_rows: tuple[np.ndarray, np.ndarray],
-                    cfg: TokenizerConfig = TokenizerConfig(), progress: bool = True):
+def train_tokenizer(
+    train_rows: tuple[np.ndarray, np.ndarray],
+    val_rows: tuple[np.ndarray, np.ndarray],
+    cfg: TokenizerConfig = TokenizerConfig(),
+    progress: bool = True,
+):
     """Train on ``(image_emb, caption_emb)`` row pairs; keep the epoch with the lowest validation
     reconstruction + alignment loss (``val_select``).
 
@@ -247,7 +250,7 @@ def train_tokenizer(train_rows: tuple[np.ndarray, np.ndarray], val_rows: tuple[n
         sums: dict[str, float] = {}
         counts = torch.zeros(model.quantizer.codebooks.shape[:2], dtype=torch.long)
         for s in range(0, len(perm), cfg.batch_size):
-            b = perm[s:s + cfg.batch_size]
+            b = perm[s : s + cfg.batch_size]
             if len(b) < 2:
                 continue
             loss = model.losses(x_tr[b], t_tr[b])
@@ -263,15 +266,22 @@ def train_tokenizer(train_rows: tuple[np.ndarray, np.ndarray], val_rows: tuple[n
         with torch.no_grad():
             val = {k: v.item() for k, v in model.losses(x_va, t_va).items()}
             used = [len(torch.unique(c)) for c in model.encode(x_va).T]
-        row = {"epoch": epoch + 1, "restarted_codes": moved, **{f"train_{k}": v / len(perm) for k, v in sums.items()},
-               **{f"val_{k}": v for k, v in val.items()}, **{f"val_used_l{l + 1}": u for l, u in enumerate(used)}}
+        row = {
+            "epoch": epoch + 1,
+            "restarted_codes": moved,
+            **{f"train_{k}": v / len(perm) for k, v in sums.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            **{f"val_used_l{lvl + 1}": u for lvl, u in enumerate(used)},
+        }
         # selection on the decoder-side terms only: the VQ term is measured in latent units whose scale
         # drifts while the encoder trains, so it is not comparable across epochs
         val["select"] = val["recon"] + cfg.align_weight * val["align"]
         row["val_select"] = val["select"]
         history.append(row)
         best.update(model, -val["select"])  # lower is better
-        bar.set_postfix(val=f"{val['select']:.4f}", recon=f"{val['recon']:.4f}", align=f"{val['align']:.4f}", refresh=False)
+        bar.set_postfix(
+            val=f"{val['select']:.4f}", recon=f"{val['recon']:.4f}", align=f"{val['align']:.4f}", refresh=False
+        )
         if best.since >= cfg.patience:
             break
     model.load_state_dict(best.state)
@@ -282,8 +292,9 @@ def save(model: RQVAE, directory: str | Path, extra: dict | None = None) -> Path
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), directory / "rqvae.pt")
-    (directory / "rqvae_config.json").write_text(json.dumps(
-        {"in_dim": model.in_dim, "tokenizer": asdict(model.cfg), **(extra or {})}, indent=1))
+    (directory / "rqvae_config.json").write_text(
+        json.dumps({"in_dim": model.in_dim, "tokenizer": asdict(model.cfg), **(extra or {})}, indent=1)
+    )
     return directory
 
 

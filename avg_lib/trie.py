@@ -14,8 +14,8 @@ hypothesis' score is the sum of its token log-probabilities, end-of-sequence inc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,9 +32,11 @@ class VokenTrie:
         for t in range(self.depth):
             keys, first, child = np.unique(codes[:, : t + 1], axis=0, return_index=True, return_inverse=True)
             child = child.reshape(-1)
-            parent = node[first]                      # parent node of each new node (sorted by parent, token)
+            parent = node[first]  # parent node of each new node (sorted by parent, token)
             n_parents = int(node.max()) + 1
-            self.offsets.append(torch.from_numpy(np.concatenate([[0], np.cumsum(np.bincount(parent, minlength=n_parents))])))
+            self.offsets.append(
+                torch.from_numpy(np.concatenate([[0], np.cumsum(np.bincount(parent, minlength=n_parents))]))
+            )
             self.tokens.append(torch.from_numpy(keys[:, t].copy()))
             self.children.append(torch.arange(len(keys)))
             node = child
@@ -57,7 +59,7 @@ class VokenTrie:
             node = int(self.children[t][j])
         if len(prefix) >= self.depth:
             return []
-        return self.tokens[len(prefix)][self.offsets[len(prefix)][node]:self.offsets[len(prefix)][node + 1]].tolist()
+        return self.tokens[len(prefix)][self.offsets[len(prefix)][node] : self.offsets[len(prefix)][node + 1]].tolist()
 
     def lookup(self, code) -> int:
         """Item index of a complete identifier, -1 if it is not in the trie."""
@@ -73,7 +75,7 @@ class VokenTrie:
             node = int(self.children[t][j])
         return int(self.leaf_item[node])
 
-    def to(self, device) -> "VokenTrie":
+    def to(self, device) -> VokenTrie:
         for lst in (self.offsets, self.tokens, self.children):
             lst[:] = [x.to(device) for x in lst]
         self.leaf_item = self.leaf_item.to(device)
@@ -82,17 +84,24 @@ class VokenTrie:
 
 @dataclass
 class BeamResult:
-    items: torch.Tensor    # (n_queries, num_beams) item indices, best first; -1 where fewer hypotheses exist
-    scores: torch.Tensor   # (n_queries, num_beams) sequence log-probabilities (-inf where items is -1)
-    codes: torch.Tensor    # (n_queries, num_beams, depth) the generated voken values
+    items: torch.Tensor  # (n_queries, num_beams) item indices, best first; -1 where fewer hypotheses exist
+    scores: torch.Tensor  # (n_queries, num_beams) sequence log-probabilities (-inf where items is -1)
+    codes: torch.Tensor  # (n_queries, num_beams, depth) the generated voken values
 
 
 StepFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 @torch.no_grad()
-def beam_search(step: StepFn, n_queries: int, trie: VokenTrie, num_beams: int, voken_offset: int, eos_id: int,
-                device: str | torch.device = "cpu") -> BeamResult:
+def beam_search(
+    step: StepFn,
+    n_queries: int,
+    trie: VokenTrie,
+    num_beams: int,
+    voken_offset: int,
+    eos_id: int,
+    device: str | torch.device = "cpu",
+) -> BeamResult:
     """Constrained beam search for ``n_queries`` queries at once.
 
     ``step(prefix, src)`` gets the voken values generated so far, ``(rows, t)`` with rows grouped by

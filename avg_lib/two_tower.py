@@ -13,19 +13,22 @@ reference the two-tower model should beat.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cache
 from .dropout import Dropout
 from .metrics import evaluate_scores
 from .progress import tqdm
 from .selection import BestState
-
 
 # Part of the cache key: bump when a change here changes what training produces.
 CACHE_VERSION = 2
@@ -53,8 +56,13 @@ class TwoTower(nn.Module):
         self.register_buffer("img_mean", torch.zeros(d_img) if img_mean is None else torch.as_tensor(img_mean).float())
         self.register_buffer("img_std", torch.ones(d_img) if img_std is None else torch.as_tensor(img_std).float())
         if cfg.hidden > 0:
-            self.image_head = nn.Sequential(Dropout(cfg.dropout), nn.Linear(d_img, cfg.hidden), nn.GELU(),
-                                            Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.dim))
+            self.image_head = nn.Sequential(
+                Dropout(cfg.dropout),
+                nn.Linear(d_img, cfg.hidden),
+                nn.GELU(),
+                Dropout(cfg.dropout),
+                nn.Linear(cfg.hidden, cfg.dim),
+            )
         else:  # hidden=0: a linear head
             self.image_head = nn.Sequential(Dropout(cfg.dropout), nn.Linear(d_img, cfg.dim))
         self.text_head = nn.Linear(d_txt, cfg.dim)
@@ -79,9 +87,9 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, log_scale: torch.Tensor) -> 
 def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, owner: torch.Tensor, log_scale: torch.Tensor):
     """InfoNCE for a batch of captions and their (distinct) images: ``owner[j]`` = row of caption j's image.
     Text->image: cross-entropy over the batch's images; image->text: every caption of the image is a positive."""
-    logits = log_scale.clamp(max=math.log(100.0)).exp() * txt @ img.T           # (captions, images)
+    logits = log_scale.clamp(max=math.log(100.0)).exp() * txt @ img.T  # (captions, images)
     t2i = F.cross_entropy(logits, owner)
-    pos = F.one_hot(owner, len(img)).T.bool()                                    # (images, captions)
+    pos = F.one_hot(owner, len(img)).T.bool()  # (images, captions)
     li = logits.T
     i2t = (torch.logsumexp(li, 1) - torch.logsumexp(li.masked_fill(~pos, float("-inf")), 1)).mean()
     return 0.5 * (t2i + i2t)
@@ -127,7 +135,7 @@ def train_two_tower(train, val, cfg: TwoTowerConfig = TwoTowerConfig(), progress
         order = rng.permutation(np.nonzero(has_caps)[0] if cfg.sampling == "image" else len(owner))
         losses = []
         for s in range(0, len(order), cfg.batch_size):
-            b = order[s:s + cfg.batch_size]
+            b = order[s : s + cfg.batch_size]
             if len(b) < 2:
                 continue
             if cfg.sampling == "image":
@@ -135,18 +143,30 @@ def train_two_tower(train, val, cfg: TwoTowerConfig = TwoTowerConfig(), progress
                 loss = clip_loss(model.embed_images(img_t[b]), model.embed_texts(txt_t[c]), model.log_scale)
             else:
                 imgs, inv = np.unique(owner[b], return_inverse=True)
-                loss = multi_positive_loss(model.embed_images(img_t[imgs]), model.embed_texts(txt_t[b]),
-                                           torch.from_numpy(inv.reshape(-1)), model.log_scale)
+                loss = multi_positive_loss(
+                    model.embed_images(img_t[imgs]),
+                    model.embed_texts(txt_t[b]),
+                    torch.from_numpy(inv.reshape(-1)),
+                    model.log_scale,
+                )
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
         sched.step()
         m = evaluate(model, *val)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                        "temperature": float(1.0 / model.log_scale.detach().exp()), **{f"val_{k}": v for k, v in m.items()}})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                "temperature": float(1.0 / model.log_scale.detach().exp()),
+                **{f"val_{k}": v for k, v in m.items()},
+            }
+        )
         best.update(model, (m["R@1"], m["rSum"]))
-        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", best=f"{best.key[0]:.1f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{history[-1]['train_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", best=f"{best.key[0]:.1f}", refresh=False
+        )
         if best.since >= cfg.patience:
             break
     model.load_state_dict(best.state)
@@ -167,55 +187,62 @@ def ridge_scores(train, query_text, gallery_images, alpha: float = 10.0) -> np.n
     return q @ g.T
 
 
+RIDGE_ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+
+
+def ridge_baseline(train, val, test, alphas=RIDGE_ALPHAS) -> tuple[dict, float, dict]:
+    """The ridge reference with its regularisation chosen on validation R@1 (first best on ties), scored on
+    ``test``; each split is ``(image_feats, caption_feats, caption_owner)``. Returns ``(test metrics, alpha,
+    {alpha: validation R@1})``."""
+    by_alpha = {a: evaluate_scores(ridge_scores(train, val[1], val[0], alpha=a), val[2])["R@1"] for a in alphas}
+    alpha = max(by_alpha, key=by_alpha.get)
+    return evaluate_scores(ridge_scores(train, test[1], test[0], alpha=alpha), test[2]), alpha, by_alpha
+
+
 # ------------------------------------------------------------------------------ cache-or-compute
-
-def config_key(cfg: TwoTowerConfig) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha1(json.dumps([CACHE_VERSION, asdict(cfg)], sort_keys=True).encode()).hexdigest()[:10]
 
 
 def fit_or_load(ds, feats, cfg: TwoTowerConfig = TwoTowerConfig(), force: bool = False, progress: bool = True):
     """Train (or load the cached) two-tower model on ``ds``'s train split, selected on val.
 
-    The cache lives next to the features (``<features dir>/two_tower-<config hash>/``): ``model.pt``
-    (a plain state dict, loads with ``weights_only=True``), ``config.json``, ``history.csv`` and
-    the joint-space embeddings of every image and caption (``image.npy``, ``text.npy``), which are
-    the voken tokenizer's input.
+    The cache lives next to the features (``<features dir>/two_tower-<config key>/``, see
+    :func:`avg_lib.cache.cached`): ``model.pt`` (a plain state dict, loads with ``weights_only=True``),
+    ``config.json``, ``history.csv`` and the joint-space embeddings of every image and caption
+    (``image.npy``, ``text.npy``), which are the voken tokenizer's input.
     Returns ``(model, history DataFrame, directory)``.
     """
-    import json
-    import os
-    import shutil
 
-    import pandas as pd
-
-    out = feats.directory / f"two_tower-{config_key(cfg)}"
-    if force:
-        shutil.rmtree(out, ignore_errors=True)
-    if not (out / "model.pt").exists():
-        train = feats.split(ds, "train")[1:]
-        val = feats.split(ds, "val")[1:]
-        model, history = train_two_tower(train, val, cfg, progress=progress)
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    def build(tmp: Path) -> None:
+        model, history = train_two_tower(
+            feats.split(ds, "train")[1:], feats.split(ds, "val")[1:], cfg, progress=progress
+        )
         torch.save(model.state_dict(), tmp / "model.pt")
-        (tmp / "config.json").write_text(json.dumps({"two_tower": asdict(cfg), "d_img": feats.image.shape[1],
-                                                     "d_txt": feats.text.shape[1]}, indent=1))
+        (tmp / "config.json").write_text(
+            json.dumps(
+                {"two_tower": asdict(cfg), "d_img": feats.image.shape[1], "d_txt": feats.text.shape[1]}, indent=1
+            )
+        )
         pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
         g, q = embed(model, feats.image, feats.text)
         np.save(tmp / "image.npy", g.astype(np.float32))
         np.save(tmp / "text.npy", q.astype(np.float32))
-        os.replace(tmp, out)
+
+    key = cache.key([CACHE_VERSION, asdict(cfg)])
+    out = cache.cached(
+        feats.directory / f"two_tower-{key}",
+        build,
+        force=force,
+        config={
+            "stage": "two-tower joint space",
+            "cache_version": CACHE_VERSION,
+            "two_tower": asdict(cfg),
+            "input": str(feats.directory),
+        },
+    )
     return load(out), pd.read_csv(out / "history.csv"), out
 
 
 def load(directory) -> TwoTower:
-    import json
-    from pathlib import Path
-
     directory = Path(directory)
     meta = json.loads((directory / "config.json").read_text())
     model = TwoTower(meta["d_img"], meta["d_txt"], TwoTowerConfig(**meta["two_tower"]))

@@ -36,8 +36,13 @@ def training_curves(history, metrics=("train_loss", "val_R@1"), title: str = "")
         if m.startswith("val_R@"):
             best = history[m].idxmax()
             ax.axvline(history["epoch"][best], color="gray", ls="--", lw=0.8)
-            ax.annotate(f"selected: epoch {history['epoch'][best]}", (history["epoch"][best], history[m][best]),
-                        fontsize=8, xytext=(5, -12), textcoords="offset points")
+            ax.annotate(
+                f"selected: epoch {history['epoch'][best]}",
+                (history["epoch"][best], history[m][best]),
+                fontsize=8,
+                xytext=(5, -12),
+                textcoords="offset points",
+            )
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
@@ -70,8 +75,10 @@ def codebook_usage(codes: np.ndarray, codebook_size: int, title: str = ""):
         used = int((counts > 0).sum())
         p = counts[counts > 0] / counts.sum()
         ax.bar(np.arange(codebook_size), counts, width=1.0, color=f"C{level}")
-        ax.set_title(f"level {level + 1}: {used}/{codebook_size} used, perplexity {np.exp(-(p * np.log(p)).sum()):.0f}",
-                     fontsize=9)
+        ax.set_title(
+            f"level {level + 1}: {used}/{codebook_size} used, perplexity {np.exp(-(p * np.log(p)).sum()):.0f}",
+            fontsize=9,
+        )
         ax.set_xlabel("codebook entry (sorted by use)")
         ax.set_yscale("log")
     axes[0][0].set_ylabel("images")
@@ -86,23 +93,39 @@ def prefix_grids(ds, codes: np.ndarray, prefixes: list[tuple[int, ...]], per_pre
     rows = len(prefixes)
     fig, axes = plt.subplots(rows, per_prefix, figsize=(1.9 * per_prefix, 2.35 * rows), squeeze=False)
     for r, prefix in enumerate(prefixes):
-        members = np.nonzero((codes[:, :len(prefix)] == np.asarray(prefix)).all(1))[0]
+        members = np.nonzero((codes[:, : len(prefix)] == np.asarray(prefix)).all(1))[0]
         for c, ax in enumerate(axes[r]):
             ax.axis("off")
             if c < len(members):
                 i = members[c]
                 ax.imshow(ds.image(i))
-                ax.set_title(textwrap.fill(textwrap.shorten(ds.items[i].captions[0], 36, placeholder="…"), 18),
-                             fontsize=7)
+                ax.set_title(
+                    textwrap.fill(textwrap.shorten(ds.items[i].captions[0], 36, placeholder="…"), 18), fontsize=7
+                )
         label = "".join(f"<{v}>" for v in prefix)
-        axes[r][0].text(-0.15, 0.5, f"{label}\n{len(members)} images", transform=axes[r][0].transAxes,
-                        ha="right", va="center", fontsize=9, family="monospace")
+        axes[r][0].text(
+            -0.15,
+            0.5,
+            f"{label}\n{len(members)} images",
+            transform=axes[r][0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=9,
+            family="monospace",
+        )
     fig.tight_layout()
     return fig
 
 
-def voken_map(xy: np.ndarray, first_voken: np.ndarray, ds=None, n_colored: int = 12, thumbs: int = 0, seed: int = 0,
-              title: str = ""):
+def voken_map(
+    xy: np.ndarray,
+    first_voken: np.ndarray,
+    ds=None,
+    n_colored: int = 12,
+    thumbs: int = 0,
+    seed: int = 0,
+    title: str = "",
+):
     """2-D map of image embeddings coloured by first voken (the ``n_colored`` most frequent; rest grey),
     optionally with ``thumbs`` image thumbnails drawn at their positions."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
@@ -121,8 +144,13 @@ def voken_map(xy: np.ndarray, first_voken: np.ndarray, ds=None, n_colored: int =
         for i in rng.choice(len(xy), size=min(thumbs, len(xy)), replace=False):
             j = np.nonzero(top == first_voken[i])[0]
             color = cmap(int(j[0]) % 20) if len(j) else "lightgray"
-            box = AnnotationBbox(OffsetImage(np.asarray(ds.image(int(i)).resize((24, 24))), zoom=0.8), xy[i],
-                                 frameon=True, pad=0.1, bboxprops={"edgecolor": color, "lw": 1.2})
+            box = AnnotationBbox(
+                OffsetImage(np.asarray(ds.image(int(i)).resize((24, 24))), zoom=0.8),
+                xy[i],
+                frameon=True,
+                pad=0.1,
+                bboxprops={"edgecolor": color, "lw": 1.2},
+            )
             ax.add_artist(box)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="first voken", title_fontsize=8)
     ax.set_xticks([])
@@ -132,8 +160,9 @@ def voken_map(xy: np.ndarray, first_voken: np.ndarray, ds=None, n_colored: int =
     return fig
 
 
-def query_panels(ds, queries: list[str], query_vokens: np.ndarray, neighbours: np.ndarray, codes: np.ndarray,
-                 per_query: int = 6):
+def query_panels(
+    ds, queries: list[str], query_vokens: np.ndarray, neighbours: np.ndarray, codes: np.ndarray, per_query: int = 6
+):
     """For each typed query: its vokens, and the nearest images with their identifiers; an image's
     identifier is bold where it shares the query's first voken."""
     fig, axes = plt.subplots(len(queries), per_query, figsize=(1.9 * per_query, 2.4 * len(queries)), squeeze=False)
@@ -146,8 +175,15 @@ def query_panels(ds, queries: list[str], query_vokens: np.ndarray, neighbours: n
             ident = "".join(f"<{v}>" for v in codes[i])
             same = codes[i, 0] == query_vokens[r, 0]
             ax.set_title(ident, fontsize=7, family="monospace", fontweight="bold" if same else "normal")
-        axes[r][0].text(-0.15, 0.5, f'"{textwrap.shorten(q, 28)}"\n→ {qv}', transform=axes[r][0].transAxes,
-                        ha="right", va="center", fontsize=9)
+        axes[r][0].text(
+            -0.15,
+            0.5,
+            f'"{textwrap.shorten(q, 28)}"\n→ {qv}',
+            transform=axes[r][0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=9,
+        )
     fig.tight_layout()
     return fig
 

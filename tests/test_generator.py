@@ -3,13 +3,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import save_tiny_t5
 from torch import nn
 
 from avg_lib import generator
 from avg_lib.generator import GeneratorConfig, build_generator, listwise_loss, project_codebook
 from avg_lib.trie import VokenTrie
-
-from helpers import save_tiny_t5
 
 K, D = 8, 3
 CODES = np.array([[1, 2, 0], [1, 2, 3], [1, 0, 0], [4, 4, 4], [0, 2, 1], [7, 6, 5]])
@@ -21,8 +20,12 @@ def test_listwise_loss_matches_hand_computation():
     pos = torch.tensor([-1.0, -2.0])
     neg = torch.tensor([[-2.0, -3.0], [-1.0, -4.0]])
     # softmax once over [pos, negs], cross-entropy with the positive as target
-    want = np.mean([-(-1.0) + np.log(np.exp(-1.0) + np.exp(-2.0) + np.exp(-3.0)),
-                    -(-2.0) + np.log(np.exp(-2.0) + np.exp(-1.0) + np.exp(-4.0))])
+    want = np.mean(
+        [
+            1.0 + np.log(np.exp(-1.0) + np.exp(-2.0) + np.exp(-3.0)),
+            2.0 + np.log(np.exp(-2.0) + np.exp(-1.0) + np.exp(-4.0)),
+        ]
+    )
     assert listwise_loss(pos, neg).item() == pytest.approx(want, abs=1e-6)
 
 
@@ -32,7 +35,9 @@ def test_project_codebook_shapes_and_scale():
     assert wide.shape == (16, 32) and narrow.shape == (16, 4)
     assert wide.std().item() == pytest.approx(0.02, rel=1e-3)
     # narrower codebook -> isometric embedding: pairwise distances keep their ratios
-    d_in = torch.cdist(torch.tensor(c - c.mean(0), dtype=torch.float32), torch.tensor(c - c.mean(0), dtype=torch.float32))
+    d_in = torch.cdist(
+        torch.tensor(c - c.mean(0), dtype=torch.float32), torch.tensor(c - c.mean(0), dtype=torch.float32)
+    )
     d_out = torch.cdist(wide, wide)
     ratio = d_out[d_in > 0] / d_in[d_in > 0]
     assert ratio.std() / ratio.mean() < 1e-4
@@ -76,11 +81,13 @@ def test_training_returned_ids_are_in_the_gallery_and_save_load_round_trips(tmp_
 
 
 def test_discriminative_stage_runs_and_records_listwise_loss():
-    gen = build_generator(K, D, dataclasses.replace(SMALL, epochs=1, disc_epochs=1, disc_negatives=2),
-                          np.random.randn(1, K, 16))
+    gen = build_generator(
+        K, D, dataclasses.replace(SMALL, epochs=1, disc_epochs=1, disc_negatives=2), np.random.randn(1, K, 16)
+    )
     train = (TEXTS * 2, np.concatenate([CODES] * 2))
-    gen, hist = generator.train_generator(gen, train, (TEXTS, np.arange(6), CODES), train_codes_all=CODES,
-                                          progress=False)
+    gen, hist = generator.train_generator(
+        gen, train, (TEXTS, np.arange(6), CODES), train_codes_all=CODES, progress=False
+    )
     assert [h["stage"] for h in hist] == ["generative", "discriminative"]
     assert hist[0]["train_listwise_loss"] == 0 and hist[1]["train_listwise_loss"] > 0
 
@@ -117,8 +124,9 @@ def test_bad_backend_is_rejected():
 @pytest.mark.parametrize("prior", [False, True])
 def test_minilm_cached_decoding_equals_full_recomputation(prior):
     head = nn.Linear(384, 16) if prior else None
-    gen = build_generator(K, D, dataclasses.replace(SMALL, layers=2, joint_prior=prior),
-                          np.random.randn(1, K, 16), head).eval()
+    gen = build_generator(
+        K, D, dataclasses.replace(SMALL, layers=2, joint_prior=prior), np.random.randn(1, K, 16), head
+    ).eval()
     with torch.no_grad():  # give the decoder non-trivial weights so positions and beams differ
         for p in gen.blocks.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -140,16 +148,18 @@ def test_minilm_cached_decoding_equals_full_recomputation(prior):
 def test_exhaustive_beam_search_ranks_like_scoring_every_identifier(backend):
     """With as many beams as gallery items, constrained beam search (its first step on one row per
     text, then cached steps) must rank the whole gallery by the sequence log-probability of each item."""
-    gen = build_generator(K, D, dataclasses.replace(SMALL, backend=backend, layers=2, d_model=32),
-                          np.random.randn(1, K, 16)).eval()
+    gen = build_generator(
+        K, D, dataclasses.replace(SMALL, backend=backend, layers=2, d_model=32), np.random.randn(1, K, 16)
+    ).eval()
     with torch.no_grad():  # non-trivial weights so that items get distinct scores
         for p in gen.parameters():
             p.add_(0.05 * torch.randn_like(p))
     texts = TEXTS[:3]
     res = gen.retrieve(texts, VokenTrie(CODES), num_beams=len(CODES), batch_size=2)
     with torch.no_grad():
-        scores = torch.stack([gen.sequence_logprob(gen.encode([t] * len(CODES)), torch.as_tensor(CODES))
-                              for t in texts])
+        scores = torch.stack(
+            [gen.sequence_logprob(gen.encode([t] * len(CODES)), torch.as_tensor(CODES)) for t in texts]
+        )
     assert res.items.tolist() == torch.argsort(scores, dim=1, descending=True).tolist()
     assert torch.allclose(res.scores, scores.sort(dim=1, descending=True).values, atol=1e-4)
 
@@ -159,10 +169,16 @@ def test_generative_state_equals_a_run_without_discriminative_stage():
     train = (TEXTS * 2, np.concatenate([CODES] * 2))
     val = (TEXTS, np.arange(6), CODES)
     both = dataclasses.replace(SMALL, epochs=2, disc_epochs=1, disc_negatives=2)
-    gen, _ = generator.train_generator(build_generator(K, D, both, book), train, val, train_codes_all=CODES,
-                                       progress=False)
-    alone, _ = generator.train_generator(build_generator(K, D, dataclasses.replace(both, disc_epochs=0), book),
-                                         train, val, train_codes_all=CODES, progress=False)
+    gen, _ = generator.train_generator(
+        build_generator(K, D, both, book), train, val, train_codes_all=CODES, progress=False
+    )
+    alone, _ = generator.train_generator(
+        build_generator(K, D, dataclasses.replace(both, disc_epochs=0), book),
+        train,
+        val,
+        train_codes_all=CODES,
+        progress=False,
+    )
     want = alone.state_dict()
     assert all(torch.equal(gen.generative_state[k], want[k]) for k in want)
 
@@ -172,8 +188,9 @@ def test_padding_does_not_change_scores():
     long = "a very long caption with many many words to force a lot of padding on the short one"
     codes = torch.as_tensor(CODES[:2])
     together = gen.sequence_logprob(gen.encode(["sun", long]), codes)
-    alone = torch.cat([gen.sequence_logprob(gen.encode(["sun"]), codes[:1]),
-                       gen.sequence_logprob(gen.encode([long]), codes[1:])])
+    alone = torch.cat(
+        [gen.sequence_logprob(gen.encode(["sun"]), codes[:1]), gen.sequence_logprob(gen.encode([long]), codes[1:])]
+    )
     assert torch.allclose(together, alone, atol=1e-5)
 
 

@@ -44,6 +44,7 @@ def palette_img(transparency=None) -> Image.Image:
 
 # ------------------------------------------------------------------------------------ palette (P)
 
+
 def test_palette_without_transparency_keeps_palette_colours():
     assert px(to_rgb(palette_img())).tolist() == [[[255, 0, 0], [0, 0, 255], [255, 0, 0]]]
 
@@ -85,6 +86,7 @@ def test_palette_png_round_trip(tmp_path):
 
 # ------------------------------------------------------------------------------------ alpha modes
 
+
 def test_rgba_transparent_becomes_white_opaque_keeps_colour():
     img = row("RGBA", [(255, 0, 0, 0), (0, 200, 0, 255), (0, 0, 0, 128), (12, 34, 56, 255)])
     out = px(to_rgb(img))
@@ -112,10 +114,13 @@ def test_pa_mode():
     assert px(to_rgb(img)).tolist() == [[WHITE, [0, 255, 0]]]
 
 
-@pytest.mark.parametrize("mode,values,expected", [
-    ("RGBA", [(255, 0, 0, 0), (0, 0, 255, 255)], [WHITE, [0, 0, 255]]),
-    ("LA", [(0, 0), (100, 255)], [WHITE, [100, 100, 100]]),
-])
+@pytest.mark.parametrize(
+    "mode,values,expected",
+    [
+        ("RGBA", [(255, 0, 0, 0), (0, 0, 255, 255)], [WHITE, [0, 0, 255]]),
+        ("LA", [(0, 0), (100, 255)], [WHITE, [100, 100, 100]]),
+    ],
+)
 def test_alpha_png_round_trip(tmp_path, mode, values, expected):
     path = tmp_path / f"{mode}.png"
     row(mode, values).save(path)
@@ -123,10 +128,13 @@ def test_alpha_png_round_trip(tmp_path, mode, values, expected):
     assert px(load_rgb(path)).tolist() == [expected]
 
 
-@pytest.mark.parametrize("mode,values,key", [
-    ("RGB", [(0, 0, 0), (10, 200, 30)], (0, 0, 0)),
-    ("L", [0, 90], 0),
-])
+@pytest.mark.parametrize(
+    "mode,values,key",
+    [
+        ("RGB", [(0, 0, 0), (10, 200, 30)], (0, 0, 0)),
+        ("L", [0, 90], 0),
+    ],
+)
 def test_colour_key_transparency_becomes_white(tmp_path, mode, values, key):
     # PNG tRNS colour key on an RGB / L image: pixels equal to the key are transparent
     path = tmp_path / f"key_{mode}.png"
@@ -140,6 +148,7 @@ def test_colour_key_transparency_becomes_white(tmp_path, mode, values, key):
 
 
 # ------------------------------------------------------------------------------------ gray and bit depths
+
 
 def test_l_replicated_to_three_channels():
     assert px(to_rgb(row("L", [0, 77, 255]))).tolist() == [[BLACK, [77, 77, 77], WHITE]]
@@ -195,10 +204,13 @@ def test_f_constant_out_of_range_does_not_divide_by_zero():
     assert len(np.unique(out)) == 1
 
 
-@pytest.mark.parametrize("mode,values,fmt", [
-    ("F", [0.0, 0.5, 1.0], "tiff"),
-    ("I", [0, 32768, 65535], "tiff"),
-])
+@pytest.mark.parametrize(
+    "mode,values,fmt",
+    [
+        ("F", [0.0, 0.5, 1.0], "tiff"),
+        ("I", [0, 32768, 65535], "tiff"),
+    ],
+)
 def test_deep_modes_file_round_trip(tmp_path, mode, values, fmt):
     path = tmp_path / f"deep_{mode}.{fmt}"
     row(mode, values).save(path)
@@ -207,6 +219,7 @@ def test_deep_modes_file_round_trip(tmp_path, mode, values, fmt):
 
 
 # ------------------------------------------------------------------------------------ colour spaces
+
 
 def test_cmyk_converted():
     img = row("CMYK", [(0, 0, 0, 0), (255, 0, 0, 0), (0, 255, 255, 0), (0, 0, 0, 255)])
@@ -262,6 +275,7 @@ def test_every_mode_gives_rgb_uint8_same_size(name):
 
 
 # ------------------------------------------------------------------------------------ bad files
+
 
 def test_missing_file_raises_image_error_naming_path(tmp_path):
     path = tmp_path / "nope" / "missing.png"

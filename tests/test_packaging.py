@@ -8,7 +8,7 @@ from avg_lib.paths import REPO_ROOT
 
 
 def _pins(lines):
-    return sorted(l.strip() for l in lines if l.strip() and not l.strip().startswith(("#", "-e")))
+    return sorted(line.strip() for line in lines if line.strip() and not line.strip().startswith(("#", "-e")))
 
 
 def test_environment_yml_matches_requirements():
@@ -22,7 +22,8 @@ def test_environment_yml_matches_requirements():
 
 def test_ci_runs_the_readme_test_command():
     readme = (REPO_ROOT / "README.md").read_text()
-    ci = [l for l in (REPO_ROOT / ".ci" / "run").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    run = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+    ci = [line for line in run if line.strip() and not line.startswith("#")]
     m = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\s*\n(.+?)\n```", readme, re.S)
     assert m, "README must mark its test command with <!-- test-command -->"
-    assert m.group(1).strip() in [l.strip() for l in ci]
+    assert m.group(1).strip() in [line.strip() for line in ci]

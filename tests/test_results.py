@@ -9,15 +9,50 @@ from avg_lib.paths import REPO_ROOT
 from avg_lib.runner import notebooks
 
 RESULTS = REPO_ROOT / "results"
-TABLES = ["two_tower", "tokenizer", "generator_backends", "generator_training", "evaluation", "decoding_benchmark",
-          "main_table", "main_table_runs", "ablation", "analysis_codebook_size", "analysis_voken_length",
-          "analysis_beam_size", "efficiency"]
-FIGURES = ["dataset_samples", "two_tower_training", "two_tower_recall", "tokenizer_training", "voken_codebook_usage",
-           "voken_prefix1_grid", "voken_prefix2_grid", "voken_map", "voken_queries", "generator_training",
-           "evaluation_recall", "main_recall", "ablation", "analysis_codebook_size", "analysis_voken_length",
-           "analysis_beam_size", "efficiency"]
-RECALL_TABLES = ["two_tower", "evaluation", "main_table", "main_table_runs", "ablation", "analysis_codebook_size",
-                 "analysis_voken_length", "analysis_beam_size"]
+TABLES = [
+    "two_tower",
+    "tokenizer",
+    "generator_backends",
+    "generator_training",
+    "evaluation",
+    "decoding_benchmark",
+    "main_table",
+    "main_table_runs",
+    "ablation",
+    "analysis_codebook_size",
+    "analysis_voken_length",
+    "analysis_beam_size",
+    "efficiency",
+]
+FIGURES = [
+    "dataset_samples",
+    "two_tower_training",
+    "two_tower_recall",
+    "tokenizer_training",
+    "voken_codebook_usage",
+    "voken_prefix1_grid",
+    "voken_prefix2_grid",
+    "voken_map",
+    "voken_queries",
+    "generator_training",
+    "evaluation_recall",
+    "main_recall",
+    "ablation",
+    "analysis_codebook_size",
+    "analysis_voken_length",
+    "analysis_beam_size",
+    "efficiency",
+]
+RECALL_TABLES = [
+    "two_tower",
+    "evaluation",
+    "main_table",
+    "main_table_runs",
+    "ablation",
+    "analysis_codebook_size",
+    "analysis_voken_length",
+    "analysis_beam_size",
+]
 
 
 def read(name):
@@ -80,8 +115,13 @@ def test_main_table_has_every_family_and_three_seeds_for_avg_and_two_tower():
 
 def test_ablation_table_names_every_ablation():
     abl = read("ablation")
-    want = {"AVG (full)", "without semantic alignment", "without discriminative training",
-            "without codebook-embedding init", "without k-means init"}
+    want = {
+        "AVG (full)",
+        "without semantic alignment",
+        "without discriminative training",
+        "without codebook-embedding init",
+        "without k-means init",
+    }
     assert want <= set(abl["variant"]) and abl["variant"].str.startswith("unresolved").any()
     full = abl[abl["variant"] == "AVG (full)"].iloc[0]
     assert ((abl["R@1"] - full["R@1"] - abl["delta_R@1"]).abs() < 1e-3).all()

@@ -1,13 +1,16 @@
 import nbformat
+import pandas as pd
 import pytest
 
-from avg_lib import runner
+from avg_lib import config, runner
 
 
 def _nb(path, params_src, body="x = 1"):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(params_src, metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(body)]
+    nb.cells = [
+        nbformat.v4.new_code_cell(params_src, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(body),
+    ]
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
     nbformat.write(nb, path)
     return path
@@ -23,64 +26,75 @@ def test_non_literal_parameter_is_rejected(tmp_path):
         runner.declared_parameters(_nb(tmp_path / "01_a.ipynb", "a = 1 + len('x')"))
 
 
-def test_unknown_profile_names_the_known_ones():
-    with pytest.raises(SystemExit, match="known profiles: .*default"):
-        runner.load_profile("nope")
+def test_a_notebook_without_a_profile_parameter_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="must declare `profile`"):
+        runner.parameters_for(_nb(tmp_path / "01_a.ipynb", "seed = 0"), "smoke")
 
 
-def test_failing_notebook_stops_the_run_and_is_named(tmp_path, monkeypatch, capsys):
+@pytest.fixture()
+def sandbox(tmp_path, monkeypatch):
     nbdir, profdir = tmp_path / "notebooks", tmp_path / "profiles"
     nbdir.mkdir()
     profdir.mkdir()
-    _nb(nbdir / "01_ok.ipynb", 'results_dir = "r"\nprofile = "p"\nseed = 0', "open('ran_01', 'w').write('x')")
-    _nb(nbdir / "02_boom.ipynb", 'results_dir = "r"', "raise RuntimeError('boom')")
-    _nb(nbdir / "03_never.ipynb", 'results_dir = "r"', "open('ran_03', 'w').write('x')")
-    (profdir / "t.yaml").write_text(f"results_dir: {tmp_path / 'res'}\ncommon: {{seed: 3}}\nnotebooks: {{}}\n")
+    (profdir / "t.yaml").write_text(f"results_dir: {tmp_path / 'res'}\nseed: 3\n")
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbdir)
-    monkeypatch.setattr(runner, "PROFILE_DIR", profdir)
+    monkeypatch.setattr(config, "PROFILE_DIR", profdir)
     monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
+    return tmp_path
+
+
+def test_failing_notebook_stops_the_run_and_is_named(sandbox, capsys):
+    nbdir = sandbox / "notebooks"
+    _nb(nbdir / "01_ok.ipynb", 'profile = "smoke"', "open(f'ran_01_{profile}', 'w').write('x')")
+    _nb(nbdir / "02_boom.ipynb", 'profile = "smoke"', "raise RuntimeError('boom')")
+    _nb(nbdir / "03_never.ipynb", 'profile = "smoke"', "open('ran_03', 'w').write('x')")
     rc = runner.main(["--profile", "t", "--quiet"])
     assert rc == 1
     assert "FAILED: notebooks/02_boom.ipynb" in capsys.readouterr().err
-    assert (tmp_path / "ran_01").exists() and not (tmp_path / "ran_03").exists()
-    import pandas as pd
-
-    prov = pd.read_csv(tmp_path / "res" / "provenance.csv")
+    assert (sandbox / "ran_01_t").exists() and not (sandbox / "ran_03").exists()  # the profile's name was injected
+    prov = pd.read_csv(sandbox / "res" / "provenance.csv")
     assert prov["notebook"].tolist() == ["01_ok.ipynb", "02_boom.ipynb"]
     assert prov["status"].tolist()[0] == "ok" and prov["status"].tolist()[1].startswith("failed")
-    assert set(prov["profile"]) == {"t"} and (prov["wall_s"] >= 0).all()
+    assert set(prov["profile"]) == {"t"} and set(prov["seed"]) == {3} and (prov["wall_s"] >= 0).all()
     # resume from the failed notebook: only 02 and 03 are attempted
     (nbdir / "02_boom.ipynb").unlink()
-    _nb(nbdir / "02_boom.ipynb", 'results_dir = "r"', "pass")
+    _nb(nbdir / "02_boom.ipynb", 'profile = "smoke"', "pass")
     assert runner.main(["--profile", "t", "--quiet", "--from", "02"]) == 0
-    assert (tmp_path / "ran_03").exists()
+    assert (sandbox / "ran_03").exists()
 
 
-def test_profile_extends_another_key_by_key(tmp_path, monkeypatch):
-    nbdir, profdir = tmp_path / "notebooks", tmp_path / "profiles"
-    nbdir.mkdir()
-    profdir.mkdir()
-    _nb(nbdir / "01_a.ipynb", "seed = 0")
-    _nb(nbdir / "02_b.ipynb", "seed = 0")
-    (profdir / "base.yaml").write_text("description: base\nresults_dir: r\ncommon: {seed: 1, lr: 0.1}\n"
-                                       "notebooks: {01_a: {x: 1, y: 2}, 02_b: {z: 3}}\n")
-    (profdir / "child.yaml").write_text("description: child\nextends: base\nresults_dir: r2\ncommon: {lr: 0.5}\n"
-                                        "notebooks: {01_a: {y: 9}}\n")
-    (profdir / "loop.yaml").write_text("extends: loop2\n")
-    (profdir / "loop2.yaml").write_text("extends: loop\n")
-    monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbdir)
-    monkeypatch.setattr(runner, "PROFILE_DIR", profdir)
-    prof = runner.load_profile("child")
-    assert prof == {"description": "child", "results_dir": "r2", "common": {"seed": 1, "lr": 0.5},
-                    "notebooks": {"01_a": {"x": 1, "y": 9}, "02_b": {"z": 3}}}
-    with pytest.raises(SystemExit, match="cycle: loop -> loop2 -> loop"):
-        runner.load_profile("loop")
+def test_the_runner_rewrites_the_results_readme_after_the_notebooks_it_ran(sandbox):
+    res = sandbox / "res"
+    _nb(
+        sandbox / "notebooks" / "01_writes.ipynb",
+        'profile = "smoke"',
+        f"import pandas as pd\npd.DataFrame({{'a': [1]}}).to_csv('{res}/x.csv')",
+    )
+    (res).mkdir()
+    (res / "README.md").write_text("stale")
+    assert runner.main(["--profile", "t", "--quiet", "--only", "01"]) == 0
+    text = (res / "README.md").read_text()
+    assert text.startswith("# Results: profile `t`") and "01_writes.ipynb" in text
 
 
-def test_gpu_profile_is_the_default_run_plus_the_cuda_efficiency_study():
-    default, gpu = runner.load_profile("default"), runner.load_profile("gpu")
-    assert gpu["common"] == default["common"] and gpu["results_dir"] == "results/gpu"
-    assert {k: v for k, v in gpu["notebooks"].items() if k != "08_efficiency_report"} == \
-        {k: v for k, v in default["notebooks"].items() if k != "08_efficiency_report"}
-    eff = gpu["notebooks"]["08_efficiency_report"]
-    assert eff["device"] == "cuda" and max(eff["gallery_sizes"]) == 1_000_000
+def test_an_invalid_profile_stops_before_any_notebook_runs(sandbox, capsys):
+    _nb(sandbox / "notebooks" / "01_a.ipynb", 'profile = "smoke"', "open('ran', 'w').write('x')")
+    (sandbox / "profiles" / "bad.yaml").write_text("generator: {layer: 2}\n")
+    assert runner.main(["--profile", "bad", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "'layer'" in err and "did you mean 'layers'" in err
+    assert not (sandbox / "ran").exists()
+
+
+def test_unknown_profile_names_the_known_ones(sandbox, capsys):
+    assert runner.main(["--profile", "nope", "--quiet"]) == 2
+    assert "known profiles: t" in capsys.readouterr().err
+
+
+def test_list_and_help(capsys):
+    assert runner.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "profile default:" in out and "profile smoke:" in out and "notebook 01_data_preparation.ipynb" in out
+    with pytest.raises(SystemExit):
+        runner.main(["--help"])
+    assert "--profile" in capsys.readouterr().out

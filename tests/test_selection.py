@@ -10,7 +10,7 @@ def test_best_state_keeps_a_copy_of_the_best_and_counts_patience():
         model.weight.fill_(1.0)
     assert best.update(model, (10.0, 30.0))
     with torch.no_grad():
-        model.weight.fill_(2.0)                      # the kept state is a copy, not the live weights
+        model.weight.fill_(2.0)  # the kept state is a copy, not the live weights
     assert not best.update(model, (10.0, 29.0)) and best.since == 1
     assert not best.update(model, (9.0, 99.0)) and best.since == 2
     assert best.state["weight"].item() == 1.0

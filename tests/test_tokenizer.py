@@ -103,6 +103,7 @@ def test_bad_align_setting_is_rejected():
 
 # ------------------------------------------------------------------------------------ identifiers
 
+
 def test_resolution_makes_ids_unique_by_the_documented_rule():
     raw = np.array([[1, 2], [1, 2], [3, 4], [1, 2], [3, 5]])
     err = np.array([0.5, 0.1, 0.0, 0.5, 0.2])
@@ -145,4 +146,6 @@ def test_statistics_hand_computed():
     assert identifiers.entropy_bits(codes) == pytest.approx(1.5)  # probabilities 1/4, 1/4, 1/2
     s = identifiers.level_stats(codes, codebook_size=4)
     assert s[0]["used"] == 2 and s[0]["usage"] == 0.5 and s[0]["perplexity"] == pytest.approx(2.0)
-    assert s[1]["used"] == 2 and s[1]["perplexity"] == pytest.approx(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))))
+    assert s[1]["used"] == 2 and s[1]["perplexity"] == pytest.approx(
+        np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+    )

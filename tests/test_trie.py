@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers import save_tiny_t5
 
 from avg_lib.benchmark import hf_reference_retrieve
 from avg_lib.generator import GeneratorConfig, T5Generator
 from avg_lib.trie import VokenTrie, beam_search
-
-from helpers import save_tiny_t5
 
 CODES = np.array([[1, 2, 0], [1, 2, 3], [1, 0, 0], [4, 4, 4], [0, 2, 1]])
 
@@ -14,10 +13,10 @@ CODES = np.array([[1, 2, 0], [1, 2, 3], [1, 0, 0], [4, 4, 4], [0, 2, 1]])
 def test_trie_tables_and_lookups():
     trie = VokenTrie(CODES)
     assert trie.depth == 3 and trie.size == 5
-    assert trie.next_tokens([]) == [0, 1, 4]          # start: the first tokens in use, sorted
+    assert trie.next_tokens([]) == [0, 1, 4]  # start: the first tokens in use, sorted
     assert trie.next_tokens([1]) == [0, 2]
     assert trie.next_tokens([1, 2]) == [0, 3]
-    assert trie.next_tokens([1, 2, 3]) == []          # complete: only end-of-sequence may follow
+    assert trie.next_tokens([1, 2, 3]) == []  # complete: only end-of-sequence may follow
     assert trie.next_tokens([2]) == [] and trie.next_tokens([1, 1]) == []  # off-trie prefixes
     assert [trie.lookup(c) for c in CODES.tolist()] == [0, 1, 2, 3, 4]
     assert trie.lookup([1, 2, 2]) == -1 and trie.lookup([1, 2]) == -1
@@ -66,7 +65,10 @@ def test_exhaustive_search_equals_brute_force_ranking():
     res = beam_search(step, 1, trie, num_beams=len(codes), voken_offset=3, eos_id=0)
 
     def score(c):
-        return sum(step(torch.tensor([c[:t]]))[0, 3 + c[t]].item() for t in range(3)) + step(torch.tensor([c]))[0, 0].item()
+        return (
+            sum(step(torch.tensor([c[:t]]))[0, 3 + c[t]].item() for t in range(3))
+            + step(torch.tensor([c]))[0, 0].item()
+        )
 
     brute = np.argsort([-score(c) for c in codes.tolist()], kind="stable")
     assert res.items[0].tolist() == brute.tolist()
@@ -109,8 +111,17 @@ def test_batched_decoding_equals_transformers_prefix_allowed_tokens_fn(tiny_t5):
         prefix = [t - off for t in sent.tolist()[1:]]
         return [eos] if len(prefix) >= D else [t + off for t in trie.next_tokens(prefix)]
 
-    out = gen.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], num_beams=beams,
-                             num_return_sequences=beams, max_new_tokens=D + 1, prefix_allowed_tokens_fn=allowed,
-                             length_penalty=0.0, early_stopping=True, do_sample=False, output_scores=True,
-                             return_dict_in_generate=True)
+    out = gen.model.generate(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        num_beams=beams,
+        num_return_sequences=beams,
+        max_new_tokens=D + 1,
+        prefix_allowed_tokens_fn=allowed,
+        length_penalty=0.0,
+        early_stopping=True,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     assert torch.allclose(ours.scores, out.sequences_scores.reshape(len(texts), beams), atol=1e-4)

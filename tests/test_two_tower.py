@@ -49,14 +49,16 @@ def test_fit_or_load_caches_and_round_trips(tmp_path):
     from avg_lib.features import Features
 
     img, txt, owner = clustered(50, 3)
-    items = [Item(f"i{i}", ("a", "b", "c"), "train" if i < 30 else "val" if i < 40 else "test", image="/x.png")
-             for i in range(50)]
+    items = [
+        Item(f"i{i}", ("a", "b", "c"), "train" if i < 30 else "val" if i < 40 else "test", image="/x.png")
+        for i in range(50)
+    ]
     ds = CaptionedImages("toy", items)
     feats = Features(img, txt, owner, tmp_path)
     cfg = tt.TwoTowerConfig(dim=8, hidden=16, epochs=3, batch_size=16)
     m1, h1, d1 = tt.fit_or_load(ds, feats, cfg, progress=False)
     mtime = (d1 / "model.pt").stat().st_mtime_ns
-    m2, h2, d2 = tt.fit_or_load(ds, feats, cfg, progress=False)
+    m2, _h2, d2 = tt.fit_or_load(ds, feats, cfg, progress=False)
     assert d1 == d2 and (d2 / "model.pt").stat().st_mtime_ns == mtime  # second call loaded, did not retrain
     g1, g2 = tt.embed(m1, img), tt.embed(m2, img)
     assert np.array_equal(g1, g2)

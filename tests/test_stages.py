@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avg_lib import pipeline, tokenizer
+from avg_lib import stages, tokenizer
 from avg_lib.features import Features
 from avg_lib.synthetic import load_synthetic
 
@@ -14,20 +14,20 @@ from avg_lib.synthetic import load_synthetic
 @pytest.fixture()
 def toy_js(tmp_path):
     ds = load_synthetic(n_images=120)
-    texts, owner = ds.captions()
+    _texts, owner = ds.captions()
     rng = np.random.default_rng(0)
     img = rng.normal(size=(len(ds), 16)).astype(np.float32)
     img /= np.linalg.norm(img, axis=1, keepdims=True)
     txt = (img[owner] + 0.3 * rng.normal(size=(len(owner), 16))).astype(np.float32)
     feats = Features(img, txt, owner, tmp_path)
-    return pipeline.JointSpace(ds, feats, None, pd.DataFrame(), tmp_path, img, txt, owner, "toy", None)
+    return stages.JointSpace(ds, feats, None, pd.DataFrame(), tmp_path, img, txt, owner, "toy", None)
 
 
 CFG = tokenizer.TokenizerConfig(codebook_size=4, levels=2, e_dim=8, hidden=(16,), epochs=3, batch_size=64)
 
 
 def test_tokenizer_rows_pair_each_training_caption_with_its_image(toy_js):
-    x, t = pipeline.tokenizer_rows(toy_js, "train")
+    x, _t = stages.tokenizer_rows(toy_js, "train")
     train = set(toy_js.ds.split_indices("train").tolist())
     owners = toy_js.text_owner[np.isin(toy_js.text_owner, list(train))]
     assert len(x) == len(owners) and np.array_equal(x, toy_js.image[owners])
@@ -35,24 +35,31 @@ def test_tokenizer_rows_pair_each_training_caption_with_its_image(toy_js):
 
 
 def test_voken_tokenizer_caches_and_ids_are_unique(toy_js):
-    vt = pipeline.voken_tokenizer(toy_js, CFG, progress=False)
+    vt = stages.voken_tokenizer(toy_js, CFG, progress=False)
     assert vt.ids.codes.shape[0] == len(toy_js.ds)
     # K=4, L=2: at most 16 distinct raw codes for 120 images, so collisions must have been resolved
     assert vt.ids.disambiguated and len({tuple(c) for c in vt.ids.codes}) == len(toy_js.ds)
     stamp = (vt.directory / "vokens.json").stat().st_mtime_ns
-    again = pipeline.voken_tokenizer(toy_js, CFG, progress=False)
+    again = stages.voken_tokenizer(toy_js, CFG, progress=False)
     assert (again.directory / "vokens.json").stat().st_mtime_ns == stamp
     assert np.array_equal(again.ids.codes, vt.ids.codes)
     assert vt.codebooks.shape == (1, 4, 8)
-    other = pipeline.voken_tokenizer(toy_js, dataclasses.replace(CFG, align_weight=0.0), progress=False)
+    other = stages.voken_tokenizer(toy_js, dataclasses.replace(CFG, align_weight=0.0), progress=False)
     assert other.directory != vt.directory
 
 
 def test_report_has_every_number_the_issue_asks_for(toy_js):
-    vt = pipeline.voken_tokenizer(toy_js, CFG, progress=False)
-    r = pipeline.tokenizer_report(toy_js, vt)
-    for key in ("recon_mse_val", "align_cos_val", "used_l1", "perplexity_l2", "identifier_entropy_bits",
-                "collision_rate_all", "collision_rate_after"):
+    vt = stages.voken_tokenizer(toy_js, CFG, progress=False)
+    r = stages.tokenizer_report(toy_js, vt)
+    for key in (
+        "recon_mse_val",
+        "align_cos_val",
+        "used_l1",
+        "perplexity_l2",
+        "identifier_entropy_bits",
+        "collision_rate_all",
+        "collision_rate_after",
+    ):
         assert key in r
     assert r["collision_rate_all"] > 0 and r["collision_rate_after"] == 0
     assert 0 < r["identifier_entropy_bits"] <= r["max_entropy_bits"]

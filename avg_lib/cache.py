@@ -1,0 +1,64 @@
+"""Cache-or-compute on disk: the one mechanism every expensive stage uses.
+
+A stage's artefact lives in a directory whose name carries a key of the stage's configuration, and
+which sits inside the directory of the stage it was computed from (features / two-tower / tokenizer
+/ generator), so an artefact's path names its whole chain of inputs. :func:`cached` builds the
+artefact into ``<name>.partial``, writes ``stage.json`` (the configuration that produced it) last,
+and publishes the directory with one atomic rename: an interrupted run never leaves a directory
+that looks finished, and nothing stale is ever read back, because a changed configuration is a
+different directory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+MARKER = "stage.json"
+
+
+def key(obj) -> str:
+    """A short, stable hash of any JSON-able object (dict keys sorted; other objects by ``str``)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def is_done(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a published artefact."""
+    return (Path(directory) / MARKER).is_file()
+
+
+def cached(
+    directory: str | os.PathLike,
+    build: Callable[[Path], object],
+    config: dict,
+    *,
+    force: bool = False,
+) -> Path:
+    """Return ``directory`` once it holds a finished artefact, computing it first if needed.
+
+    ``build(tmp)`` writes the artefact's files into the empty folder ``tmp``; ``config`` (the
+    stage's settings and inputs, JSON-able) is saved beside them as ``stage.json``. ``force=True``
+    deletes the artefact and computes it again."""
+    out = Path(directory)
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+    if not is_done(out):
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        (tmp / MARKER).write_text(json.dumps({**config, "created_utc": stamp}, indent=1, default=str))
+        shutil.rmtree(out, ignore_errors=True)  # an unfinished directory from an older layout
+        os.replace(tmp, out)
+    return out
+
+
+def stage_config(directory: str | os.PathLike) -> dict:
+    """The ``stage.json`` of a published artefact."""
+    return json.loads((Path(directory) / MARKER).read_text())

@@ -1,0 +1,155 @@
+"""Generative and discriminative training, negative mining, and scoring by constrained decoding."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..metrics import recall_at_k
+from ..progress import tqdm
+from ..selection import BestState
+from ..trie import BeamResult, VokenTrie
+from .base import VokenGenerator
+
+
+def listwise_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Paper §4: softmax over [positive, negatives] sequence scores with the positive as target.
+    ``pos`` (B,), ``neg`` (B, n). The softmax is applied once (the authors' code applies it twice)."""
+    scores = torch.cat([pos.unsqueeze(1), neg], dim=1)
+    return (torch.logsumexp(scores, dim=1) - pos).mean()
+
+
+@torch.no_grad()
+def mine_negatives(
+    gen: VokenGenerator,
+    texts: list[str],
+    pos_items: np.ndarray,
+    trie: VokenTrie,
+    codes: np.ndarray,
+    n: int,
+    num_beams: int,
+) -> torch.Tensor:
+    """For each text, the first ``n`` beams of constrained beam search over ``trie`` that are not its
+    positive item; rows with fewer are padded by repeating the last negative. Returns codes (B, n, D)."""
+    res = gen.retrieve(texts, trie, num_beams=num_beams, batch_size=len(texts))
+    out = np.empty((len(texts), n, codes.shape[1]), dtype=np.int64)
+    for b, (items, p) in enumerate(zip(res.items.cpu().numpy(), pos_items)):
+        negs = [i for i in items if i >= 0 and i != p][:n]
+        if not negs:  # tiny gallery: fall back to random other items
+            negs = [int((p + 1 + k) % len(codes)) for k in range(n)]
+        negs += [negs[-1]] * (n - len(negs))
+        out[b] = codes[negs]
+    return torch.from_numpy(out)
+
+
+def timed_retrieve(
+    gen: VokenGenerator, texts: list[str], trie: VokenTrie, num_beams: int | None = None, batch_size: int = 64
+) -> tuple[BeamResult, float]:
+    """:meth:`VokenGenerator.retrieve` and its mean per-query latency in ms. The latency excludes a
+    frozen text encoder (its states are precomputed first), as the two-tower latency excludes
+    computing its frozen text features; a trained encoder (t5) is timed."""
+    gen.precompute(texts)
+    t0 = time.perf_counter()
+    res = gen.retrieve(texts, trie, num_beams=num_beams, batch_size=batch_size)
+    return res, 1000.0 * (time.perf_counter() - t0) / len(texts)
+
+
+def evaluate(
+    gen: VokenGenerator,
+    texts: list[str],
+    targets: np.ndarray,
+    trie: VokenTrie,
+    num_beams: int | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """Recall@1/5/10 (of the beam list) and mean per-query latency (:func:`timed_retrieve`)."""
+    res, latency = timed_retrieve(gen, texts, trie, num_beams, batch_size)
+    m = recall_at_k(res.items.cpu().numpy(), np.asarray(targets))
+    m["latency_ms"] = latency
+    return m
+
+
+def train_generator(
+    gen: VokenGenerator,
+    train: tuple[list[str], np.ndarray],
+    val: tuple[list[str], np.ndarray, np.ndarray],
+    train_codes_all: np.ndarray | None = None,
+    progress: bool = True,
+):
+    """Generative training, then (``disc_epochs`` > 0) the discriminative stage, which starts from the
+    generative epoch with the best validation R@1 (at ``disc_lr``); overall selection on validation R@1.
+
+    ``train``: (texts, codes (n, D)) pairs, pseudo queries included if any.
+    ``val``: (texts, target gallery positions, gallery codes) for R@1 on the validation gallery.
+    ``train_codes_all``: identifiers of the training images, the trie negatives are mined from.
+    Returns ``(gen with the best state, history)``. With a discriminative stage, ``gen.generative_state``
+    is the state dict of the best generative epoch: exactly what the same call with ``disc_epochs=0``
+    would return (same seed, same batches), so the "without discriminative training" ablation needs no
+    second run.
+    """
+    cfg = gen.cfg
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    texts, codes = train[0], torch.as_tensor(np.asarray(train[1]), dtype=torch.long)
+    val_texts, val_targets, val_codes = val
+    val_trie = VokenTrie(val_codes)
+    enc_params = [p for n, p in gen.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+    other = [p for n, p in gen.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+    groups = [{"params": other, "lr": cfg.lr}] + ([{"params": enc_params, "lr": cfg.encoder_lr}] if enc_params else [])
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    total = cfg.epochs + cfg.disc_epochs
+    best, history = BestState(), []
+    neg_trie = VokenTrie(train_codes_all) if cfg.disc_epochs and train_codes_all is not None else None
+    pos_item, generative_state = None, None
+    if neg_trie is not None:  # item index of each training pair's image within train_codes_all
+        lookup = {tuple(c): i for i, c in enumerate(np.asarray(train_codes_all).tolist())}
+        pos_item = np.array([lookup.get(tuple(c), -1) for c in np.asarray(train[1]).tolist()])
+    bar = tqdm(range(total), desc=f"generator ({cfg.backend})", disable=not progress)
+    for epoch in bar:
+        disc = epoch >= cfg.epochs and neg_trie is not None
+        if epoch == cfg.epochs and disc:  # stage 2 starts from the selected generative checkpoint
+            generative_state = best.state  # a copy already: BestState keeps a snapshot, never the live tensors
+            gen.load_state_dict(best.state)
+            for g in opt.param_groups:
+                g["lr"] = cfg.disc_lr
+        gen.train()
+        order = rng.permutation(len(texts))
+        sums = {"gen": 0.0, "list": 0.0}
+        for s in range(0, len(order), cfg.batch_size):
+            b = order[s : s + cfg.batch_size]
+            bt, bc = [texts[i] for i in b], codes[b]
+            if disc:
+                negs = mine_negatives(
+                    gen, bt, pos_item[b], neg_trie, np.asarray(train_codes_all), cfg.disc_negatives, cfg.num_beams
+                )
+                gen.train()
+            ctx = gen.encode(bt)
+            pos = gen.sequence_logprob(ctx, bc)
+            loss = -pos.mean() / (gen.depth + 1)
+            sums["gen"] += loss.item() * len(b)
+            if disc:
+                n = negs.shape[1]
+                neg = gen.sequence_logprob(gen.repeat(ctx, n), negs.reshape(-1, gen.depth)).reshape(len(b), n)
+                lw = listwise_loss(pos, neg)
+                loss = loss + cfg.disc_weight * lw
+                sums["list"] += lw.item() * len(b)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        row = {
+            "epoch": epoch + 1,
+            "stage": "discriminative" if disc else "generative",
+            "train_gen_loss": sums["gen"] / len(order),
+            "train_listwise_loss": sums["list"] / len(order),
+        }
+        if (epoch + 1) % cfg.eval_every == 0 or epoch == total - 1:
+            m = evaluate(gen, val_texts, val_targets, val_trie)
+            row.update({f"val_{k}": v for k, v in m.items()})
+            best.update(gen, (m["R@1"], m["rSum"]))
+            bar.set_postfix(loss=f"{row['train_gen_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", refresh=False)
+        history.append(row)
+    gen.load_state_dict(best.state)
+    gen.generative_state = generative_state if cfg.epochs and neg_trie is not None else best.state
+    return gen.eval(), history

@@ -1,0 +1,54 @@
+"""Small table helpers shared by the notebooks and the results report: seed aggregation and markdown."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+METRICS = ("R@1", "R@5", "R@10", "rSum")
+
+
+def mean_std(df: pd.DataFrame, by: list[str], metrics=METRICS + ("latency_ms",)) -> pd.DataFrame:
+    """Mean and standard deviation (ddof=1; 0 with one seed) of ``metrics`` per group, with ``n_seeds``."""
+    g = df.groupby(by, sort=False)
+    out = g[list(metrics)].mean()
+    std = g[list(metrics)].std(ddof=1).fillna(0.0)
+    for m in metrics:
+        out[f"{m}_std"] = std[m]
+    out["n_seeds"] = g.size()
+    return out.reset_index()
+
+
+def markdown(df: pd.DataFrame, digits: int = 2) -> str:
+    """A GitHub markdown table (no extra dependency); floats rounded to ``digits``."""
+
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def with_std(df: pd.DataFrame, metrics=METRICS, digits: int = 1) -> pd.DataFrame:
+    """``mean ± std`` strings for a compact markdown view of :func:`mean_std` output."""
+    out = df.copy()
+    for m in metrics:
+        out[m] = [
+            f"{a:.{digits}f} ± {b:.{digits}f}" if n > 1 else f"{a:.{digits}f}"
+            for a, b, n in zip(df[m], df[f"{m}_std"], df["n_seeds"])
+        ]
+    return out.drop(columns=[c for c in out.columns if c.endswith("_std")])
+
+
+def main_table(runs: pd.DataFrame, dataset: str, num_beams: int) -> pd.DataFrame:
+    """The main table from its per-seed runs: mean and std per (method, family, pseudo_queries), ``n_seeds``,
+    and the gallery and query counts of each row."""
+    main = mean_std(runs, ["method", "family", "pseudo_queries"])
+    extra = runs.groupby(["method", "pseudo_queries"], sort=False)[["gallery_size", "queries"]].first().reset_index()
+    main = main.merge(extra, on=["method", "pseudo_queries"])
+    main["dataset"], main["num_beams"] = dataset, num_beams
+    return main

@@ -18,6 +18,7 @@ score, so retrieval scores every pair of the gallery: accurate in principle, lin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -92,6 +93,20 @@ def unresolved_collision_recall(ranked: np.ndarray, target: np.ndarray, raw_code
 # ------------------------------------------------------------------------------ one-tower matcher
 
 
+@dataclass(frozen=True)
+class OneTowerConfig:
+    """The cross-encoder matcher and its training (a profile's ``one_tower`` section)."""
+
+    dim: int = 256  # width of the projected text and image
+    hidden: int = 512  # the scoring MLP's hidden layer
+    dropout: float = 0.2
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+
+
 class CrossEncoder(nn.Module):
     """Early-fusion matcher on frozen features: both inputs are projected, and an MLP reads
     ``[text, image, text * image, |text - image|]`` to a single score."""
@@ -136,26 +151,18 @@ class CrossEncoder(nn.Module):
         return torch.cat([self.pair_scores(t[s : s + chunk], i) for s in range(0, len(t), chunk)]).numpy()
 
 
-def train_cross_encoder(
-    train,
-    val,
-    epochs: int = 30,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    seed: int = 0,
-    progress: bool = True,
-):
+def train_cross_encoder(train, val, cfg: OneTowerConfig = OneTowerConfig(), progress: bool = True):
     """Train on ``train`` = (image_feats, caption_feats, caption_owner) with a listwise loss over the
     batch's images (every caption against every image of the batch), select on ``val`` R@1.
     Returns ``(model, history)``."""
     from .metrics import evaluate_scores
 
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    epochs, batch_size = cfg.epochs, cfg.batch_size
     img, txt, owner = (np.asarray(a) for a in train)
-    model = CrossEncoder(img.shape[1], txt.shape[1], img_mean=img.mean(0), img_std=img.std(0) + 1e-6)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model = CrossEncoder(img.shape[1], txt.shape[1], cfg.dim, cfg.hidden, cfg.dropout, img.mean(0), img.std(0) + 1e-6)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     img_t, txt_t = torch.from_numpy(img).float(), torch.from_numpy(txt).float()
     caps_of = [np.nonzero(owner == i)[0] for i in range(len(img))]
     with_caps = np.array([i for i, c in enumerate(caps_of) if len(c)])

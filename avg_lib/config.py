@@ -12,6 +12,7 @@ sections, and each section is a frozen dataclass whose fields are the section's 
     two_tower:   {epochs: 300, ...}                                -> two_tower.TwoTowerConfig
     tokenizer:   {codebook_size: 256, levels: 3, ...}              -> tokenizer.TokenizerConfig
     generator:   {backend: minilm, layers: 2, ...}                 -> generator.GeneratorConfig
+    one_tower:   {epochs: 15, ...}                                 -> baselines.OneTowerConfig
     retrieval:   {pseudo_per_image: 2, batch_size: 64}             -> RetrievalConfig
     visualization, backends, benchmark, main_table, ablations, efficiency: the studies of
                  notebooks 03-08 (their settings, below)
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from .baselines import OneTowerConfig
 from .generator.config import GeneratorConfig
 from .paths import REPO_ROOT
 from .tokenizer import TokenizerConfig
@@ -89,7 +90,6 @@ class BenchmarkConfig:  # notebook 05: batched trie decoding vs transformers' pr
 class MainTableConfig:  # notebook 06
     seeds: tuple[int, ...] = (0, 1, 2)  # two-tower and AVG are repeated over these seeds
     seed_pseudo: bool = True  # every seed also trains AVG with pseudo queries
-    one_tower_epochs: int = 15
     hkmeans_branching: int = 16  # clusters per node of the hierarchical k-means ids
     random_id_base: int = 10  # digits of the random numeric ids
     baseline_pseudo: bool = False  # also train the generative baselines with pseudo queries
@@ -117,6 +117,7 @@ SECTIONS: dict[str, type] = {
     "two_tower": TwoTowerConfig,
     "tokenizer": TokenizerConfig,
     "generator": GeneratorConfig,
+    "one_tower": OneTowerConfig,
     "retrieval": RetrievalConfig,
     "visualization": VisualizationConfig,
     "backends": BackendsConfig,
@@ -125,7 +126,12 @@ SECTIONS: dict[str, type] = {
     "ablations": AblationsConfig,
     "efficiency": EfficiencyConfig,
 }
-SEEDED = ("two_tower", "tokenizer", "generator")  # sections whose dataclass has a seed (set from the run's)
+SEEDED = (
+    "two_tower",
+    "tokenizer",
+    "generator",
+    "one_tower",
+)  # sections whose dataclass has a seed (set from the run's)
 TOP_LEVEL = ("description", "results_dir", "seed", "extends")
 
 
@@ -140,6 +146,7 @@ class RunConfig:
     two_tower: TwoTowerConfig
     tokenizer: TokenizerConfig
     generator: GeneratorConfig
+    one_tower: OneTowerConfig
     retrieval: RetrievalConfig
     visualization: VisualizationConfig
     backends: BackendsConfig
@@ -283,9 +290,3 @@ def _name(hint) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_name(a) for a in typing.get_args(hint))
     return {type(None): "null", dict: "a mapping"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def resolved_results_dir(cfg: RunConfig) -> Path:
-    from .paths import repo_path
-
-    return repo_path(os.fspath(cfg.results_dir))

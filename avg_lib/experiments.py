@@ -95,12 +95,12 @@ def two_tower_result(js, split: str = "test") -> dict:
     }
 
 
-def one_tower_result(js, epochs: int = 30, seed: int = 0, split: str = "test", progress: bool = True):
-    """Train the cross-encoder matcher on the frozen features (train split, selected on val) and score
-    every (query, image) pair of ``split``. Returns ``(row, model)``."""
+def one_tower_result(js, cfg: baselines.OneTowerConfig, split: str = "test", progress: bool = True):
+    """Train the cross-encoder matcher (``cfg``) on the frozen features (train split, selected on val) and
+    score every (query, image) pair of ``split``. Returns ``(row, model)``."""
     tr, va, te = (js.feats.split(js.ds, s)[1:] for s in ("train", "val", split))
     t0 = time.time()
-    model, hist = baselines.train_cross_encoder(tr, va, epochs=epochs, seed=seed, progress=progress)
+    model, hist = baselines.train_cross_encoder(tr, va, cfg, progress=progress)
     train_s = time.time() - t0
     t0 = time.perf_counter()
     scores = model.score(te[0], te[1])

@@ -56,9 +56,8 @@ def test_cross_encoder_scores_every_pair_and_learns():
     proj = rng.normal(size=(12, 8)).astype(np.float32)
     txt = np.repeat(img @ proj, 2, axis=0) + 0.05 * rng.normal(size=(120, 8)).astype(np.float32)
     owner = np.repeat(np.arange(60), 2)
-    model, _hist = baselines.train_cross_encoder(
-        (img, txt, owner), (img, txt, owner), epochs=15, batch_size=20, seed=0, progress=False
-    )
+    cfg = baselines.OneTowerConfig(epochs=15, batch_size=20)
+    model, _hist = baselines.train_cross_encoder((img, txt, owner), (img, txt, owner), cfg, progress=False)
     scores = model.score(img, txt)
     assert scores.shape == (120, 60)
     # pair_scores on one pair equals the matrix entry

@@ -2,9 +2,12 @@
 provenance and cross-file consistency. These check that the files are whole and were made by the
 pipeline from committed code; they do not re-derive any number."""
 
+import json
+
 import pandas as pd
 import pytest
 
+from avg_lib import config
 from avg_lib.paths import REPO_ROOT
 from avg_lib.runner import notebooks
 
@@ -161,3 +164,22 @@ def test_decoding_benchmark_compares_both_decoders_on_identical_rankings():
 def test_figure_exists(name):
     path = RESULTS / "figures" / f"{name}.png"
     assert path.is_file() and path.stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_each_table_has_the_run_configuration_that_made_it(name):
+    """``results/config/<table>.json`` (written with the table) holds the configuration of the run; every setting
+    it shares with today's default profile has the same value, so a profile change without a rerun is caught."""
+    meta = json.loads((RESULTS / "config" / f"{name}.json").read_text())
+    assert meta["table"] == f"{name}.csv" and meta["profile"] == "default"
+    assert meta["git_commit"] in set(read(name)["git_commit"].astype(str))
+    now = config.load_config("default").to_dict()
+    for section, values in meta["config"].items():
+        if isinstance(values, dict) and section in now:
+            shared = set(values) & set(now[section])
+            stale = {k: (values[k], now[section][k]) for k in shared if _plain(values[k]) != _plain(now[section][k])}
+            assert not stale, f"{name}: {section} settings changed since the committed run: {stale}"
+
+
+def _plain(v):
+    return json.loads(json.dumps(v))  # tuples and lists compare equal

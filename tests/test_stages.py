@@ -1,27 +1,10 @@
-"""The cached stages on a toy joint space (no encoders needed)."""
+"""The cached stages on a toy joint space (no encoders needed; ``toy_js`` is in conftest.py)."""
 
 import dataclasses
 
 import numpy as np
-import pandas as pd
-import pytest
 
 from avg_lib import stages, tokenizer
-from avg_lib.features import Features
-from avg_lib.synthetic import load_synthetic
-
-
-@pytest.fixture()
-def toy_js(tmp_path):
-    ds = load_synthetic(n_images=120)
-    _texts, owner = ds.captions()
-    rng = np.random.default_rng(0)
-    img = rng.normal(size=(len(ds), 16)).astype(np.float32)
-    img /= np.linalg.norm(img, axis=1, keepdims=True)
-    txt = (img[owner] + 0.3 * rng.normal(size=(len(owner), 16))).astype(np.float32)
-    feats = Features(img, txt, owner, tmp_path)
-    return stages.JointSpace(ds, feats, None, pd.DataFrame(), tmp_path, img, txt, owner, "toy", None)
-
 
 CFG = tokenizer.TokenizerConfig(codebook_size=4, levels=2, e_dim=8, hidden=(16,), epochs=3, batch_size=64)
 

@@ -1,0 +1,74 @@
+"""``pipeline.setup``: the run a notebook gets, on a toy joint space (tiny tokenizer and generator)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from avg_lib import experiments, pipeline
+
+TINY = {
+    "tokenizer": {"codebook_size": 4, "levels": 2, "e_dim": 8, "hidden": [16], "epochs": 3, "batch_size": 64},
+    "generator": {"layers": 1, "decoder_width": 32, "epochs": 1, "disc_epochs": 1, "num_beams": 4, "batch_size": 64},
+}
+
+
+@pytest.fixture()
+def run(toy_js, tmp_path):
+    r = pipeline.setup("smoke", {**TINY, "results_dir": str(tmp_path / "results")}, progress=False)
+    r.dataset, r.js = toy_js.ds, toy_js  # stand in for the data and the encoders
+    return r
+
+
+def test_setup_validates_the_profile_and_prints_the_run(capsys, tmp_path):
+    r = pipeline.setup("smoke", {"generator": {"epochs": 5}})
+    assert r.cfg.generator.epochs == 5 and r.cfg.overrides == {"generator": {"epochs": 5}}
+    assert "Run(profile='smoke'" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown setting"):
+        pipeline.setup("smoke", {"generator": {"epoch": 5}})
+
+
+def test_with_seed_reseeds_and_reuses(run):
+    assert run.with_seed(run.cfg.seed) is run
+    other = run.with_seed(5)
+    assert other is run.with_seed(5) and other.with_seed(run.cfg.seed) is run  # one run per seed
+    assert other.cfg.tokenizer.seed == other.cfg.generator.seed == 5
+    assert other.text_states is run.text_states and other.dataset is run.dataset and other.out == run.out
+
+
+def test_tokenizer_variants_and_generators_are_cached_stages(run):
+    assert run.tokenizer() is run.vt
+    noalign = run.tokenizer(align_weight=0.0)
+    assert noalign.directory != run.vt.directory and noalign.model.cfg.align_weight == 0.0
+    tg = run.generator(0)
+    assert tg.directory.parent == run.vt.directory and (tg.directory / "stage.json").is_file()
+    stamp = (tg.directory / "generator.pt").stat().st_mtime_ns
+    again = run.generator(0)
+    assert again.directory == tg.directory and (tg.directory / "generator.pt").stat().st_mtime_ns == stamp
+    assert run.text_states.size > 0  # the run's shared state cache, not a process global
+    assert run.generator(0, init_from_codebook=False).directory != tg.directory
+    assert run.generator(0, stage="generative").history["stage"].eq("generative").all()
+    summary = tg.summary()
+    assert summary["train_pairs"] == tg.meta["train_pairs"] and summary["backend"] == "minilm"
+    assert summary["epochs"] == 2 and summary["selected_stage"] in ("generative", "discriminative")
+
+
+def test_experiment_rows_come_from_the_runs_stages(run):
+    row = experiments.avg_result(run, 0, unresolved=True)
+    assert {"R@1", "R@5", "R@10", "rSum", "latency_ms", "unresolved_R@1", "cache"} <= set(row)
+    assert row["gallery_size"] == len(run.split("test").gallery_codes) and row["num_beams"] == 4
+    assert experiments.avg_result(run, 0, num_beams=2)["num_beams"] == 2
+    k, n = run.cfg.tokenizer.codebook_size, run.cfg.tokenizer.levels
+    assert experiments.sweep_result(run, k, n)["cache"] == run.generator(0).directory.name  # the reference point
+    other = experiments.sweep_result(run, 3, n)
+    assert "collision_rate_raw" in other and other["vocabulary"] == 3
+
+
+def test_record_writes_the_table_and_its_configuration(run, capsys):
+    path = run.record(pd.DataFrame({"R@1": [1.0]}), "t")
+    back = pd.read_csv(path)
+    assert back["profile"].tolist() == ["smoke"] and back["seed"].tolist() == [0]
+    meta = json.loads((run.out / "config" / "t.json").read_text())
+    assert meta["config"]["generator"]["layers"] == 1 and meta["config"]["overrides"]["tokenizer"]["levels"] == 2
+    run.done(answer=42)
+    assert '"answer": 42' in capsys.readouterr().out

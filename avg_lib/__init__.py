@@ -17,6 +17,7 @@ Modules, one concern each (imports run one way; tests/test_architecture.py check
   baselines    one-tower cross-encoder and the other identifier schemes
   experiments  one results-table row per call (train-or-load, then score the test split)
   benchmark    decoding, gallery-scaling and dropout timings
+  stats        recall intervals (bootstrap over images), paired differences, verdicts
   metrics, tables, viz, report, results, runner, paths, progress, selection, dropout
 """
 

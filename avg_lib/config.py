@@ -132,7 +132,7 @@ SEEDED = (
     "generator",
     "one_tower",
 )  # sections whose dataclass has a seed (set from the run's)
-TOP_LEVEL = ("description", "results_dir", "seed", "extends")
+TOP_LEVEL = ("description", "results_dir", "seed")  # (`extends` is resolved by load_profile)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,26 @@ def cached(
     return out
 
 
+def trained(
+    parent: str | os.PathLike,
+    prefix: str,
+    label: str,
+    version: int,
+    settings: dict,
+    build: Callable[[Path], object],
+    *,
+    extra: dict | None = None,
+    force: bool = False,
+) -> Path:
+    """A trained stage under the directory of its input: ``<parent>/<prefix>-<key>``, the key taken from the
+    module's cache ``version``, the stage's ``settings`` and the values of ``extra`` (settings kept outside
+    the stage's dataclass), all of which are also saved in ``stage.json``; otherwise as :func:`cached`."""
+    extra = extra or {}
+    parent = Path(parent)
+    config = {"stage": label, "cache_version": version, "settings": settings, **extra, "input": str(parent)}
+    return cached(parent / f"{prefix}-{key([version, settings, *extra.values()])}", build, config, force=force)
+
+
 def stage_config(directory: str | os.PathLike) -> dict:
     """The ``stage.json`` of a published artefact."""
     return json.loads((Path(directory) / MARKER).read_text())

@@ -146,17 +146,8 @@ def voken_tokenizer(
             )
         )
 
-    key = cache.key([tokenizer.CACHE_VERSION, asdict(cfg)])
-    out = cache.cached(
-        js.directory / f"rqvae-{key}",
-        build,
-        force=force,
-        config={
-            "stage": "voken tokenizer",
-            "cache_version": tokenizer.CACHE_VERSION,
-            "tokenizer": asdict(cfg),
-            "input": str(js.directory),
-        },
+    out = cache.trained(
+        js.directory, "rqvae", "voken tokenizer", tokenizer.CACHE_VERSION, asdict(cfg), build, force=force
     )
     meta = json.loads((out / "vokens.json").read_text())
     if list(meta["vokens"]) != js.ds.ids:
@@ -308,18 +299,15 @@ def voken_generator(
         if cfg.disc_epochs:
             torch.save(gen.generative_state, tmp / "generator_generative.pt")
 
-    key = cache.key([generator.CACHE_VERSION, asdict(cfg), pseudo])
-    out = cache.cached(
-        vt.directory / f"generator-{key}",
+    out = cache.trained(
+        vt.directory,
+        "generator",
+        "voken generator",
+        generator.CACHE_VERSION,
+        asdict(cfg),
         build,
+        extra={"pseudo_per_image": pseudo},
         force=force,
-        config={
-            "stage": "voken generator",
-            "cache_version": generator.CACHE_VERSION,
-            "generator": asdict(cfg),
-            "pseudo_per_image": pseudo,
-            "input": str(vt.directory),
-        },
     )
     gen, history = generator.load(out, text_states=text_states), pd.read_csv(out / "history.csv")
     if stage == "generative" and cfg.disc_epochs:

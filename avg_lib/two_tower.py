@@ -227,17 +227,8 @@ def fit_or_load(ds, feats, cfg: TwoTowerConfig = TwoTowerConfig(), force: bool =
         np.save(tmp / "image.npy", g.astype(np.float32))
         np.save(tmp / "text.npy", q.astype(np.float32))
 
-    key = cache.key([CACHE_VERSION, asdict(cfg)])
-    out = cache.cached(
-        feats.directory / f"two_tower-{key}",
-        build,
-        force=force,
-        config={
-            "stage": "two-tower joint space",
-            "cache_version": CACHE_VERSION,
-            "two_tower": asdict(cfg),
-            "input": str(feats.directory),
-        },
+    out = cache.trained(
+        feats.directory, "two_tower", "two-tower joint space", CACHE_VERSION, asdict(cfg), build, force=force
     )
     return load(out), pd.read_csv(out / "history.csv"), out
 

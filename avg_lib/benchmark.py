@@ -163,11 +163,14 @@ def gallery_scaling(
     one_tower_max: int | None = None,
     seed: int = 0,
     device: str = "cpu",
+    rerank_k: int | None = None,
 ) -> pd.DataFrame:
-    """Per-query latency at batch 1 and throughput at ``batch_size`` for the three retrieval styles,
-    on synthetic galleries of each size in ``sizes``, in one run on one machine:
+    """Per-query latency at batch 1 and throughput at ``batch_size`` for each retrieval style, on synthetic
+    galleries of each size in ``sizes``, in one run on one machine:
 
     * generative: ``gen.retrieve`` (trie-constrained beam search) over random identifiers;
+    * generative + embedding re-rank (``rerank_k``): ``rerank_k`` beams, then the joint-space cosine of the
+      query with those candidates only (the main table's AVG + re-rank rows);
     * two-tower: exact inner-product top-10 over random unit vectors of the joint space's width;
     * one-tower: ``cross_encoder`` scores every (query, image) pair (projected random images);
       timed on ``one_tower_queries`` queries, and skipped above ``one_tower_max`` images.
@@ -179,31 +182,35 @@ def gallery_scaling(
     emb = torch.as_tensor(np.asarray(query_emb), dtype=torch.float32, device=device)
     eb = emb.repeat(batch_size // len(emb) + 1, 1)[:batch_size]
     rows = []
+
+    def add(method, n, t1, t_batch, per_batch=batch_size):
+        rows.append(
+            {
+                "method": method,
+                "gallery_size": n,
+                "latency_ms_batch1": 1000 * t1,
+                "queries_per_s_batched": per_batch / t_batch,
+            }
+        )
+
     for n in sizes:
         trie = VokenTrie(random_unique_codes(n, depth, vocab, seed)).to(device)
         gen.retrieve(q1, trie, num_beams=num_beams, batch_size=1)  # warm-up
         t1 = _timed(lambda: gen.retrieve(q1, trie, num_beams=num_beams, batch_size=1), 3)
-        tb = _timed(lambda: gen.retrieve(qb, trie, num_beams=num_beams, batch_size=batch_size), 2)
-        rows.append(
-            {
-                "method": "generative (trie beam search)",
-                "gallery_size": n,
-                "latency_ms_batch1": 1000 * t1,
-                "queries_per_s_batched": batch_size / tb,
-            }
-        )
+        add("generative (trie beam search)", n, t1, _timed(lambda: gen.retrieve(qb, trie, num_beams, batch_size), 2))
         gallery = torch.nn.functional.normalize(
             torch.as_tensor(rng.normal(size=(n, emb.shape[1])), dtype=torch.float32, device=device), dim=1
         )
-        t1, tb = _exact_search_timings(emb, eb, gallery)
-        rows.append(
-            {
-                "method": "two-tower (exact search)",
-                "gallery_size": n,
-                "latency_ms_batch1": 1000 * t1,
-                "queries_per_s_batched": batch_size / tb,
-            }
-        )
+        if rerank_k:
+
+            def reranked(texts, q, trie=trie, gallery=gallery):
+                items = gen.retrieve(texts, trie, num_beams=rerank_k, batch_size=len(texts)).items
+                cos = torch.einsum("nkd,nd->nk", gallery[items.clamp(min=0)], q).masked_fill(items < 0, -2.0)
+                return items.gather(1, cos.argsort(dim=1, descending=True))
+
+            t1, tb = _timed(lambda: reranked(q1, emb[:1]), 3), _timed(lambda: reranked(qb, eb), 2)
+            add(f"generative + embedding re-rank (top {rerank_k})", n, t1, tb)
+        add("two-tower (exact search)", n, *_exact_search_timings(emb, eb, gallery))
         del gallery
         if cross_encoder is not None and (one_tower_max is None or n <= one_tower_max):
             cross_encoder.eval()
@@ -211,14 +218,8 @@ def gallery_scaling(
             imgs = torch.nn.functional.normalize(
                 torch.as_tensor(rng.normal(size=(n, width)), dtype=torch.float32, device=device), dim=1
             )
-            _, t = cross_encoder.project(
-                None,
-                torch.as_tensor(
-                    rng.normal(size=(one_tower_queries, cross_encoder.txt.in_features)),
-                    dtype=torch.float32,
-                    device=device,
-                ),
-            )
+            t_in = rng.normal(size=(one_tower_queries, cross_encoder.txt.in_features))
+            _, t = cross_encoder.project(None, torch.as_tensor(t_in, dtype=torch.float32, device=device))
 
             def score_all(rows_t):
                 for r in rows_t:
@@ -226,15 +227,12 @@ def gallery_scaling(
                         [cross_encoder.pair_scores(r[None], imgs[s : s + 8192]) for s in range(0, n, 8192)], dim=1
                     ).topk(10, dim=1)
 
-            t1 = _timed(lambda: score_all(t[:1]), 1)
-            tq = _timed(lambda: score_all(t), 1) / len(t)
-            rows.append(
-                {
-                    "method": "one-tower (score every pair)",
-                    "gallery_size": n,
-                    "latency_ms_batch1": 1000 * t1,
-                    "queries_per_s_batched": 1.0 / tq,
-                }
+            add(
+                "one-tower (score every pair)",
+                n,
+                _timed(lambda: score_all(t[:1]), 1),
+                _timed(lambda: score_all(t), 1),
+                len(t),
             )
     return pd.DataFrame(rows)
 

@@ -13,7 +13,8 @@ sections, and each section is a frozen dataclass whose fields are the section's 
     tokenizer:   {codebook_size: 256, levels: 3, ...}              -> tokenizer.TokenizerConfig
     generator:   {backend: minilm, layers: 2, ...}                 -> generator.GeneratorConfig
     one_tower:   {epochs: 15, ...}                                 -> baselines.OneTowerConfig
-    retrieval:   {pseudo_per_image: 2, batch_size: 64}             -> RetrievalConfig
+    retrieval:   {pseudo_per_image: 2, pseudo_recipe: composed, ...} -> RetrievalConfig
+    rerank:      {ks: [10, 50, 100], k: 50, ...}                   -> RerankConfig
     visualization, backends, benchmark, main_table, ablations, efficiency: the studies of
                  notebooks 03-08 (their settings, below)
 
@@ -36,6 +37,7 @@ import yaml
 from .baselines import OneTowerConfig
 from .generator.config import GeneratorConfig
 from .paths import REPO_ROOT
+from .splits import PSEUDO_RECIPES
 from .tokenizer import TokenizerConfig
 from .two_tower import TwoTowerConfig
 
@@ -61,8 +63,28 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    pseudo_per_image: int = 2  # borrowed captions per test image in the pseudo-query setting
+    pseudo_per_image: int = 2  # pseudo queries per test image in the pseudo-query setting
+    pseudo_recipe: str = "composed"  # composed (new strings, one target each) | borrowed (the old recipe)
+    pseudo_neighbours: int = 5  # composed: training images whose captions vote on the words
+    pseudo_words: int = 6  # composed: words per pseudo query
     batch_size: int = 64  # queries decoded together when scoring a split (latency_ms is per query)
+
+    def __post_init__(self):
+        if self.pseudo_recipe not in PSEUDO_RECIPES:
+            raise ValueError(f"pseudo_recipe must be one of {PSEUDO_RECIPES}, not {self.pseudo_recipe!r}")
+
+    @property
+    def recipe(self) -> dict:
+        """The pseudo-query recipe as keyword arguments of :func:`avg_lib.splits.pseudo_queries`."""
+        return {"recipe": self.pseudo_recipe, "neighbours": self.pseudo_neighbours, "words": self.pseudo_words}
+
+
+@dataclass(frozen=True)
+class RerankConfig:  # the re-ranking stage over AVG's beams (notebook 06)
+    ks: tuple[int, ...] = (10, 50, 100)  # beam-list sizes studied (candidate ceiling and every re-ranker)
+    k: int = 50  # the main table's re-ranked rows use this many beams
+    rerankers: tuple[str, ...] = ("embedding", "cross-encoder")  # each also fused with AVG's log-probability
+    fusion_steps: int = 20  # fusion weights tried on validation: 0, 1/steps, ..., 1
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,7 @@ class MainTableConfig:  # notebook 06
     hkmeans_branching: int = 16  # clusters per node of the hierarchical k-means ids
     random_id_base: int = 10  # digits of the random numeric ids
     baseline_pseudo: bool = False  # also train the generative baselines with pseudo queries
+    pseudo_recipes_compared: tuple[str, ...] = ("borrowed",)  # AVG + pseudo queries by these recipes too
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,7 @@ SECTIONS: dict[str, type] = {
     "generator": GeneratorConfig,
     "one_tower": OneTowerConfig,
     "retrieval": RetrievalConfig,
+    "rerank": RerankConfig,
     "visualization": VisualizationConfig,
     "backends": BackendsConfig,
     "benchmark": BenchmarkConfig,
@@ -148,6 +172,7 @@ class RunConfig:
     generator: GeneratorConfig
     one_tower: OneTowerConfig
     retrieval: RetrievalConfig
+    rerank: RerankConfig
     visualization: VisualizationConfig
     backends: BackendsConfig
     benchmark: BenchmarkConfig

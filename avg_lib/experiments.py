@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 
-from . import baselines, generator, identifiers, two_tower
-from .metrics import evaluate_scores, recall_at_k
+from . import baselines, generator, identifiers, rerank, two_tower
+from .metrics import KS, evaluate_scores, recall_at_k, top_k
 from .tables import METRICS
 from .trie import VokenTrie
 
-__all__ = ["METRICS", "avg_result", "one_tower_result", "sweep_result", "two_tower_result"]
+__all__ = ["METRICS", "avg_result", "one_tower_result", "rerank_results", "sweep_result", "two_tower_result"]
 
 
 def avg_result(
@@ -28,8 +28,9 @@ def avg_result(
     num_beams: int | None = None,
     split: str = "test",
     unresolved: bool = False,
+    return_ranked: bool = False,
     **changes,
-) -> dict:
+):
     """Train-or-load a generator of ``run`` (a :class:`avg_lib.pipeline.Run`; ``pseudo``, ``vt``, ``stage``,
     ``ids``, ``codebooks`` and generator-setting ``changes`` as in :meth:`~avg_lib.pipeline.Run.generator`)
     and score ``split`` by constrained decoding with ``num_beams`` (default: the generator's).
@@ -62,7 +63,7 @@ def avg_result(
     if unresolved:
         u = baselines.unresolved_collision_recall(items, sp.targets, ident.raw[sp.image_index])
         row.update({f"unresolved_{k}": v for k, v in u.items()})
-    return row
+    return (row, items) if return_ranked else row
 
 
 def sweep_result(run, codebook_size: int, levels: int) -> dict:
@@ -78,14 +79,16 @@ def sweep_result(run, codebook_size: int, levels: int) -> dict:
     return row
 
 
-def two_tower_result(js, split: str = "test") -> dict:
-    """Exact dense search of the joint space over ``split``'s images."""
+def two_tower_result(js, split: str = "test", return_ranked: bool = False):
+    """Exact dense search of the joint space over ``split``'s images (``return_ranked``: also the top 10)."""
     _, g_img, q_txt, owner = js.feats.split(js.ds, split)
     t0 = time.perf_counter()
-    m = two_tower.evaluate(js.model, g_img, q_txt, owner)
+    g, q = two_tower.embed(js.model, g_img, q_txt)
+    ranked = top_k(q @ g.T, max(KS))
     latency = 1000.0 * (time.perf_counter() - t0) / len(q_txt)
+    m = recall_at_k(ranked, owner)
     best = js.history.loc[js.history["val_R@1"].idxmax()]
-    return {
+    row = {
         **m,
         "latency_ms": latency,
         "val_R@1": float(best["val_R@1"]),
@@ -93,6 +96,7 @@ def two_tower_result(js, split: str = "test") -> dict:
         "gallery_size": len(g_img),
         "queries": len(q_txt),
     }
+    return (row, ranked) if return_ranked else row
 
 
 def one_tower_result(js, cfg: baselines.OneTowerConfig, split: str = "test", progress: bool = True):
@@ -115,3 +119,43 @@ def one_tower_result(js, cfg: baselines.OneTowerConfig, split: str = "test", pro
         "gallery_size": len(te[0]),
         "queries": len(te[1]),
     }, model
+
+
+def rerank_results(run, pseudo: int = 0, cross_encoder=None, ks=None) -> tuple[list[dict], dict]:
+    """AVG (``run``'s generator with ``pseudo``) followed by each re-ranker of ``run.cfg.rerank``, for each
+    beam-list size ``K`` in ``ks`` (default: the profile's): one row per (K, re-ranker) with recall on test,
+    the candidate ceiling (recall@K of the beams) and the latency of decoding plus re-ranking. Fusion weights
+    are chosen on the validation split's own K beams. ``cross_encoder``: the one-tower model (a
+    :class:`~avg_lib.baselines.CrossEncoder`) the cross-encoder re-ranker uses; without it that re-ranker is
+    skipped. Returns ``(rows, ranked)`` with ``ranked[(K, re-ranker name)]`` the test ranked lists."""
+    cfg = run.cfg.rerank
+    tg = run.generator(pseudo)
+    val, test = (rerank.inputs(run.js, run.split(s)) for s in ("val", "test"))
+    base = []
+    for name in cfg.rerankers:
+        if name == "embedding":
+            base.append(rerank.EmbeddingReranker(run.js.model))
+        elif name == "cross-encoder":
+            base += [rerank.CrossEncoderReranker(cross_encoder)] if cross_encoder is not None else []
+        else:
+            raise ValueError(f"unknown re-ranker {name!r}; expected 'embedding' or 'cross-encoder'")
+    grid = [i / cfg.fusion_steps for i in range(cfg.fusion_steps + 1)]
+    rows, ranked = [], {}
+    for k in ks or cfg.ks:
+        vc, tc = (rerank.candidates(tg.model, s, k, run.cfg.retrieval.batch_size) for s in (val, test))
+        common = {"k": k, "ceiling": rerank.ceiling(tc, test.targets), "decode_ms": tc.latency_ms}
+        rows.append({**common, "reranker": "none (AVG order)", **recall_at_k(tc.items, test.targets)})
+        rows[-1].update(rerank_ms=0.0, latency_ms=tc.latency_ms, fusion_weight=float("nan"))
+        ranked[(k, "none (AVG order)")] = tc.items
+        for r in base:
+            for variant in (r, rerank.FusionReranker(r, grid=grid).fit(val, vc)):
+                items, ms = rerank.rerank(variant, test, tc)
+                ranked[(k, variant.name)] = items
+                rows.append({**common, "reranker": variant.name, **recall_at_k(items, test.targets)})
+                w = getattr(variant, "weight", float("nan"))
+                rows[-1].update(rerank_ms=ms, latency_ms=tc.latency_ms + ms, fusion_weight=w)
+    for row in rows:
+        row.update(
+            selected_epoch=int(tg.selected["epoch"]), gallery_size=len(test.gallery_codes), cache=tg.directory.name
+        )
+    return rows, ranked

@@ -94,11 +94,16 @@ class Run:
         ids: identifiers.Identifiers | None = None,
         codebooks: np.ndarray | None = None,
         force: bool = False,
+        pseudo_recipe: str | None = None,
         **changes,
     ) -> stages.TrainedGenerator:
-        """A generator trained with ``pseudo`` borrowed captions per test image (0: none) on the identifiers of
-        ``vt`` (default: the run's tokenizer) or ``ids``, with ``changes`` to the profile's generator settings."""
+        """A generator trained with ``pseudo`` pseudo queries per test image (0: none; made by the profile's
+        ``retrieval.pseudo_recipe``, or ``pseudo_recipe``) on the identifiers of ``vt`` (default: the run's
+        tokenizer) or ``ids``, with ``changes`` to the profile's generator settings."""
         cfg = dataclasses.replace(self.cfg.generator, **changes)
+        recipe = self.cfg.retrieval.recipe
+        if pseudo_recipe is not None:
+            recipe = {**recipe, "recipe": pseudo_recipe}
         return stages.voken_generator(
             self.js,
             vt or self.vt,
@@ -110,6 +115,7 @@ class Run:
             ids=ids,
             codebooks=codebooks,
             text_states=self.text_states,
+            pseudo_recipe=recipe,
         )
 
     def split(self, name: str = "test", ids: identifiers.Identifiers | None = None) -> splits.RetrievalSplit:

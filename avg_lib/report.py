@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import claims as paired_claims
 from .results import write_text
 from .tables import markdown
 
@@ -49,6 +50,18 @@ SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance
         "Main table (test gallery)",
         ["main_recall.png"],
         ["method", "pseudo_queries", "R@1", "R@1_std", "R@5", "R@10", "rSum", "rSum_std", "latency_ms", "n_seeds"],
+    ),
+    (
+        "claims.csv",
+        "Paired comparisons behind the claims (difference = b - a, 95% interval over test images)",
+        [],
+        ["claim", "metric", "seeds", "a_recall", "b_recall", "difference", "low", "high", "p_value", "verdict"],
+    ),
+    (
+        "rerank.csv",
+        "Re-ranking AVG's K beams: candidate ceiling (recall@K of the beams) and each re-ranker",
+        ["rerank.png"],
+        ["k", "pseudo_queries", "reranker", "ceiling", "R@1", "R@1_std", "R@5", "R@10", "latency_ms", "n_seeds"],
     ),
     (
         "ablation.csv",
@@ -181,12 +194,13 @@ def claims(d: Path) -> list[str]:
     """The paper's claims, each checked on this directory's tables (one markdown bullet per claim)."""
     out = []
     main, abl, eff = _read(d, "main_table.csv"), _read(d, "ablation.csv"), _read(d, "efficiency.csv")
-    runs = _runs(d)
-    if main is not None:
-        avg = main[(main["family"] == "AVG") & (~main["pseudo_queries"].astype(bool))]
+    runs, paired = _runs(d), _read(d, "claims.csv")
+    avg = main[(main["family"] == "AVG") & (~main["pseudo_queries"].astype(bool))] if main is not None else None
+    if paired is not None:  # notebook 06's paired tests replace the point comparisons below
+        out += [paired_claims.sentence(r) for _, r in paired.iterrows()]
+    elif main is not None:
         gen = main[(main["family"] == "generative baseline") & (~main["pseudo_queries"].astype(bool))]
         tt = main[main["family"] == "two-tower"]
-        ot = main[main["family"] == "one-tower"]
         if len(avg) and len(gen):
             a, others, seeds = _identifier_comparison(runs, avg, gen)
             name, b = max(others.items(), key=lambda kv: kv[1])
@@ -211,6 +225,8 @@ def claims(d: Path) -> list[str]:
                 f"AVG is competitive with the two-tower model it is built on: {_verdict(a >= t)} "
                 f"(R@1 {a:.1f} vs {t:.1f}). In the anchor re-run AVG also stays below CLIP."
             )
+    if main is not None:
+        ot, tt = main[main["family"] == "one-tower"], main[main["family"] == "two-tower"]
         if len(ot) and len(tt):
             out.append(
                 f"One-tower R@1 {float(ot['R@1'].iloc[0]):.1f} vs two-tower {float(tt['R@1'].iloc[0]):.1f} "
@@ -225,7 +241,8 @@ def claims(d: Path) -> list[str]:
                 rest["rSum"] - float(full["rSum"].iloc[0]) if len(full) and "rSum" in abl else rest["rSum"] * np.nan
             )
             out.append(
-                f"Each ablation hurts (R@1): {_verdict(bool(hurts.all()))}: "
+                f"Each ablation hurts (R@1): undecided (one seed per variant and no interval, so a sign can flip "
+                f"with the seed; {'every' if bool(hurts.all()) else 'not every'} point estimate is negative): "
                 + ", ".join(
                     f"{v} {dl:+.1f} R@1 / {dr:+.1f} rSum"
                     for v, dl, dr in zip(rest["variant"], rest["delta_R@1"], d_rsum)

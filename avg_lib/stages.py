@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from . import cache, data, features, generator, identifiers, tokenizer, two_tower
-from .config import DataConfig, EncoderConfig
+from .config import DataConfig, EncoderConfig, RetrievalConfig
 from .splits import generator_training_pairs, retrieval_split
 
 
@@ -248,8 +248,13 @@ def voken_generator(
     ids: identifiers.Identifiers | None = None,
     codebooks: np.ndarray | None = None,
     text_states: generator.TextStateCache | None = None,
+    pseudo_recipe: dict | None = None,
 ) -> TrainedGenerator:
     """Train (or load) a generator on training captions (+ pseudo queries), selected on validation R@1.
+
+    ``pseudo``: pseudo queries per test image, made by :func:`avg_lib.splits.pseudo_queries` with
+    ``pseudo_recipe`` (its keyword arguments; default: :class:`~avg_lib.config.RetrievalConfig`'s; a run passes
+    its profile's). The borrowed recipe keeps the cache keys it had before recipes existed.
 
     ``stage="generative"`` returns the best checkpoint of the generative stage alone (the "without
     discriminative training" ablation; identical to a run with ``disc_epochs=0``, see
@@ -266,8 +271,13 @@ def voken_generator(
             directory=vt.directory.parent / f"ids-{ids.scheme}-{cache.key(ids.codes.tolist())}",
         )
 
+    recipe = dict(pseudo_recipe or RetrievalConfig().recipe)
+    extra = {"pseudo_per_image": pseudo}
+    if pseudo and recipe["recipe"] != "borrowed":  # the borrowed recipe keeps the cache keys it always had
+        extra["pseudo_recipe"] = recipe
+
     def build(tmp: Path) -> None:
-        texts, codes = generator_training_pairs(js, vt, pseudo)
+        texts, codes = generator_training_pairs(js, vt, pseudo, **recipe)
         val = retrieval_split(js, vt, "val")
         train_imgs = js.ds.split_indices("train")
         gen = generator.build_generator(
@@ -291,6 +301,7 @@ def voken_generator(
             tmp,
             {
                 "pseudo_queries_per_test_image": pseudo,
+                "pseudo_recipe": recipe["recipe"] if pseudo else None,
                 "train_pairs": len(texts),
                 "train_seconds": round(time.time() - t0, 1),
             },
@@ -306,7 +317,7 @@ def voken_generator(
         generator.CACHE_VERSION,
         asdict(cfg),
         build,
-        extra={"pseudo_per_image": pseudo},
+        extra=extra,
         force=force,
     )
     gen, history = generator.load(out, text_states=text_states), pd.read_csv(out / "history.csv")

@@ -52,3 +52,10 @@ def main_table(runs: pd.DataFrame, dataset: str, num_beams: int) -> pd.DataFrame
     main = main.merge(extra, on=["method", "pseudo_queries"])
     main["dataset"], main["num_beams"] = dataset, num_beams
     return main
+
+
+def rerank_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Re-ranking rows of every seed (:func:`avg_lib.experiments.rerank_results` plus ``pseudo_queries`` and
+    ``seed``) as mean and std over seeds per (K, pseudo-query setting, re-ranker), ceiling included."""
+    metrics = (*METRICS, "ceiling", "latency_ms", "rerank_ms", "fusion_weight")
+    return mean_std(rows, ["k", "pseudo_queries", "reranker"], metrics=metrics)

@@ -260,3 +260,29 @@ def delta_bars(table, ref: float, col: str = "R@1", label_col: str = "variant", 
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def rerank_curves(table, metric: str = "R@1", reference: float | None = None, title: str = ""):
+    """Per pseudo-query setting: ``metric`` of each re-ranker against the beam-list size K, with the
+    candidate ceiling (recall@K of the beams: no re-ranker can pass it) and an optional ``reference`` line
+    (the two-tower model). ``table``: :func:`avg_lib.tables.rerank_table` output."""
+    settings = list(dict.fromkeys(table["pseudo_queries"]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 3.6), squeeze=False, sharey=True)
+    for ax, pq in zip(axes[0], settings):
+        t = table[table["pseudo_queries"] == pq]
+        first = t.drop_duplicates("k")
+        ax.plot(first["k"], first["ceiling"], "k--", marker="o", label="ceiling: recall@K of the beams")
+        for name, r in t.groupby("reranker", sort=False):
+            err = r.get(f"{metric}_std")
+            ax.errorbar(r["k"], r[metric], yerr=err, marker="o", capsize=3, label=name)
+        if reference is not None:
+            ax.axhline(reference, color="grey", lw=1, label=f"two-tower {metric}")
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(first["k"]), [str(k) for k in sorted(first["k"])])
+        ax.set_xlabel("K (AVG beams re-ranked)")
+        ax.set_title(("with" if pq else "without") + " pseudo queries", fontsize=10)
+    axes[0][0].set_ylabel(f"{metric} (%)")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,73 @@
+"""Paired claims: verdicts on constructed inputs, seed handling, and the README sentence."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from avg_lib import claims, report
+
+
+def _lists(hit_rows, n_images=60, per_image=2):
+    """Ranked lists (n, 1) where query q hits its image iff hit_rows[q]."""
+    targets = np.repeat(np.arange(n_images), per_image)
+    ranked = np.where(np.asarray(hit_rows, bool), targets, (targets + 1) % n_images)[:, None]
+    return ranked, targets
+
+
+def test_clear_win_holds_and_clear_loss_does_not():
+    n = 120
+    worse, targets = _lists(np.arange(n) % 4 == 0)
+    better, _ = _lists(np.arange(n) % 4 != 3)
+    row = claims.compare("B beats A", "A", {0: worse}, "B", {0: better}, targets, n_resamples=500)
+    assert row["verdict"] == "holds" and row["low"] > 0 and row["difference"] == pytest.approx(50.0)
+    row = claims.compare("A beats B", "B", {0: better}, "A", {0: worse}, targets, n_resamples=500)
+    assert row["verdict"] == "does not hold" and row["high"] < 0
+
+
+def test_identical_systems_are_inconclusive_with_a_zero_width_interval():
+    ranked, targets = _lists(np.arange(120) % 3 == 0)
+    row = claims.compare("same", "A", {0: ranked, 1: ranked}, "B", {0: ranked, 1: ranked}, targets)
+    assert row["verdict"] == "inconclusive" and row["low"] == row["high"] == 0.0 and row["p_value"] == 1.0
+
+
+def test_only_shared_seeds_are_compared_and_none_is_an_error():
+    good, targets = _lists(np.ones(120))
+    bad, _ = _lists(np.zeros(120))
+    row = claims.compare("c", "A", {0: bad, 1: bad, 2: bad}, "B", {1: good}, targets, n_resamples=200)
+    assert row["seeds"] == "1" and row["per_seed_differences"] == "+100.00"
+    with pytest.raises(ValueError, match="share no seed"):
+        claims.compare("c", "A", {0: bad}, "B", {1: good}, targets)
+
+
+def test_seed_mean_is_the_mean_of_the_seeds():
+    a0, targets = _lists(np.arange(120) % 2 == 0)
+    a1, _ = _lists(np.zeros(120))
+    b, _ = _lists(np.ones(120))
+    row = claims.compare("c", "A", {0: a0, 1: a1}, "B", {0: b, 1: b}, targets, n_resamples=200)
+    assert row["a_recall"] == pytest.approx(25.0) and row["difference"] == pytest.approx(75.0)
+    assert row["per_seed_differences"] == "+50.00;+100.00"
+
+
+def test_readme_states_difference_interval_and_verdict(tmp_path):
+    row = {
+        "claim": "Pseudo queries improve AVG",
+        "a": "AVG",
+        "b": "AVG + pseudo queries",
+        "metric": "R@1",
+        "seeds": "0,1,2",
+        "a_recall": 13.5,
+        "b_recall": 15.9,
+        "difference": 2.4,
+        "low": 0.9,
+        "high": 3.8,
+        "p_value": 0.002,
+        "per_seed_differences": "+2.10;+2.90;+2.20",
+        "verdict": "holds",
+    }
+    pd.DataFrame([row]).to_csv(tmp_path / "claims.csv", index=False)
+    text = report.claims(tmp_path)
+    assert text == [
+        "Pseudo queries improve AVG: **holds**. AVG + pseudo queries 15.90 vs AVG 13.50 R@1: difference +2.40 points, "
+        "95% interval [+0.90, +3.80] (paired bootstrap over test images, mean over seeds 0, 1, 2; per seed +2.10, "
+        "+2.90, +2.20; sign-flip p = 0.002)."
+    ]

@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import stats
 
-__all__ = ["COLUMNS", "compare", "sentence", "table"]
+__all__ = ["COLUMNS", "add_intervals", "compare", "sentence", "table"]
 
 COLUMNS = [
     "claim",
@@ -98,3 +98,20 @@ def sentence(row) -> str:
 def table(rows: list[dict]) -> pd.DataFrame:
     """The rows as a ``claims.csv`` table, columns in :data:`COLUMNS` order."""
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def add_intervals(table: pd.DataFrame, ranked: dict, targets: np.ndarray, ks=stats.KS, n_resamples: int = 2000):
+    """``table`` (one row per ``(method, pseudo_queries)``) with ``R@k_low``/``R@k_high`` columns: the 95%
+    cluster-bootstrap interval over test images of the recall averaged over the row's seeds, for the rows
+    ``ranked`` has lists for (``ranked[(method, pseudo_queries)][seed]``); NaN for the others."""
+    out = table.copy()
+    for k in ks:
+        out[f"R@{k}_low"], out[f"R@{k}_high"] = np.nan, np.nan
+    for i, row in out.iterrows():
+        lists = ranked.get((row["method"], bool(row["pseudo_queries"])))
+        if not lists:
+            continue
+        h = np.mean([stats.hits(lists[s], targets, ks) for s in sorted(lists)], axis=0)
+        for k, iv in zip(ks, stats.recall_interval(h, targets, n_resamples=n_resamples)):
+            out.loc[i, f"R@{k}_low"], out.loc[i, f"R@{k}_high"] = iv.low, iv.high
+    return out

@@ -71,3 +71,20 @@ def test_readme_states_difference_interval_and_verdict(tmp_path):
         "95% interval [+0.90, +3.80] (paired bootstrap over test images, mean over seeds 0, 1, 2; per seed +2.10, "
         "+2.90, +2.20; sign-flip p = 0.002)."
     ]
+
+
+def test_intervals_are_added_for_rows_with_lists_and_cover_the_estimate():
+    ranked_a, targets = _lists(np.arange(120) % 3 == 0)
+    table = pd.DataFrame(
+        [
+            {"method": "A", "pseudo_queries": False, "R@1": 100 / 3},
+            {"method": "one-tower", "pseudo_queries": False, "R@1": 20.0},
+        ]
+    )
+    out = claims.add_intervals(table, {("A", False): {0: ranked_a, 1: ranked_a}}, targets, ks=(1,), n_resamples=500)
+    a = out.iloc[0]
+    assert a["R@1_low"] < a["R@1"] < a["R@1_high"]
+    assert np.isnan(out.iloc[1]["R@1_low"])
+    constant, _ = _lists(np.ones(120))
+    out = claims.add_intervals(table.iloc[:1], {("A", False): {0: constant}}, targets, ks=(1,))
+    assert out.iloc[0]["R@1_low"] == out.iloc[0]["R@1_high"] == 100.0

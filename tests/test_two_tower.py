@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -81,3 +82,34 @@ def test_caption_sampling_trains_too():
 
     model, _ = tt.train_two_tower(train, val, dataclasses.replace(CFG, sampling="caption"), progress=False)
     assert tt.evaluate(model, *test)["R@1"] > 5 * 100 / 60
+
+
+def test_search_keeps_the_best_candidate_on_validation():
+    train, val = clustered(200, 0), clustered(40, 1)
+    cfg = tt.TwoTowerConfig(dim=8, hidden=0, epochs=8, batch_size=64, lr=3e-3, patience=8, dropout=0.0)
+    grid = ({"lr": 1e-9}, {}, {"dim": 16})  # the first cannot learn
+    model, _history, chosen, table = tt.search_settings(train, val, cfg, grid, progress=False)
+    assert list(table["candidate"]) == [0, 1, 2] and table["chosen"].sum() == 1
+    best = table.loc[table["chosen"]].iloc[0]
+    assert best["val_R@1"] == table["val_R@1"].max() and best["candidate"] != 0
+    assert tt.evaluate(model, *val)["R@1"] == pytest.approx(best["val_R@1"])
+    assert chosen.dim == (16 if best["candidate"] == 2 else 8)
+    swapped = tt.search_settings(train, val, cfg, ({"sampling": "swap"},), progress=False)[2]
+    assert swapped.sampling == "caption"
+
+
+def test_search_runs_on_user_data_and_not_on_built_in_data(tmp_path):
+    from avg_lib.data import CaptionedImages, Item
+    from avg_lib.features import Features
+
+    img, txt, owner = clustered(50, 3)
+    split = ["train" if i < 30 else "val" if i < 40 else "test" for i in range(50)]
+    cfg = tt.TwoTowerConfig(dim=8, hidden=16, epochs=2, batch_size=16)
+    dirs = {}
+    for name in ("my-photos", "emoji"):
+        ds = CaptionedImages(name, [Item(f"i{i}", ("a", "b", "c"), split[i], image="/x.png") for i in range(50)])
+        _m, _h, dirs[name] = tt.fit_or_load(ds, Features(img, txt, owner, tmp_path / name), cfg, progress=False)
+    assert len(pd.read_csv(dirs["my-photos"] / "search.csv")) == len(tt.SEARCH)
+    assert not (dirs["emoji"] / "search.csv").exists()
+    with pytest.raises(ValueError, match="search"):
+        tt.TwoTowerConfig(search="sometimes")

@@ -115,12 +115,14 @@ class MainTableConfig:  # notebook 06
     hkmeans_branching: int = 16  # clusters per node of the hierarchical k-means ids
     random_id_base: int = 10  # digits of the random numeric ids
     baseline_pseudo: bool = False  # also train the generative baselines with pseudo queries
+    baseline_seeds: tuple[int, ...] = (0, 1, 2)  # the generative baselines are trained with these seeds
     pseudo_recipes_compared: tuple[str, ...] = ("borrowed",)  # AVG + pseudo queries by these recipes too
 
 
 @dataclass(frozen=True)
 class AblationsConfig:  # notebook 07
     enabled: bool = True  # the ablation table (the sweeps always run)
+    seeds: tuple[int, ...] = (0, 1, 2)  # every ablation variant and full AVG are trained with each seed
     codebook_sizes: tuple[int, ...] = (64, 1024)  # the tokenizer's codebook_size is added
     voken_lengths: tuple[int, ...] = (2, 4)  # the tokenizer's levels is added
     beam_sizes: tuple[int, ...] = (1, 5, 20, 50)  # the generator's num_beams is added

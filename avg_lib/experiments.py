@@ -14,7 +14,15 @@ from .metrics import KS, evaluate_scores, recall_at_k, top_k
 from .tables import METRICS
 from .trie import VokenTrie
 
-__all__ = ["METRICS", "avg_result", "one_tower_result", "rerank_results", "sweep_result", "two_tower_result"]
+__all__ = [
+    "METRICS",
+    "avg_result",
+    "identifier_baselines",
+    "one_tower_result",
+    "rerank_results",
+    "sweep_result",
+    "two_tower_result",
+]
 
 
 def avg_result(
@@ -64,6 +72,37 @@ def avg_result(
         u = baselines.unresolved_collision_recall(items, sp.targets, ident.raw[sp.image_index])
         row.update({f"unresolved_{k}": v for k, v in u.items()})
     return (row, items) if return_ranked else row
+
+
+def identifier_baselines(run) -> dict:
+    """The generative baselines' identifiers for ``run`` (its seed): ``{name: (Identifiers, codebooks or None)}``.
+    Atomic, random numeric (``main_table.random_id_base``), hierarchical k-means over the joint-space images
+    (``main_table.hkmeans_branching``, the tokenizer's depth) and the RQ codes of a tokenizer without alignment."""
+    mt, js = run.cfg.main_table, run.js
+    no_align = run.tokenizer(align_weight=0.0)
+    hk = baselines.hkmeans_ids(
+        js.ds.ids, js.image, branching=mt.hkmeans_branching, levels=run.cfg.tokenizer.levels, seed=run.cfg.seed
+    )
+    return {
+        "atomic ids (one token per image)": (baselines.atomic_ids(js.ds.ids), None),
+        f"random numeric ids (base {mt.random_id_base})": (
+            baselines.random_ids(js.ds.ids, base=mt.random_id_base, seed=run.cfg.seed),
+            None,
+        ),
+        f"hierarchical k-means ids (branching {mt.hkmeans_branching})": (hk, None),
+        "RQ ids without semantic alignment": (no_align.ids, no_align.codebooks),
+    }
+
+
+def ablation_variants(run) -> dict:
+    """The ablations of AVG for ``run`` (its seed), each as the changes :func:`avg_result` takes: one component
+    off at a time, everything else identical (notebook 07)."""
+    return {
+        "without semantic alignment": {"vt": run.tokenizer(align_weight=0.0)},
+        "without discriminative training": {"stage": "generative"},
+        "without codebook-embedding init": {"init_from_codebook": False},
+        "without k-means init": {"vt": run.tokenizer(kmeans_init=False)},
+    }
 
 
 def sweep_result(run, codebook_size: int, levels: int) -> dict:

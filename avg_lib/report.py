@@ -80,7 +80,13 @@ SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance
         "ablation.csv",
         "Ablations (AVG without pseudo queries)",
         ["ablation.png"],
-        ["variant", "R@1", "R@5", "R@10", "rSum", "delta_R@1", "val_R@1"],
+        ["variant", "R@1", "R@1_std", "R@5", "R@10", "rSum", "delta_R@1", "val_R@1", "n_seeds"],
+    ),
+    (
+        "ablation_claims.csv",
+        "Ablations as paired tests (difference = full AVG - variant, 95% interval over test images)",
+        [],
+        ["claim", "metric", "seeds", "a_recall", "b_recall", "difference", "low", "high", "p_value", "verdict"],
     ),
     (
         "analysis_codebook_size.csv",
@@ -245,7 +251,10 @@ def claims(d: Path) -> list[str]:
                 f"One-tower R@1 {float(ot['R@1'].iloc[0]):.1f} vs two-tower {float(tt['R@1'].iloc[0]):.1f} "
                 f"(query latency {float(ot['latency_ms'].iloc[0]):.2f} vs {float(tt['latency_ms'].iloc[0]):.3f} ms)."
             )
-    if abl is not None:
+    abl_claims = _read(d, "ablation_claims.csv")
+    if abl_claims is not None:  # notebook 07's paired tests replace the point comparison below
+        out += [paired_claims.sentence(r) for _, r in abl_claims.iterrows()]
+    if abl is not None and abl_claims is None:
         rest = abl[~abl["variant"].str.startswith(("AVG (full)", "unresolved"))]
         full = abl[abl["variant"] == "AVG (full)"]
         if len(rest):
@@ -263,6 +272,7 @@ def claims(d: Path) -> list[str]:
                 + " (points; one seed each)."
                 + (_seed_spread(avg) if main is not None else "")
             )
+    if abl is not None:
         unres = abl[abl["variant"].str.startswith("unresolved")]
         if len(unres):
             dl = float(unres["delta_R@1"].iloc[0])

@@ -59,3 +59,16 @@ def rerank_table(rows: pd.DataFrame) -> pd.DataFrame:
     ``seed``) as mean and std over seeds per (K, pseudo-query setting, re-ranker), ceiling included."""
     metrics = (*METRICS, "ceiling", "latency_ms", "rerank_ms", "fusion_weight")
     return mean_std(rows, ["k", "pseudo_queries", "reranker"], metrics=metrics)
+
+
+def ablation_table(runs: pd.DataFrame, full: str = "AVG (full)") -> pd.DataFrame:
+    """Per-seed ablation rows (``variant``, ``seed``, metrics) as mean and std over seeds per variant, with
+    ``delta_R@1``: the variant's mean R@1 minus full AVG's over the same seeds (a mean paired difference)."""
+    table = mean_std(runs, ["variant"], metrics=(*METRICS, "latency_ms", "val_R@1"))
+    ref = runs[runs["variant"] == full].set_index("seed")["R@1"]
+    deltas = {
+        v: float(np.mean([r - ref[s] for s, r in zip(g["seed"], g["R@1"]) if s in ref.index]))
+        for v, g in runs.groupby("variant", sort=False)
+    }
+    table["delta_R@1"] = table["variant"].map(deltas)
+    return table

@@ -65,8 +65,11 @@ def test_readme_states_difference_interval_and_verdict(tmp_path):
         "verdict": "holds",
     }
     pd.DataFrame([row]).to_csv(tmp_path / "claims.csv", index=False)
+    ablation = {**row, "claim": "AVG (full) beats AVG without alignment", "verdict": "inconclusive"}
+    pd.DataFrame([ablation]).to_csv(tmp_path / "ablation_claims.csv", index=False)
     text = report.claims(tmp_path)
-    assert text == [
+    assert text[1].startswith("AVG (full) beats AVG without alignment: **inconclusive**. ")
+    assert text[:1] == [
         "Pseudo queries improve AVG: **holds**. AVG + pseudo queries 15.90 vs AVG 13.50 R@1: difference +2.40 points, "
         "95% interval [+0.90, +3.80] (paired bootstrap over test images, mean over seeds 0, 1, 2; per seed +2.10, "
         "+2.90, +2.20; sign-flip p = 0.002)."
@@ -88,3 +91,21 @@ def test_intervals_are_added_for_rows_with_lists_and_cover_the_estimate():
     constant, _ = _lists(np.ones(120))
     out = claims.add_intervals(table.iloc[:1], {("A", False): {0: constant}}, targets, ks=(1,))
     assert out.iloc[0]["R@1_low"] == out.iloc[0]["R@1_high"] == 100.0
+
+
+def test_ablation_table_deltas_are_paired_over_the_same_seeds():
+    from avg_lib import tables
+
+    runs = pd.DataFrame(
+        [
+            {"variant": "AVG (full)", "seed": 0, "R@1": 10.0},
+            {"variant": "AVG (full)", "seed": 1, "R@1": 14.0},
+            {"variant": "without x", "seed": 0, "R@1": 9.0},
+            {"variant": "without x", "seed": 1, "R@1": 11.0},
+            {"variant": "without y", "seed": 1, "R@1": 15.0},
+        ]
+    ).assign(**{"R@5": 0.0, "R@10": 0.0, "rSum": 0.0, "latency_ms": 1.0, "val_R@1": 0.0})
+    t = tables.ablation_table(runs).set_index("variant")
+    assert t.loc["without x", "delta_R@1"] == pytest.approx(-2.0)
+    assert t.loc["without y", "delta_R@1"] == pytest.approx(1.0)  # only seed 1 is shared
+    assert t.loc["AVG (full)", "R@1_std"] == pytest.approx(np.std([10, 14], ddof=1))

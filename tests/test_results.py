@@ -21,7 +21,11 @@ TABLES = [
     "decoding_benchmark",
     "main_table",
     "main_table_runs",
+    "rerank",
+    "claims",
     "ablation",
+    "ablation_runs",
+    "ablation_claims",
     "analysis_codebook_size",
     "analysis_voken_length",
     "analysis_beam_size",
@@ -40,6 +44,7 @@ FIGURES = [
     "generator_training",
     "evaluation_recall",
     "main_recall",
+    "rerank",
     "ablation",
     "analysis_codebook_size",
     "analysis_voken_length",
@@ -52,10 +57,12 @@ RECALL_TABLES = [
     "main_table",
     "main_table_runs",
     "ablation",
+    "ablation_runs",
     "analysis_codebook_size",
     "analysis_voken_length",
     "analysis_beam_size",
 ]
+PER_RUN = {"ablation": "ablation_runs"}  # mean ± std tables whose gallery and query counts are in their per-seed runs
 
 
 def read(name):
@@ -87,6 +94,7 @@ def test_recall_columns_are_consistent(name):
         assert df[k].between(0, 100).all()
     assert (df["R@1"] <= df["R@5"] + 1e-9).all() and (df["R@5"] <= df["R@10"] + 1e-9).all()
     assert ((df["R@1"] + df["R@5"] + df["R@10"] - df["rSum"]).abs() < 0.01).all()
+    df = read(PER_RUN.get(name, name))
     assert df["gallery_size"].nunique() == 1 and df["queries"].nunique() == 1
     assert df["gallery_size"].iloc[0] == read("two_tower")["gallery_size"].iloc[0]
 
@@ -116,6 +124,42 @@ def test_main_table_has_every_family_and_three_seeds_for_avg_and_two_tower():
         assert abs(avg["R@1"].mean() - row["R@1"]) < 1e-3
 
 
+def test_rerank_rows_stay_under_their_candidate_ceiling():
+    rr = read("rerank")
+    assert set(rr["k"]) >= {10, 50, 100} and (rr["n_seeds"] >= 3).all()
+    assert {"none (AVG order)", "embedding", "fusion (embedding)", "cross-encoder"} <= set(rr["reranker"])
+    for _k, g in rr.groupby(["k", "pseudo_queries"]):
+        assert (g[["R@1", "R@5", "R@10"]].max(axis=1) <= g["ceiling"] + 1e-9).all()  # a permutation of the beams
+        assert g["ceiling"].nunique() == 1  # one beam list per (K, seed, setting) behind every re-ranker
+    fused = rr[rr["reranker"].str.startswith("fusion")]
+    assert fused["fusion_weight"].between(0, 1).all()
+    main = read("main_table")
+    assert (main["family"] == "AVG + re-rank").sum() >= 4 and (
+        main[main["family"] == "AVG + re-rank"]["n_seeds"] >= 3
+    ).all()
+
+
+@pytest.mark.parametrize("name", ["claims", "ablation_claims"])
+def test_every_claim_has_a_difference_an_interval_and_a_verdict(name):
+    c = read(name)
+    assert len(c) and set(c["verdict"]) <= {"holds", "does not hold", "inconclusive"}
+    assert ((c["low"] <= c["difference"] + 1e-9) & (c["difference"] <= c["high"] + 1e-9)).all()
+    assert ((c["verdict"] == "holds") == (c["low"] > 0)).all()
+    assert ((c["verdict"] == "does not hold") == (c["high"] < 0)).all()
+    assert ((c["b_recall"] - c["a_recall"] - c["difference"]).abs() < 1e-3).all()  # CSVs keep 4 decimals
+    assert (c["seeds"].astype(str).str.count(",") >= 2).all()  # three seeds behind every claim
+
+
+def test_main_table_rows_used_by_claims_carry_intervals():
+    main, claims = read("main_table"), read("claims")
+    labels = main["method"] + main["pseudo_queries"].map({True: " + pseudo queries", False: ""})
+    used = set(claims["a"]) | set(claims["b"])
+    rows = main[labels.isin(used)]
+    assert len(rows) == len(used)
+    for k in ("R@1", "R@5", "R@10"):
+        assert (rows[f"{k}_low"] <= rows[k] + 1e-9).all() and (rows[k] <= rows[f"{k}_high"] + 1e-9).all()
+
+
 def test_ablation_table_names_every_ablation():
     abl = read("ablation")
     want = {
@@ -128,6 +172,7 @@ def test_ablation_table_names_every_ablation():
     assert want <= set(abl["variant"]) and abl["variant"].str.startswith("unresolved").any()
     full = abl[abl["variant"] == "AVG (full)"].iloc[0]
     assert ((abl["R@1"] - full["R@1"] - abl["delta_R@1"]).abs() < 1e-3).all()
+    assert (abl["n_seeds"] >= 3).all()
 
 
 def test_efficiency_covers_three_methods_up_to_100k_images():

@@ -90,6 +90,23 @@ def unresolved_collision_recall(ranked: np.ndarray, target: np.ndarray, raw_code
     return recall_at_k(out, canon[np.asarray(target)])
 
 
+def unresolved_ranked(ranked: np.ndarray, target: np.ndarray, raw_codes: np.ndarray) -> np.ndarray:
+    """The string-match evaluation of :func:`unresolved_collision_recall` as ranked gallery positions, so it can
+    be paired with the resolved evaluation (:mod:`avg_lib.claims`): each returned raw string, first occurrence
+    only, becomes the query's own image when it equals the target's raw string, else one image carrying it.
+    ``recall_at_k`` of the result equals :func:`unresolved_collision_recall` at every k (tested)."""
+    _, canon = np.unique(np.asarray(raw_codes), axis=0, return_inverse=True)
+    canon = canon.reshape(-1)
+    first = {int(c): i for i, c in reversed(list(enumerate(canon)))}  # one image per raw string
+    ranked, target = np.asarray(ranked), np.asarray(target)
+    out = np.full_like(ranked, -1)
+    for q, row in enumerate(ranked):
+        strings = list(dict.fromkeys(int(canon[i]) for i in row if i >= 0))
+        own = int(canon[target[q]])
+        out[q, : len(strings)] = [int(target[q]) if c == own else first[c] for c in strings]
+    return out
+
+
 # ------------------------------------------------------------------------------ one-tower matcher
 
 

@@ -272,7 +272,7 @@ def claims(d: Path) -> list[str]:
                 + " (points; one seed each)."
                 + (_seed_spread(avg) if main is not None else "")
             )
-    if abl is not None:
+    if abl is not None and abl_claims is None:
         unres = abl[abl["variant"].str.startswith("unresolved")]
         if len(unres):
             dl = float(unres["delta_R@1"].iloc[0])

@@ -66,3 +66,16 @@ def test_cross_encoder_scores_every_pair_and_learns():
         one = float(model.pair_scores(t, i))
     assert one == pytest.approx(float(scores[7, 3]), abs=1e-5)
     assert evaluate_scores(scores, owner)["R@1"] > 50  # chance is 1.7%
+
+
+def test_unresolved_ranked_scores_like_the_string_match_evaluation():
+    from avg_lib.metrics import recall_at_k
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 3, size=(40, 2))  # 9 strings for 40 images: many collisions
+    ranked = np.stack([rng.choice(40, 12, replace=False) for _ in range(60)])
+    ranked[:5, -3:] = -1
+    target = rng.integers(0, 40, 60)
+    u = baselines.unresolved_ranked(ranked, target, raw)
+    assert recall_at_k(u, target) == baselines.unresolved_collision_recall(ranked, target, raw)
+    assert recall_at_k(u, target)["R@1"] >= recall_at_k(ranked, target)["R@1"]

@@ -86,6 +86,19 @@ class RerankConfig:  # the re-ranking stage over AVG's beams (notebook 06)
     rerankers: tuple[str, ...] = ("embedding", "cross-encoder")  # each also fused with AVG's log-probability
     fusion_steps: int = 20  # fusion weights tried on validation: 0, 1/steps, ..., 1
 
+    def __post_init__(self):
+        if self.k not in self.ks:
+            raise ValueError(
+                f"k = {self.k} must be one of ks {list(self.ks)} (the main table takes its rows from there)"
+            )
+        if min(self.ks) < 1 or self.fusion_steps < 1:
+            raise ValueError(
+                f"ks must be positive and fusion_steps at least 1, got {list(self.ks)}, {self.fusion_steps}"
+            )
+        unknown = set(self.rerankers) - {"embedding", "cross-encoder"}
+        if unknown:
+            raise ValueError(f"unknown re-ranker(s) {sorted(unknown)}; expected 'embedding' or 'cross-encoder'")
+
 
 @dataclass(frozen=True)
 class VisualizationConfig:  # notebook 03

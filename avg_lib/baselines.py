@@ -155,7 +155,11 @@ class CrossEncoder(nn.Module):
         """Scores of every (text row, image row) pair from projected inputs: (n_text, n_image)."""
         tt = t.unsqueeze(1).expand(-1, len(i), -1)
         ii = i.unsqueeze(0).expand(len(t), -1, -1)
-        return self.mlp(torch.cat([tt, ii, tt * ii, (tt - ii).abs()], dim=-1)).squeeze(-1)
+        return self.score_pairs(tt, ii)
+
+    def score_pairs(self, t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """Scores of aligned (text, image) pairs from projected inputs of the same shape ``(..., dim)``."""
+        return self.mlp(torch.cat([t, i, t * i, (t - i).abs()], dim=-1)).squeeze(-1)
 
     @torch.no_grad()
     def score(self, image_feats, text_feats, chunk: int = 64) -> np.ndarray:

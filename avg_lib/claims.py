@@ -36,9 +36,10 @@ COLUMNS = [
 ]
 
 
-def _seed_hits(ranked: dict, targets: np.ndarray, seeds: list, k: int) -> tuple[np.ndarray, list[float]]:
-    per_seed = [stats.hits(ranked[s], targets, (k,))[:, 0] for s in seeds]
-    return np.mean(per_seed, axis=0), [100.0 * h.mean() for h in per_seed]
+def _seed_hits(ranked: dict, targets: np.ndarray, seeds, ks) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query hits ``(n, len(ks))`` averaged over ``seeds``, and each seed's recall ``(seeds, len(ks))``."""
+    per_seed = np.stack([stats.hits(ranked[s], targets, ks) for s in seeds])
+    return per_seed.mean(0), 100.0 * per_seed.mean(1)
 
 
 def compare(
@@ -59,8 +60,8 @@ def compare(
     if not seeds:
         raise ValueError(f"{claim!r}: {a!r} and {b!r} share no seed ({sorted(ranked_a)} vs {sorted(ranked_b)})")
     targets = np.asarray(targets)
-    ha, ra = _seed_hits(ranked_a, targets, seeds, k)
-    hb, rb = _seed_hits(ranked_b, targets, seeds, k)
+    ha, ra = (x[..., 0] for x in _seed_hits(ranked_a, targets, seeds, (k,)))
+    hb, rb = (x[..., 0] for x in _seed_hits(ranked_b, targets, seeds, (k,)))
     iv = stats.paired_difference(ha, hb, targets, n_resamples=n_resamples, seed=seed)
     return {
         "claim": claim,
@@ -111,7 +112,7 @@ def add_intervals(table: pd.DataFrame, ranked: dict, targets: np.ndarray, ks=sta
         lists = ranked.get((row["method"], bool(row["pseudo_queries"])))
         if not lists:
             continue
-        h = np.mean([stats.hits(lists[s], targets, ks) for s in sorted(lists)], axis=0)
+        h, _ = _seed_hits(lists, targets, sorted(lists), ks)
         for k, iv in zip(ks, stats.recall_interval(h, targets, n_resamples=n_resamples)):
             out.loc[i, f"R@{k}_low"], out.loc[i, f"R@{k}_high"] = iv.low, iv.high
     return out

@@ -163,8 +163,7 @@ class CrossEncoderReranker:
             torch.as_tensor(np.asarray(inputs.text_feats), dtype=torch.float32),
         )
         ii = i[torch.from_numpy(np.maximum(cand.items, 0))]  # (n, K, dim)
-        tt = t.unsqueeze(1).expand_as(ii)
-        return self.model.mlp(torch.cat([tt, ii, tt * ii, (tt - ii).abs()], dim=-1)).squeeze(-1).numpy()
+        return self.model.score_pairs(t.unsqueeze(1).expand_as(ii), ii).numpy()
 
 
 def _minmax(s: np.ndarray, valid: np.ndarray) -> np.ndarray:

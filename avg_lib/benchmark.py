@@ -1,27 +1,107 @@
 """Decoding speed: our batched trie search against transformers' ``prefix_allowed_tokens_fn`` path.
 
-:func:`hf_reference_retrieve` is the baseline: ``T5ForConditionalGeneration.generate`` with beam
-search and a ``prefix_allowed_tokens_fn`` that walks the trie in Python, called once per beam per
-step (the way the authors' code and most generative-retrieval code decode). ``tests/test_trie.py``
-checks that it ranks exactly like :meth:`VokenGenerator.retrieve`; :func:`decoding_benchmark`
-times both on the same model, gallery and queries in one run.
+:func:`hf_reference_retrieve` is the baseline: ``generate()`` with beam search and a
+``prefix_allowed_tokens_fn`` that walks the trie in Python, called once per beam per step (the way the
+authors' code and most generative-retrieval code decode), on **the same network and weights** as
+:meth:`VokenGenerator.retrieve`: the T5 backend's own ``T5ForConditionalGeneration``, or, for the
+MiniLM backend, :class:`VokenDecoderLM`, a thin transformers wrapper around the generator's decoder
+(its own key/value cache, reordered by ``generate`` between steps). The generator's logits temperature is
+applied by a logits processor placed before the trie constraint, so both decoders score
+``log_softmax(logits / T)`` over the full vocabulary. ``tests/test_trie.py`` checks that both rank
+identically (at temperature 0.5, at several batch sizes, and with fewer reachable items than beams);
+:func:`decoding_benchmark` times both in one run.
 """
 
 from __future__ import annotations
 
-import time
+import copy
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .efficiency import timed
 from .trie import VokenTrie
+
+
+def _temperature_processor(temperature: float):
+    from transformers import LogitsProcessor
+
+    class TemperatureLogSoftmax(LogitsProcessor):
+        """``log_softmax(scores / T)``: on log-probabilities over the full vocabulary this equals
+        ``log_softmax(logits / T)`` (a row's constant shift cancels), the generator's own scoring."""
+
+        def __call__(self, input_ids, scores):
+            return F.log_softmax(scores / temperature, dim=-1)
+
+    return TemperatureLogSoftmax()
+
+
+def _voken_decoder_lm(gen):
+    """A transformers ``GenerationMixin`` model that runs ``gen``'s (MiniLM backend) decoder: the same
+    modules and weights, one new position per step, self-attention keys/values and the text's
+    cross-attention keys/values kept in a tuple cache that ``generate`` reorders with the beams."""
+    from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    class VokenDecoderConfig(PretrainedConfig):
+        model_type = "avg-voken-decoder"
+
+    class VokenDecoderLM(PreTrainedModel, GenerationMixin):
+        config_class = VokenDecoderConfig
+
+        def __init__(self, g):
+            vocab = g.codebook_size + 1
+            super().__init__(VokenDecoderConfig(vocab_size=vocab, bos_token_id=g.bos_id, eos_token_id=g.eos_id))
+            self.g = g
+
+        @classmethod
+        def _supports_default_dynamic_cache(cls):
+            return False  # the cache is the tuple below, reordered by _reorder_cache
+
+        def _reorder_cache(self, past, beam_idx):
+            return tuple(tuple(x[beam_idx] for x in layer) for layer in past)
+
+        def prepare_inputs_for_generation(
+            self, input_ids, attention_mask=None, past_key_values=None, memory=None, memory_mask=None, **kw
+        ):
+            return {
+                "input_ids": input_ids,
+                "past_key_values": past_key_values,
+                "memory": memory,
+                "memory_mask": memory_mask,
+            }
+
+        def forward(self, input_ids, attention_mask=None, past_key_values=None, memory=None, memory_mask=None, **kw):
+            # attention_mask: the decoder input is never padded (one start token per row); the text's padding
+            # is memory_mask
+            g = self.g
+            t = input_ids.shape[1] - 1  # position of the newest token (the start token is position 0)
+            x = (g.embed(input_ids[:, -1]) + g.pos.weight[t]).unsqueeze(1)
+            layers = []
+            for i, blk in enumerate(g.blocks):
+                if past_key_values is None:
+                    mk, mv = blk.memory_kv(memory, memory_mask)
+                    past = ()
+                else:
+                    past, (mk, mv) = past_key_values[i][:2], past_key_values[i][2:]
+                x, (k, v) = blk(x, (mk, mv), memory_mask, 1, past=past)
+                layers.append((k, v, mk, mv))
+            logits = (g.norm(x) @ g.embed.weight[: g.codebook_size + 1].T) * g.logit_scale
+            return CausalLMOutputWithPast(logits=logits, past_key_values=tuple(layers))
+
+    return VokenDecoderLM(gen).eval()
 
 
 @torch.no_grad()
 def hf_reference_retrieve(gen, texts: list[str], trie: VokenTrie, num_beams: int, batch_size: int = 16) -> np.ndarray:
-    """Ranked item indices (n, num_beams) from transformers' generate() with prefix_allowed_tokens_fn."""
+    """Ranked item indices (n, num_beams) from transformers' generate() with prefix_allowed_tokens_fn, at
+    the generator's temperature. Hypotheses that left the trie (score -inf: fewer reachable items than
+    beams) and repeats of an item are -1, at the end, as in :func:`avg_lib.trie.beam_search`."""
+    from transformers import LogitsProcessorList
+    from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
+
     off, eos, depth = gen.voken_offset, gen.eos_id, trie.depth
 
     def allowed(batch_id, sent):
@@ -30,30 +110,57 @@ def hf_reference_retrieve(gen, texts: list[str], trie: VokenTrie, num_beams: int
             return [eos]
         return [t + off for t in trie.next_tokens(prefix)]
 
+    processors = LogitsProcessorList(
+        [_temperature_processor(gen.cfg.temperature), PrefixConstrainedLogitsProcessor(allowed, num_beams)]
+    )
     gen.eval()
+    is_t5 = hasattr(gen, "model")
+    lm = gen.model if is_t5 else _voken_decoder_lm(gen)
     out = []
     for s in range(0, len(texts), batch_size):
-        enc = gen.tokenizer(
-            texts[s : s + batch_size],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=gen.cfg.max_text_len,
-        )
-        seqs = gen.model.generate(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
+        chunk = texts[s : s + batch_size]
+        if is_t5:
+            enc = gen.tokenizer(
+                chunk, return_tensors="pt", padding=True, truncation=True, max_length=gen.cfg.max_text_len
+            ).to(gen.model.device)
+            inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        else:
+            memory, mask = gen._states(chunk)
+            start = torch.full((len(chunk), 1), gen.bos_id, dtype=torch.long, device=memory.device)
+            inputs = {
+                "input_ids": start,
+                "attention_mask": torch.ones_like(start),
+                "memory": memory,
+                "memory_mask": mask,
+            }
+        res = lm.generate(
+            **inputs,
             num_beams=num_beams,
             num_return_sequences=num_beams,
             max_new_tokens=depth + 1,
-            prefix_allowed_tokens_fn=allowed,
+            logits_processor=processors,
             length_penalty=0.0,
             early_stopping=True,
             do_sample=False,
+            pad_token_id=eos,
+            output_scores=True,
+            return_dict_in_generate=True,
         )
-        codes = seqs.reshape(-1, num_beams, seqs.shape[-1])[:, :, 1 : depth + 1] - off
-        out += [[trie.lookup(c) for c in q.tolist()] for q in codes]
+        codes = res.sequences.reshape(-1, num_beams, res.sequences.shape[-1])[:, :, 1 : depth + 1] - off
+        finite = torch.isfinite(res.sequences_scores.reshape(-1, num_beams))
+        for q, ok in zip(codes.tolist(), finite.tolist()):
+            items = [trie.lookup(c) if good and len(c) == depth else -1 for c, good in zip(q, ok)]
+            seen, ranked = set(), []
+            for i in items:
+                ranked.append(i if i >= 0 and i not in seen else -1)
+                seen.add(i)
+            ranked = [i for i in ranked if i >= 0] + [-1] * ranked.count(-1)
+            out.append(ranked)
     return np.asarray(out)
+
+
+AVG_DECODER = "batched trie (avg_lib)"
+HF_DECODER = "prefix_allowed_tokens_fn (transformers)"
 
 
 def decoding_benchmark(
@@ -61,27 +168,30 @@ def decoding_benchmark(
     texts: list[str],
     trie: VokenTrie,
     num_beams: int = 10,
-    batch_sizes: tuple[int, ...] = (1, 16),
+    batch_sizes: tuple[int, ...] = (1, 64),
     repeats: int = 1,
 ) -> pd.DataFrame:
-    """Queries per second of both decoders at each batch size, on the same model/gallery/queries,
-    plus whether their rankings agree. One row per (method, batch size)."""
-    rows = []
+    """Both decoders on the same model, gallery and queries, at each batch size, in one run. One row per
+    (decoder, batch size): ``ms_per_query``; ``speedup_vs_transformers`` (same batch size);
+    ``batch1_over_batched`` (this decoder's batch-1 time per query over its per-query time at this batch
+    size: how far batch-1 decoding is from the batched floor); and whether both rank identically."""
+    gen.eval()
+    gen.precompute(texts)  # text states of a frozen encoder: query-side features, outside the decoding time
+    device = next(gen.parameters()).device
+    ours = trie if device.type == "cpu" else copy.deepcopy(trie).to(device)  # the reference walks `trie` on the host
+    rows, per_query = [], {}
     for bs in batch_sizes:
-        timings = {}
-        for method in ("batched trie (avg_lib)", "prefix_allowed_tokens_fn (transformers)"):
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                if method.startswith("batched"):
-                    items = gen.retrieve(texts, trie, num_beams=num_beams, batch_size=bs).items.numpy()
-                else:
-                    items = hf_reference_retrieve(gen, texts, trie, num_beams, batch_size=bs)
-                best = min(best, time.perf_counter() - t0)
-            timings[method] = (best, items)
-        (_t_ours, ours), (t_ref, ref) = timings.values()
-        agree = float((ours == ref).all(axis=1).mean())
-        for method, (t, _) in timings.items():
+        found = {}
+        for method in (AVG_DECODER, HF_DECODER):
+            if method == AVG_DECODER:
+                fn = lambda: gen.retrieve(texts, ours, num_beams=num_beams, batch_size=bs).items.cpu().numpy()  # noqa: E731
+            else:
+                fn = lambda: hf_reference_retrieve(gen, texts, trie, num_beams, batch_size=bs)  # noqa: E731
+            found[method] = fn()  # warm-up, and the rankings compared
+            per_query[method, bs] = timed(fn, repeats) / len(texts)
+        agree = float((found[AVG_DECODER] == found[HF_DECODER]).all(axis=1).mean())
+        for method in (AVG_DECODER, HF_DECODER):
+            first = per_query.get((method, batch_sizes[0]))
             rows.append(
                 {
                     "method": method,
@@ -89,9 +199,10 @@ def decoding_benchmark(
                     "queries": len(texts),
                     "gallery_size": trie.size,
                     "num_beams": num_beams,
-                    "seconds": t,
-                    "queries_per_s": len(texts) / t,
-                    "speedup_vs_transformers": t_ref / t,
+                    "ms_per_query": 1000 * per_query[method, bs],
+                    "queries_per_s": 1 / per_query[method, bs],
+                    "speedup_vs_transformers": per_query[HF_DECODER, bs] / per_query[method, bs],
+                    "batch1_over_batched": first / per_query[method, bs],
                     "identical_rankings": agree,
                 }
             )
@@ -114,127 +225,6 @@ def stand_in_t5(
         backend="t5", t5_path=t5_path, layers=bench_cfg.layers, temperature=bench_cfg.temperature, seed=seed
     )
     return generator.build_generator(codebook_size, depth, cfg, codebooks)
-
-
-def random_unique_codes(n: int, depth: int, vocab: int, seed: int = 0) -> np.ndarray:
-    """``n`` distinct random identifiers of ``depth`` tokens over ``vocab`` values (a synthetic gallery
-    for timing: decoding cost does not depend on what the identifiers mean)."""
-    if vocab**depth < n:
-        raise ValueError(f"{vocab}**{depth} identifiers cannot hold {n} distinct items")
-    rng = np.random.default_rng(seed)
-    codes = np.empty((0, depth), dtype=np.int64)
-    while len(codes) < n:
-        more = rng.integers(0, vocab, size=(2 * (n - len(codes)), depth))
-        codes = np.unique(np.concatenate([codes, more]), axis=0)
-    return codes[rng.permutation(len(codes))[:n]]
-
-
-def _timed(fn, repeats: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():  # kernels run asynchronously: wait for them before stopping the clock
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-@torch.no_grad()
-def _exact_search_timings(emb: torch.Tensor, eb: torch.Tensor, gallery: torch.Tensor) -> tuple[float, float]:
-    """Seconds for exact top-10 search of ``gallery`` at batch 1 and at batch ``len(eb)``."""
-    return (
-        _timed(lambda: (emb[:1] @ gallery.T).topk(10, dim=1), 5),
-        _timed(lambda: (eb @ gallery.T).topk(10, dim=1), 3),
-    )
-
-
-def gallery_scaling(
-    gen,
-    query_texts: list[str],
-    query_emb: np.ndarray,
-    cross_encoder,
-    sizes,
-    depth: int,
-    vocab: int,
-    num_beams: int = 10,
-    batch_size: int = 64,
-    one_tower_queries: int = 4,
-    one_tower_max: int | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    rerank_k: int | None = None,
-) -> pd.DataFrame:
-    """Per-query latency at batch 1 and throughput at ``batch_size`` for each retrieval style, on synthetic
-    galleries of each size in ``sizes``, in one run on one machine:
-
-    * generative: ``gen.retrieve`` (trie-constrained beam search) over random identifiers;
-    * generative + embedding re-rank (``rerank_k``): ``rerank_k`` beams, then the joint-space cosine of the
-      query with those candidates only (the main table's AVG + re-rank rows);
-    * two-tower: exact inner-product top-10 over random unit vectors of the joint space's width;
-    * one-tower: ``cross_encoder`` scores every (query, image) pair (projected random images);
-      timed on ``one_tower_queries`` queries, and skipped above ``one_tower_max`` images.
-    Query texts/embeddings are real; only the galleries are synthetic. Trie construction and gallery
-    encoding are offline work and not timed."""
-    rng = np.random.default_rng(seed)
-    q1 = query_texts[:1]
-    qb = (query_texts * (batch_size // max(len(query_texts), 1) + 1))[:batch_size]
-    emb = torch.as_tensor(np.asarray(query_emb), dtype=torch.float32, device=device)
-    eb = emb.repeat(batch_size // len(emb) + 1, 1)[:batch_size]
-    rows = []
-
-    def add(method, n, t1, t_batch, per_batch=batch_size):
-        rows.append(
-            {
-                "method": method,
-                "gallery_size": n,
-                "latency_ms_batch1": 1000 * t1,
-                "queries_per_s_batched": per_batch / t_batch,
-            }
-        )
-
-    for n in sizes:
-        trie = VokenTrie(random_unique_codes(n, depth, vocab, seed)).to(device)
-        gen.retrieve(q1, trie, num_beams=num_beams, batch_size=1)  # warm-up
-        t1 = _timed(lambda: gen.retrieve(q1, trie, num_beams=num_beams, batch_size=1), 3)
-        add("generative (trie beam search)", n, t1, _timed(lambda: gen.retrieve(qb, trie, num_beams, batch_size), 2))
-        gallery = torch.nn.functional.normalize(
-            torch.as_tensor(rng.normal(size=(n, emb.shape[1])), dtype=torch.float32, device=device), dim=1
-        )
-        if rerank_k:
-
-            def reranked(texts, q, trie=trie, gallery=gallery):
-                items = gen.retrieve(texts, trie, num_beams=rerank_k, batch_size=len(texts)).items
-                cos = torch.einsum("nkd,nd->nk", gallery[items.clamp(min=0)], q).masked_fill(items < 0, -2.0)
-                return items.gather(1, cos.argsort(dim=1, descending=True))
-
-            t1, tb = _timed(lambda: reranked(q1, emb[:1]), 3), _timed(lambda: reranked(qb, eb), 2)
-            add(f"generative + embedding re-rank (top {rerank_k})", n, t1, tb)
-        add("two-tower (exact search)", n, *_exact_search_timings(emb, eb, gallery))
-        del gallery
-        if cross_encoder is not None and (one_tower_max is None or n <= one_tower_max):
-            cross_encoder.eval()
-            width = cross_encoder.img.out_features
-            imgs = torch.nn.functional.normalize(
-                torch.as_tensor(rng.normal(size=(n, width)), dtype=torch.float32, device=device), dim=1
-            )
-            t_in = rng.normal(size=(one_tower_queries, cross_encoder.txt.in_features))
-            _, t = cross_encoder.project(None, torch.as_tensor(t_in, dtype=torch.float32, device=device))
-
-            def score_all(rows_t):
-                for r in rows_t:
-                    torch.cat(
-                        [cross_encoder.pair_scores(r[None], imgs[s : s + 8192]) for s in range(0, n, 8192)], dim=1
-                    ).topk(10, dim=1)
-
-            add(
-                "one-tower (score every pair)",
-                n,
-                _timed(lambda: score_all(t[:1]), 1),
-                _timed(lambda: score_all(t), 1),
-                len(t),
-            )
-    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------------- dropout
@@ -265,7 +255,7 @@ def dropout_benchmark(repeats: int = 20, seed: int = 0) -> pd.DataFrame:
     rows = []
 
     def record(what, shape, fn_torch, fn_ours):
-        t_torch, t_ours = _timed(fn_torch, repeats), _timed(fn_ours, repeats)
+        t_torch, t_ours = timed(fn_torch, repeats), timed(fn_ours, repeats)
         rows.append(
             {
                 "what": what,

@@ -114,11 +114,15 @@ class BackendsConfig:  # notebook 04, and the backend rows of notebook 06
 
 
 @dataclass(frozen=True)
-class BenchmarkConfig:  # notebook 05: batched trie decoding vs transformers' prefix_allowed_tokens_fn
-    queries: int = 64  # queries timed
-    batch_sizes: tuple[int, ...] = (1, 16)
-    layers: int = 4  # the timed model: a random small T5 (generator.backend t5) with these layers
-    temperature: float = 1.0  # and this logits temperature
+class BenchmarkConfig:  # notebook 05 (and avg_lib.speed): batched trie decoding vs prefix_allowed_tokens_fn
+    queries: int = 64  # queries timed, on the generator that produced the results (at its temperature)
+    batch_sizes: tuple[int, ...] = (1, 64)  # the first is the batch-1 latency the others are compared with
+    repeats: int = 3  # best of this many timings
+    gallery_size: int = 1000  # avg_lib.speed only (notebook 05 decodes over the test gallery)
+
+    def __post_init__(self):
+        if not self.batch_sizes or self.batch_sizes[0] != 1:
+            raise ValueError(f"batch_sizes must start with 1 (the batch-1 latency), not {list(self.batch_sizes)}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,16 @@ class EfficiencyConfig:  # notebook 08
     batch_size: int = 64  # queries per call for the throughput column
     one_tower_max: int = 100000  # skip the one-tower timing above this gallery size (it is linear)
     device: str = "cpu"  # "cuda" on a GPU machine
+    ann: tuple[str, ...] = ("hnsw", "ivfpq")  # FAISS indexes for the two-tower model (avg_lib.efficiency)
+    ann_max: int = 1000000  # build them up to this gallery size (HNSW's build time grows fastest)
+    target_recall: float = 0.95  # each is tuned to this recall@10 of exact search
+
+    def __post_init__(self):
+        unknown = set(self.ann) - {"hnsw", "ivfpq"}
+        if unknown:
+            raise ValueError(f"unknown approximate index(es) {sorted(unknown)}; expected 'hnsw' or 'ivfpq'")
+        if not 0 < self.target_recall <= 1:
+            raise ValueError(f"target_recall must be in (0, 1], not {self.target_recall}")
 
 
 SECTIONS: dict[str, type] = {

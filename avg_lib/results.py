@@ -39,7 +39,8 @@ def git_commit(root: Path = REPO_ROOT) -> str:
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        # no git checkout (a copy sent to another machine): the commit it was copied from, when given
+        return os.environ.get("AVG_GIT_COMMIT", "unknown")
 
 
 def utc_now() -> str:

@@ -230,18 +230,25 @@ def sweep(table, x: str, title: str = "", ks=("R@1", "R@5", "R@10"), logx: bool 
 
 
 def efficiency(table, title: str = ""):
-    """Latency at batch 1 and batched throughput against gallery size (log-log), one line per method."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    """Latency at batch 1 and batched throughput against gallery size (log-log), one line per method, and
+    the index's bytes per image when the table has them (:func:`avg_lib.efficiency.study`)."""
+    panels = [
+        ("latency_ms_batch1", "latency at batch 1 (ms / query)"),
+        ("queries_per_s_batched", "throughput (queries / s)"),
+    ]
+    if "bytes_per_image" in table:
+        panels.append(("bytes_per_image", "index memory (bytes / image)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
     for method, t in table.groupby("method", sort=False):
-        a.plot(t["gallery_size"], t["latency_ms_batch1"], marker="o", label=method)
-        b.plot(t["gallery_size"], t["queries_per_s_batched"], marker="o", label=method)
-    for ax, label in ((a, "latency at batch 1 (ms / query)"), (b, "throughput (queries / s)")):
+        for ax, (col, _) in zip(axes, panels):
+            ax.plot(t["gallery_size"], t[col], marker="o", label=method)
+    for ax, (_, label) in zip(axes, panels):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("gallery size (images)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
-    a.legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -35,8 +35,10 @@ def test_the_default_profile_spells_out_every_setting():
         assert set(raw[section]) == fields, (section, fields ^ set(raw[section]))
 
 
-def test_smoke_and_gpu_extend_the_default():
-    default, smoke, gpu = (config.load_config(n) for n in ("default", "smoke", "gpu"))
+def test_smoke_gpu_and_efficiency_extend_the_default():
+    default, smoke, gpu, eff = (config.load_config(n) for n in ("default", "smoke", "gpu", "efficiency"))
+    assert eff.efficiency.gallery_sizes[-1] == 1_000_000 and eff.efficiency.device == "cpu"
+    assert eff.generator == default.generator and eff.results_dir == "results/efficiency"
     assert smoke.data.dataset == "synthetic" and smoke.results_dir == "results/smoke"
     assert smoke.generator.layers == default.generator.layers  # inherited key by key
     assert (
@@ -46,10 +48,11 @@ def test_smoke_and_gpu_extend_the_default():
             description=default.description,
             results_dir="results",
             efficiency=default.efficiency,
+            benchmark=default.benchmark,
         )
         == default
     )
-    assert gpu.efficiency.device == "cuda" and max(gpu.efficiency.gallery_sizes) == 1_000_000
+    assert gpu.efficiency.device == "cuda" and max(gpu.efficiency.gallery_sizes) == 10_000_000
 
 
 def test_values_are_typed_and_lists_become_tuples(profiles):
@@ -81,6 +84,9 @@ def test_values_are_typed_and_lists_become_tuples(profiles):
         ("rerank: {rerankers: [bm25]}\n", r"rerank: unknown re-ranker\(s\) \['bm25'\]"),
         ("retrieval: {pseudo_recipe: copied}\n", r"retrieval: pseudo_recipe must be one of"),
         ("two_tower: {search: maybe}\n", r"two_tower: search must be 'auto', 'on' or 'off'"),
+        ("benchmark: {batch_sizes: [16, 64]}\n", r"benchmark: batch_sizes must start with 1"),
+        ("efficiency: {ann: [lsh]}\n", r"efficiency: unknown approximate index\(es\) \['lsh'\]"),
+        ("efficiency: {target_recall: 1.5}\n", r"efficiency: target_recall must be in \(0, 1\]"),
         ("seed: 1.5\n", r"seed must be int"),
         ("[1, 2]\n", r"a profile is a mapping"),
         ("a: [\n", r"not valid YAML"),

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from avg_lib import report, tables
-from avg_lib.benchmark import random_unique_codes
+from avg_lib.efficiency import random_unique_codes
 
 
 def test_mean_std_and_markdown():

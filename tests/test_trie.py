@@ -125,3 +125,53 @@ def test_batched_decoding_equals_transformers_prefix_allowed_tokens_fn(tiny_t5):
         return_dict_in_generate=True,
     )
     assert torch.allclose(ours.scores, out.sequences_scores.reshape(len(texts), beams), atol=1e-4)
+
+
+def test_packed_and_row_wise_trie_construction_agree():
+    """Identifiers whose prefixes fit one int64 are built by a 1-D unique; others row-wise. Same tables."""
+    rng = np.random.default_rng(3)
+    codes = np.unique(rng.integers(0, 9, size=(300, 3)), axis=0)
+    packed = VokenTrie(codes)
+    wide = VokenTrie(codes * 2**21)  # (2**21 * 8 + 1) ** 3 > 2**63: the row-wise path, same ordering
+    for a, b in zip(packed.tokens, wide.tokens):
+        assert (a * 2**21).tolist() == b.tolist()
+    for lst in ("offsets", "children"):
+        assert all(x.tolist() == y.tolist() for x, y in zip(getattr(packed, lst), getattr(wide, lst)))
+    assert packed.leaf_item.tolist() == wide.leaf_item.tolist()
+    assert packed.max_children == [len(packed.next_tokens([]))] + packed.max_children[1:]
+    assert packed.max_children[1] == max(len(packed.next_tokens([t])) for t in packed.next_tokens([]))
+
+
+@pytest.fixture(scope="module")
+def minilm_generator():
+    from avg_lib.generator import build_generator
+
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(backend="minilm", layers=2, decoder_width=64, heads=4, temperature=0.5, num_beams=6)
+    return build_generator(16, 3, cfg, np.random.default_rng(0).normal(size=(1, 16, 8))).eval()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_minilm_generator_decodes_like_transformers_generate_at_temperature_half(minilm_generator, batch_size):
+    """The default backend's network driven by transformers' generate() (a thin GenerationMixin wrapper with its
+    own key/value cache) and a temperature processor before the trie constraint: the same ranking as our
+    batched trie search, at temperature 0.5 (where scaling after the constraint would differ)."""
+    gen = minilm_generator
+    rng = np.random.default_rng(1)
+    trie = VokenTrie(np.unique(rng.integers(0, 16, size=(200, 3)), axis=0))
+    texts = ["a red heart", "two cats on a sofa", "the flag of a country", "rain", "a smiling sun"]
+    ours = gen.retrieve(texts, trie, num_beams=6, batch_size=batch_size).items.numpy()
+    ref = hf_reference_retrieve(gen, texts, trie, 6, batch_size=batch_size)
+    assert ours.tolist() == ref.tolist()
+    assert (ref >= 0).all()
+
+
+def test_fewer_reachable_items_than_beams_return_fewer_unique_items_in_both_decoders(minilm_generator):
+    gen = minilm_generator
+    trie = VokenTrie(np.array([[1, 2, 3], [1, 2, 4], [5, 0, 0]]))  # 3 items, 6 beams
+    texts = ["a red heart", "rain"]
+    ours = gen.retrieve(texts, trie, num_beams=6, batch_size=2).items.numpy()
+    ref = hf_reference_retrieve(gen, texts, trie, 6, batch_size=2)
+    assert ours.tolist() == ref.tolist()
+    for row in ours:
+        assert sorted(row[:3].tolist()) == [0, 1, 2] and row[3:].tolist() == [-1, -1, -1]

@@ -1,0 +1,181 @@
+"""The timing studies without any trained model, for any machine: ``python -m avg_lib.speed``.
+
+A generator of the profile's architecture (for the default, frozen all-MiniLM-L6-v2 encoder + the 2-layer,
+256-wide voken decoder over 256 vokens, temperature 0.5) is built with **random weights**: decoding cost does
+not depend on the weights, and a GPU machine then needs no pretrained files. Two studies, each measured
+in one run on one machine:
+
+* the **decoding benchmark** (:func:`avg_lib.benchmark.decoding_benchmark`): our batched trie search
+  against transformers' ``prefix_allowed_tokens_fn`` on that generator, at batch 1 and batched;
+* the **efficiency study** (:func:`avg_lib.efficiency.study`): latency, throughput, build time and
+  memory per image against gallery size, with crossovers.
+
+Outputs (with provenance columns): ``<results_dir>/decoding_benchmark.csv``, ``efficiency.csv`` and
+``efficiency_crossovers.csv``. Profiles: ``efficiency`` (CPU, 1K to 1M images), ``gpu`` (CUDA, 1K to 10M;
+``scripts/gpu_efficiency.sh``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+_WORDS = (
+    "a red heart smiling face with tears of joy cat grinning big eyes sun cloud rain blue green yellow orange "
+    "purple black white star moon fire water tree flower dog hand thumbs up down person running woman man girl "
+    "boy car house music note book phone clock food cake pizza coffee"
+)
+QUERY_WORDS = tuple(_WORDS.split())
+
+
+def synthetic_queries(n: int, seed: int = 0, words: int = 4) -> list[str]:
+    """``n`` short emoji-caption-like query strings (4 words, about an emoji caption's length)."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(QUERY_WORDS, size=words)) for _ in range(n)]
+
+
+def random_weight_generator(codebook_size: int, depth: int, cfg, workdir: Path):
+    """A generator of ``cfg``'s architecture with random weights and no download. For the minilm backend: a
+    BERT encoder of all-MiniLM-L6-v2's shape (6 layers, 384 wide, 12 heads) and a word-level tokenizer,
+    saved under ``workdir``. Timing depends on neither the weights nor the words of the vocabulary."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from . import generator
+
+    if cfg.backend != "minilm":
+        return generator.build_generator(codebook_size, depth, cfg, None)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *QUERY_WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+    (workdir / "vocab.txt").write_text("\n".join(dict.fromkeys(words)) + "\n")
+    BertTokenizerFast(vocab_file=str(workdir / "vocab.txt")).save_pretrained(workdir)
+    torch.manual_seed(cfg.seed)
+    bert = BertConfig(
+        vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536
+    )
+    BertModel(bert).save_pretrained(workdir)
+    return generator.MiniLMGenerator(codebook_size, depth, cfg, encoder_dir=str(workdir))
+
+
+def hardware(device: str) -> str:
+    from .results import hardware as host
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB (torch {torch.__version__}, CUDA)"
+    return host()
+
+
+def run(
+    profile: str = "efficiency",
+    sizes=None,
+    device: str | None = None,
+    out: Path | None = None,
+    what: tuple[str, ...] = ("decoding", "efficiency"),
+):
+    """The studies in ``what`` for ``profile``; returns ``(decoding table, efficiency table, crossovers)`` (None
+    for a study not run) and writes them under ``out`` (default: the profile's ``results_dir``)."""
+    import tempfile
+
+    from . import baselines, benchmark, config, efficiency
+    from .results import write_csv
+    from .trie import VokenTrie
+
+    cfg = config.load_config(profile)
+    eff = cfg.efficiency
+    device = device or eff.device
+    sizes = [int(n) for n in (sizes or eff.gallery_sizes)]
+    out = Path(out or cfg.results_dir)
+    depth, vocab, dim = cfg.tokenizer.levels, cfg.tokenizer.codebook_size, cfg.two_tower.dim
+    where = hardware(device)
+    print(f"{where}; galleries {sizes}; identifiers {depth} x {vocab}; {dim}-d vectors", flush=True)
+    conf = cfg.to_dict() | {"speed_command": {"sizes": sizes, "device": device}}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        gen = random_weight_generator(vocab, depth, cfg.generator, Path(tmp)).to(device).eval()
+        texts = synthetic_queries(max(eff.batch_size, cfg.benchmark.queries), cfg.seed)
+        bench = table = crossings = None
+        if "decoding" in what:
+            b = cfg.benchmark
+            trie = VokenTrie(efficiency.random_unique_codes(b.gallery_size, depth, vocab, cfg.seed))
+            bench = benchmark.decoding_benchmark(
+                gen, texts[: b.queries], trie, cfg.generator.num_beams, tuple(b.batch_sizes), b.repeats
+            )
+            bench["device"], bench["hardware"] = device, where
+            write_csv(bench, out / "decoding_benchmark.csv", cfg.profile, cfg.seed, conf)
+            _show(bench.drop(columns=["hardware"]))
+            print(f"wrote {out}/decoding_benchmark.csv; {time.perf_counter() - t0:.0f} s", flush=True)
+        if "efficiency" not in what:
+            return bench, table, crossings
+        dist = efficiency.GalleryDistribution.power_law(dim, cfg.seed)
+        q_emb = dist.sample(eff.batch_size, cfg.seed + 1).numpy()
+        ot = cfg.one_tower
+        cross = baselines.CrossEncoder(dim, dim, ot.dim, ot.hidden, ot.dropout).to(device)
+        table = efficiency.study(
+            gen,
+            texts[: eff.batch_size],
+            q_emb,
+            sizes,
+            depth,
+            vocab,
+            cross_encoder=cross,
+            num_beams=cfg.generator.num_beams,
+            batch_size=eff.batch_size,
+            one_tower_max=eff.one_tower_max,
+            ann=tuple(eff.ann),
+            ann_max=eff.ann_max,
+            target_recall=eff.target_recall,
+            distribution=dist,
+            seed=cfg.seed,
+            device=device,
+            rerank_k=cfg.rerank.k,
+        )
+    table["device"], table["hardware"] = device, where
+    crossings = efficiency.crossovers(table)
+    write_csv(table, out / "efficiency.csv", cfg.profile, cfg.seed, conf)
+    write_csv(crossings, out / "efficiency_crossovers.csv", cfg.profile, cfg.seed, conf)
+    _show(table.drop(columns=["hardware"]))
+    _show(crossings)
+    print(
+        f"wrote {out}/{{decoding_benchmark,efficiency,efficiency_crossovers}}.csv in {time.perf_counter() - t0:.0f} s"
+    )
+    return bench, table, crossings
+
+
+def _show(df: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print(df.round(4).to_string(index=False), flush=True)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m avg_lib.speed",
+        description="Decoding benchmark and efficiency study on a random-weight generator of the profile's "
+        "architecture (no trained model, no download); writes <results_dir>/decoding_benchmark.csv, "
+        "efficiency.csv and efficiency_crossovers.csv.",
+    )
+    ap.add_argument("--profile", default="efficiency", help="profiles/<name>.yaml (default: efficiency; gpu for CUDA)")
+    ap.add_argument(
+        "--sizes", type=lambda s: [int(float(x)) for x in s.split(",")], help="gallery sizes, e.g. 1e3,1e4,1e5"
+    )
+    ap.add_argument("--device", help="cpu | cuda (default: the profile's efficiency.device)")
+    ap.add_argument("--out", type=Path, help="output folder (default: the profile's results_dir)")
+    ap.add_argument(
+        "--what",
+        choices=["both", "decoding", "efficiency"],
+        default="both",
+        help="decoding: the decoding benchmark; efficiency: the gallery-size study; both (default)",
+    )
+    args = ap.parse_args(argv)
+    what = ("decoding", "efficiency") if args.what == "both" else (args.what,)
+    run(args.profile, args.sizes, args.device, args.out, what)
+
+
+if __name__ == "__main__":
+    main()

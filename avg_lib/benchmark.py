@@ -161,6 +161,7 @@ def hf_reference_retrieve(gen, texts: list[str], trie: VokenTrie, num_beams: int
 
 AVG_DECODER = "batched trie (avg_lib)"
 HF_DECODER = "prefix_allowed_tokens_fn (transformers)"
+GRAPHED_DECODER = "batched trie, CUDA graph (avg_lib)"
 
 
 def decoding_benchmark(
@@ -170,28 +171,37 @@ def decoding_benchmark(
     num_beams: int = 10,
     batch_sizes: tuple[int, ...] = (1, 64),
     repeats: int = 1,
+    cuda_graphs: bool | None = None,
 ) -> pd.DataFrame:
-    """Both decoders on the same model, gallery and queries, at each batch size, in one run. One row per
-    (decoder, batch size): ``ms_per_query``; ``speedup_vs_transformers`` (same batch size);
-    ``batch1_over_batched`` (this decoder's batch-1 time per query over its per-query time at this batch
-    size: how far batch-1 decoding is from the batched floor); and whether both rank identically."""
+    """The decoders on the same model, gallery and queries, at each batch size, in one run: ours, transformers'
+    and, on a GPU (``cuda_graphs``, default: when the model is on CUDA), ours replayed from a captured CUDA
+    graph (:mod:`avg_lib.generator.graphed`). One row per (decoder, batch size): ``ms_per_query``;
+    ``speedup_vs_transformers`` (same batch size); ``batch1_over_batched`` (this decoder's time per query at
+    ``batch_sizes[0]`` = 1 over its time per query at this batch size: how far batch-1 decoding is from
+    the batched floor); ``identical_rankings`` (fraction of queries ranked exactly like transformers)."""
+    from .generator.graphed import GraphedRetriever
+
     gen.eval()
     gen.precompute(texts)  # text states of a frozen encoder: query-side features, outside the decoding time
     device = next(gen.parameters()).device
     ours = trie if device.type == "cpu" else copy.deepcopy(trie).to(device)  # the reference walks `trie` on the host
+    graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
     rows, per_query = [], {}
     for bs in batch_sizes:
+        methods = {
+            AVG_DECODER: lambda: gen.retrieve(texts, ours, num_beams=num_beams, batch_size=bs).items.cpu().numpy(),
+            HF_DECODER: lambda: hf_reference_retrieve(gen, texts, trie, num_beams, batch_size=bs),
+        }
+        if graphs:
+            graphed = GraphedRetriever(gen, ours, num_beams, bs)
+            methods[GRAPHED_DECODER] = lambda: np.concatenate(
+                [graphed(texts[s : s + bs]).items.cpu().numpy() for s in range(0, len(texts), bs)]
+            )
         found = {}
-        for method in (AVG_DECODER, HF_DECODER):
-            if method == AVG_DECODER:
-                fn = lambda: gen.retrieve(texts, ours, num_beams=num_beams, batch_size=bs).items.cpu().numpy()  # noqa: E731
-            else:
-                fn = lambda: hf_reference_retrieve(gen, texts, trie, num_beams, batch_size=bs)  # noqa: E731
+        for method, fn in methods.items():
             found[method] = fn()  # warm-up, and the rankings compared
             per_query[method, bs] = timed(fn, repeats) / len(texts)
-        agree = float((found[AVG_DECODER] == found[HF_DECODER]).all(axis=1).mean())
-        for method in (AVG_DECODER, HF_DECODER):
-            first = per_query.get((method, batch_sizes[0]))
+        for method in methods:
             rows.append(
                 {
                     "method": method,
@@ -202,29 +212,11 @@ def decoding_benchmark(
                     "ms_per_query": 1000 * per_query[method, bs],
                     "queries_per_s": 1 / per_query[method, bs],
                     "speedup_vs_transformers": per_query[HF_DECODER, bs] / per_query[method, bs],
-                    "batch1_over_batched": first / per_query[method, bs],
-                    "identical_rankings": agree,
+                    "batch1_over_batched": per_query[method, batch_sizes[0]] / per_query[method, bs],
+                    "identical_rankings": float((found[method] == found[HF_DECODER]).all(axis=1).mean()),
                 }
             )
     return pd.DataFrame(rows)
-
-
-def stand_in_t5(
-    codebook_size: int,
-    depth: int,
-    bench_cfg,
-    t5_path: str | None = None,
-    seed: int = 0,
-    codebooks: np.ndarray | None = None,
-):
-    """The model notebook 05's decoding benchmark times: a T5 generator (``t5_path``, or a small random T5 with
-    ``bench_cfg.layers`` layers) at ``bench_cfg.temperature``; speed does not depend on its weights."""
-    from . import generator
-
-    cfg = generator.GeneratorConfig(
-        backend="t5", t5_path=t5_path, layers=bench_cfg.layers, temperature=bench_cfg.temperature, seed=seed
-    )
-    return generator.build_generator(codebook_size, depth, cfg, codebooks)
 
 
 # ----------------------------------------------------------------------------------- dropout

@@ -4,6 +4,8 @@ Every method is timed in one run on one machine, on synthetic galleries of growi
 depend on what an identifier or a vector means):
 
 * **generative**: trie-constrained beam search (``gen.retrieve``) over random distinct identifiers;
+* on a GPU, **generative (CUDA graph)**: the same search captured once per (gallery, batch size) and
+  replayed per call (:mod:`avg_lib.generator.graphed`): one launch instead of a few hundred;
 * **generative + embedding re-rank (top K)**: K beams, reordered by the joint-space cosine;
 * **two-tower, exact**: inner-product top-10 over every gallery vector (a matrix product);
 * **two-tower, FAISS HNSW** and **FAISS IVF-PQ**: the approximate indexes a two-tower model is served
@@ -38,6 +40,7 @@ from .ann import TOP, exact_top, faiss_bytes, faiss_index
 from .trie import VokenTrie
 
 GENERATIVE = "generative (trie beam search)"
+GENERATIVE_GRAPH = "generative (trie beam search, CUDA graph)"
 EXACT = "two-tower (exact search)"
 HNSW = "two-tower (FAISS HNSW)"
 IVFPQ = "two-tower (FAISS IVF-PQ)"
@@ -149,11 +152,16 @@ def study(
     device: str = "cpu",
     rerank_k: int | None = None,
     progress: bool = True,
+    cuda_graphs: bool | None = None,
 ) -> pd.DataFrame:
     """One row per (method, gallery size): ``latency_ms_batch1`` (one query per call), ``queries_per_s_batched``
     (``batch_size`` queries per call), ``build_s``, ``bytes_per_image``, and for approximate indexes the
-    ``setting`` chosen and its ``recall_at_10`` against exact search (see the module docstring)."""
+    ``setting`` chosen and its ``recall_at_10`` against exact search (see the module docstring).
+    ``cuda_graphs`` (default: on a CUDA device) adds the CUDA-graph line."""
+    from .generator.graphed import GraphedRetriever
     from .progress import tqdm
+
+    graphs = str(device).startswith("cuda") if cuda_graphs is None else cuda_graphs
 
     q1 = query_texts[:1]
     qb = (query_texts * (batch_size // max(len(query_texts), 1) + 1))[:batch_size]
@@ -195,6 +203,18 @@ def study(
             bytes_per_image=trie_bytes(trie) / n,
             setting=f"{num_beams} beams",
         )
+        if graphs:
+            g1, gb = GraphedRetriever(gen, trie, num_beams, 1), GraphedRetriever(gen, trie, num_beams, batch_size)
+            add(
+                GENERATIVE_GRAPH,
+                n,
+                timed(lambda: g1(q1), 10),
+                timed(lambda: gb(qb), 3),
+                build_s=build,
+                bytes_per_image=trie_bytes(trie) / n,
+                setting=f"{num_beams} beams, one graph replay per call",
+            )
+            g1 = gb = None  # frees the graphs' memory pools
         gallery = dist.sample(n, seed, device)
         if rerank_k:
 
@@ -273,29 +293,39 @@ def _one_tower_row(cross_encoder, n: int, n_queries: int, seed: int, device) -> 
     }
 
 
-def crossovers(table: pd.DataFrame, method: str = GENERATIVE, column: str = "latency_ms_batch1") -> pd.DataFrame:
-    """For each other method: the gallery size from which ``method`` is cheaper in ``column`` (lower is
-    better) and stays cheaper up to the largest size measured, interpolated on log-log axes between the two
-    measured sizes around the crossing. ``crossover`` is the smallest size measured when ``method`` is
-    cheaper everywhere, and NaN when it is not cheaper at the largest size (``status`` says which)."""
-    ours = table[table["method"] == method].set_index("gallery_size")[column]
+METRICS = {"latency_ms_batch1": "batch-1 latency", "queries_per_s_batched": "batched throughput"}
+
+
+def crossovers(table: pd.DataFrame, methods: tuple[str, ...] = (GENERATIVE, GENERATIVE_GRAPH)) -> pd.DataFrame:
+    """For each of ``methods`` present, each comparator (the methods that are not generative) and each metric
+    (batch-1 latency: lower is better; batched throughput: higher is better): the gallery size from which
+    the generative method is better and stays better up to the largest size measured, interpolated on
+    log-log axes between the two measured sizes around the crossing. ``crossover`` is the smallest size
+    measured when it is better everywhere, and NaN when it is not better at the largest size (``status``
+    says which)."""
     out = []
-    others = table[~table["method"].str.startswith(method.split(" (")[0])]  # not AVG's own variants
-    for other, t in others.groupby("method", sort=False):
-        theirs = t.set_index("gallery_size")[column]
-        common = sorted(set(ours.index) & set(theirs.index))
-        if not common:
+    others = table[~table["method"].str.startswith("generative")]
+    for method in methods:
+        mine = table[table["method"] == method].set_index("gallery_size")
+        if mine.empty:
             continue
-        d = np.log(ours[common].to_numpy()) - np.log(theirs[common].to_numpy())  # < 0: ours cheaper
-        row = {"method": method, "against": other, "sizes": f"{common[0]:,}-{common[-1]:,}"}
-        if d[-1] >= 0:
-            row.update(crossover=float("nan"), status=f"not cheaper up to {common[-1]:,}")
-        elif (d < 0).all():
-            row.update(crossover=float(common[0]), status=f"cheaper from the smallest size ({common[0]:,})")
-        else:
-            i = max(j for j in range(len(d)) if d[j] >= 0)  # last size where ours is not cheaper
-            x0, x1 = math.log(common[i]), math.log(common[i + 1])
-            x = x0 + (x1 - x0) * d[i] / (d[i] - d[i + 1])
-            row.update(crossover=float(math.exp(x)), status="crossover")
-        out.append(row)
-    return pd.DataFrame(out, columns=["method", "against", "sizes", "crossover", "status"])
+        for column, label in METRICS.items():
+            sign = 1.0 if column.startswith("latency") else -1.0
+            for other, t in others.groupby("method", sort=False):
+                theirs = t.set_index("gallery_size")[column]
+                common = sorted(set(mine.index) & set(theirs.index))
+                if not common:
+                    continue
+                # < 0: the generative method is better at that size
+                d = sign * (np.log(mine[column][common].to_numpy()) - np.log(theirs[common].to_numpy()))
+                row = {"method": method, "metric": label, "against": other, "sizes": f"{common[0]:,}-{common[-1]:,}"}
+                if d[-1] >= 0:
+                    row.update(crossover=float("nan"), status=f"not better up to {common[-1]:,}")
+                elif (d < 0).all():
+                    row.update(crossover=float(common[0]), status=f"better from the smallest size ({common[0]:,})")
+                else:
+                    i = max(j for j in range(len(d)) if d[j] >= 0)  # last size where it is not better
+                    x0, x1 = math.log(common[i]), math.log(common[i + 1])
+                    row.update(crossover=float(math.exp(x0 + (x1 - x0) * d[i] / (d[i] - d[i + 1]))), status="crossover")
+                out.append(row)
+    return pd.DataFrame(out, columns=["method", "metric", "against", "sizes", "crossover", "status"])

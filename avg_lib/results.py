@@ -25,6 +25,11 @@ PROVENANCE_COLUMNS = ("profile", "seed", "git_commit", "created_utc")
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
+    """The checkout's commit (``+dirty`` with uncommitted code changes). ``AVG_GIT_COMMIT``, when set, is
+    used instead: a copy of a checkout run on another machine (a lent GPU) names the commit it was copied
+    from, which that copy's git metadata may not know."""
+    if os.environ.get("AVG_GIT_COMMIT"):
+        return os.environ["AVG_GIT_COMMIT"]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
@@ -39,8 +44,7 @@ def git_commit(root: Path = REPO_ROOT) -> str:
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        # no git checkout (a copy sent to another machine): the commit it was copied from, when given
-        return os.environ.get("AVG_GIT_COMMIT", "unknown")
+        return "unknown"
 
 
 def utc_now() -> str:

@@ -64,19 +64,24 @@ def test_faiss_index_is_tuned_to_the_target_recall(kind, target):
 
 def test_crossovers_interpolate_on_log_log_axes():
     sizes = [1e3, 1e4, 1e5]
+    latency = [10, 10, 10, 1, 5, 100, 20, 20, 20, 1, 1, 1]
     table = pd.DataFrame(
         {
             "method": [efficiency.GENERATIVE] * 3 + ["linear"] * 3 + ["always slower"] * 3 + ["always faster"] * 3,
             "gallery_size": sizes * 4,
-            "latency_ms_batch1": [10, 10, 10, 1, 5, 100, 20, 20, 20, 1, 1, 1],
+            "latency_ms_batch1": latency,
+            "queries_per_s_batched": [1000 / x for x in latency],  # throughput: higher is better
         }
     )
-    c = efficiency.crossovers(table).set_index("against")
-    # ours/theirs: 10, 2, 0.1 -> the log ratio crosses zero between 1e4 and 1e5 at log(2) / (log(2) + log(10))
-    expect = 10 ** (4 + math.log10(2) / (math.log10(2) + 1))
-    assert c.loc["linear", "crossover"] == pytest.approx(expect)
-    assert c.loc["always slower", "crossover"] == 1e3 and "smallest" in c.loc["always slower", "status"]
-    assert math.isnan(c.loc["always faster", "crossover"])
+    c = efficiency.crossovers(table)
+    assert set(c["method"]) == {efficiency.GENERATIVE}  # no CUDA-graph line in this table
+    for metric in efficiency.METRICS.values():
+        m = c[c["metric"] == metric].set_index("against")
+        # ours/theirs: 10, 2, 0.1 -> the log ratio crosses zero between 1e4 and 1e5 at log(2) / (log(2) + log(10))
+        expect = 10 ** (4 + math.log10(2) / (math.log10(2) + 1))
+        assert m.loc["linear", "crossover"] == pytest.approx(expect)
+        assert m.loc["always slower", "crossover"] == 1e3 and "smallest" in m.loc["always slower", "status"]
+        assert math.isnan(m.loc["always faster", "crossover"])
 
 
 def test_study_times_every_method_with_memory_build_time_and_recall():
@@ -101,10 +106,12 @@ def test_study_times_every_method_with_memory_build_time_and_recall():
         distribution=dist,
         rerank_k=8,
         progress=False,
+        cuda_graphs=True,  # on the CPU: the padded, static-shape search the graph would capture
     )
     per_size = table.groupby("gallery_size")["method"].apply(set)
     assert per_size[200] == {
         efficiency.GENERATIVE,
+        efficiency.GENERATIVE_GRAPH,
         "generative + embedding re-rank (top 8)",
         efficiency.EXACT,
         efficiency.HNSW,

@@ -175,3 +175,31 @@ def test_fewer_reachable_items_than_beams_return_fewer_unique_items_in_both_deco
     assert ours.tolist() == ref.tolist()
     for row in ours:
         assert sorted(row[:3].tolist()) == [0, 1, 2] and row[3:].tolist() == [-1, -1, -1]
+
+
+@pytest.mark.parametrize("prior", [False, True])
+def test_graphed_retriever_padded_search_ranks_like_retrieve(prior):
+    """What a CUDA graph captures (text states padded to max_text_len, every position projected, a static batch)
+    ranks and scores exactly like retrieve(); on the CPU it runs without a graph."""
+    import dataclasses
+
+    from avg_lib.generator import build_generator
+    from avg_lib.generator.graphed import GraphedRetriever
+
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(backend="minilm", layers=2, decoder_width=64, heads=4, temperature=0.5, max_text_len=24)
+    head = torch.nn.Linear(384, 8) if prior else None
+    gen = build_generator(16, 3, dataclasses.replace(cfg, joint_prior=prior), None, head).eval()
+    rng = np.random.default_rng(1)
+    trie = VokenTrie(np.unique(rng.integers(0, 16, size=(200, 3)), axis=0))
+    texts = ["a red heart", "two cats on a sofa with a very long caption about them", "rain"]
+    ref = gen.retrieve(texts, trie, num_beams=5, batch_size=3)
+    graphed = GraphedRetriever(gen, trie, num_beams=5, batch_size=4)  # 3 texts in a batch of 4: one idle row
+    assert graphed.graph is None
+    got = graphed(texts)
+    assert got.items.tolist() == ref.items.tolist()
+    assert torch.allclose(got.scores, ref.scores, atol=1e-5)
+    one = GraphedRetriever(gen, trie, num_beams=5, batch_size=1)
+    assert [one([t]).items[0].tolist() for t in texts] == ref.items.tolist()
+    with pytest.raises(ValueError, match="batch size 1"):
+        one(texts)

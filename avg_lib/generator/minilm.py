@@ -151,14 +151,19 @@ class MiniLMGenerator(VokenGenerator):
 
     def encode(self, texts):
         """ctx = (per-block cross-attention keys/values, memory mask, rows per text)."""
-        memory, mask = self._states(texts)
+        return self.context(*self._states(texts))
+
+    def context(self, memory, mask, project_padding: bool = False):
+        """:meth:`encode` from the text states. ``project_padding``: project every position, padded ones
+        included (attention masks them out): same result, and shapes that do not depend on the mask, which
+        a captured CUDA graph needs (:mod:`avg_lib.generator.graphed`)."""
         if self.cfg.joint_prior:  # MiniLM's sentence embedding (mean pool + L2) -> two-tower text head
             m = mask.unsqueeze(-1).to(memory.dtype)
             sent = F.normalize((memory * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1)
             prior = self.prior_proj(F.normalize(self.prior_head(sent), dim=-1)).unsqueeze(1)
             memory = torch.cat([prior, memory], dim=1)
             mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
-        return [blk.memory_kv(memory, mask) for blk in self.blocks], mask, 1
+        return [blk.memory_kv(memory, None if project_padding else mask) for blk in self.blocks], mask, 1
 
     def repeat(self, ctx, n):
         kvs, mask, group = ctx

@@ -16,7 +16,9 @@ Modules, one concern each (imports run one way; tests/test_architecture.py check
   trie         batched trie-constrained beam search
   baselines    one-tower cross-encoder and the other identifier schemes
   experiments  one results-table row per call (train-or-load, then score the test split)
-  benchmark    decoding, gallery-scaling and dropout timings
+  benchmark    decoding (against transformers' prefix_allowed_tokens_fn) and dropout timings
+  efficiency   the gallery-size study (latency, throughput, build time, bytes per image, crossovers);
+               ann: exact search and FAISS HNSW / IVF-PQ; speed: both studies without trained models
   stats        recall intervals (bootstrap over images), paired differences, verdicts
   metrics, tables, viz, report, results, runner, paths, progress, selection, dropout
 """

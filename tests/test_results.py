@@ -30,6 +30,7 @@ TABLES = [
     "analysis_voken_length",
     "analysis_beam_size",
     "efficiency",
+    "efficiency_crossovers",
 ]
 FIGURES = [
     "dataset_samples",
@@ -175,11 +176,18 @@ def test_ablation_table_names_every_ablation():
     assert (abl["n_seeds"] >= 3).all()
 
 
-def test_efficiency_covers_three_methods_up_to_100k_images():
+def test_efficiency_covers_every_method_up_to_100k_images():
     eff = read("efficiency")
     assert eff["method"].str.startswith(("generative", "two-tower", "one-tower")).all()
+    assert {"two-tower (FAISS HNSW)", "two-tower (FAISS IVF-PQ)", "two-tower (exact search)"} <= set(eff["method"])
     assert eff["gallery_size"].max() >= 100_000 and eff["gallery_size"].min() <= 1_000
     assert (eff["latency_ms_batch1"] > 0).all() and eff["hardware"].notna().all()
+    assert (eff["bytes_per_image"] > 0).all() and eff["recall_at_10"].between(0, 1).all()
+    ann = eff[eff["method"].str.contains("FAISS")]
+    # the target recall is either reached or the setting says it was missed
+    assert ((ann["recall_at_10"] >= 0.95) | ann["setting"].str.contains("misses")).all()
+    cross = read("efficiency_crossovers")
+    assert set(cross["against"]) == set(eff["method"]) - {m for m in eff["method"] if m.startswith("generative")}
 
 
 def test_results_readme_is_generated_and_lists_every_table():
@@ -202,13 +210,30 @@ def test_decoding_benchmark_compares_both_decoders_on_identical_rankings():
     b = read("decoding_benchmark")
     assert set(b["method"]) == {"batched trie (avg_lib)", "prefix_allowed_tokens_fn (transformers)"}
     assert (b["identical_rankings"] == 1.0).all()
-    assert (b["queries_per_s"] > 0).all()
+    assert (b["queries_per_s"] > 0).all() and set(b["batch_size"]) == {1, 64}
+    # the benchmark times the generator that produced the results: its configuration is the run's
+    meta = json.loads((RESULTS / "config" / "decoding_benchmark.json").read_text())
+    assert meta["config"]["generator"]["temperature"] == config.load_config("default").generator.temperature
+
+
+@pytest.mark.parametrize("table", ["efficiency", "decoding_benchmark"])
+def test_gpu_results_name_the_gpu_and_a_commit(table):
+    gpu = pd.read_csv(RESULTS / "gpu" / f"{table}.csv")
+    assert gpu["hardware"].str.contains("NVIDIA").all() and (gpu["device"] == "cuda").all()
+    assert gpu["git_commit"].astype(str).str.fullmatch(r"[0-9a-f]{12}").all() and (gpu["profile"] == "gpu").all()
+    if table == "decoding_benchmark":
+        assert (gpu["identical_rankings"] == 1.0).all()
+    else:
+        assert gpu["gallery_size"].max() >= 10_000_000
 
 
 @pytest.mark.parametrize("name", FIGURES)
 def test_figure_exists(name):
     path = RESULTS / "figures" / f"{name}.png"
     assert path.is_file() and path.stat().st_size > 5_000
+
+
+ONLY_FEEDS = {"benchmark": {"decoding_benchmark"}, "efficiency": {"efficiency", "efficiency_crossovers"}}
 
 
 @pytest.mark.parametrize("name", TABLES)
@@ -220,6 +245,8 @@ def test_each_table_has_the_run_configuration_that_made_it(name):
     assert meta["git_commit"] in set(read(name)["git_commit"].astype(str))
     now = config.load_config("default").to_dict()
     for section, values in meta["config"].items():
+        if section in ONLY_FEEDS and name not in ONLY_FEEDS[section]:
+            continue  # a timing study's settings change its own tables only
         if isinstance(values, dict) and section in now:
             shared = set(values) & set(now[section])
             stale = {k: (values[k], now[section][k]) for k in shared if _plain(values[k]) != _plain(now[section][k])}

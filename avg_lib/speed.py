@@ -140,10 +140,22 @@ def run(
     write_csv(crossings, out / "efficiency_crossovers.csv", cfg.profile, cfg.seed, conf)
     _show(table.drop(columns=["hardware"]))
     _show(crossings)
+    plot(out)
     print(
         f"wrote {out}/{{decoding_benchmark,efficiency,efficiency_crossovers}}.csv in {time.perf_counter() - t0:.0f} s"
     )
     return bench, table, crossings
+
+
+def plot(out: Path | str) -> Path:
+    """``<out>/figures/efficiency.png`` from ``<out>/efficiency.csv`` (what :func:`run` ends with)."""
+    from . import viz
+    from .results import save_figure
+
+    out = Path(out)
+    table = pd.read_csv(out / "efficiency.csv")
+    title = f"query cost against gallery size ({table['hardware'].iloc[0]}, random weights)"
+    return save_figure(viz.efficiency(table, title=title), out / "figures" / "efficiency.png")
 
 
 def _show(df: pd.DataFrame) -> None:

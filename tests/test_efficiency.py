@@ -141,3 +141,4 @@ def test_speed_command_writes_both_studies_with_provenance(tmp_path, capsys):
     assert {"profile", "git_commit", "created_utc"} <= set(eff.columns)
     assert (tmp_path / "efficiency_crossovers.csv").is_file()
     assert (tmp_path / "config" / "efficiency.json").is_file()
+    assert (tmp_path / "figures" / "efficiency.png").stat().st_size > 5_000

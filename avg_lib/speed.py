@@ -141,6 +141,9 @@ def run(
     _show(table.drop(columns=["hardware"]))
     _show(crossings)
     plot(out)
+    from .report import write_speed_readme
+
+    write_speed_readme(out, cfg.profile)
     print(
         f"wrote {out}/{{decoding_benchmark,efficiency,efficiency_crossovers}}.csv in {time.perf_counter() - t0:.0f} s"
     )

@@ -142,3 +142,6 @@ def test_speed_command_writes_both_studies_with_provenance(tmp_path, capsys):
     assert (tmp_path / "efficiency_crossovers.csv").is_file()
     assert (tmp_path / "config" / "efficiency.json").is_file()
     assert (tmp_path / "figures" / "efficiency.png").stat().st_size > 5_000
+    readme = (tmp_path / "README.md").read_text()
+    assert "# Timing studies: profile `smoke`" in readme and "Our trie decoding is at least 10" in readme
+    assert "`efficiency_crossovers.csv`" in readme and "![efficiency.png](figures/efficiency.png)" in readme

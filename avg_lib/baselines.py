@@ -17,15 +17,18 @@ score, so retrieval scores every pair of the gallery: accurate in principle, lin
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import identifiers
+from . import cache, identifiers
 from .dropout import Dropout
 from .metrics import recall_at_k
 from .progress import tqdm
@@ -208,3 +211,27 @@ def train_cross_encoder(train, val, cfg: OneTowerConfig = OneTowerConfig(), prog
         best.update(model, (m["R@1"], m["rSum"]))
     model.load_state_dict(best.state)
     return model.eval(), history
+
+
+ONE_TOWER_CACHE_VERSION = 1  # part of the cross-encoder's cache key: bump when training changes what it produces
+
+
+def cross_encoder_fit_or_load(ds, feats, cfg: OneTowerConfig = OneTowerConfig(), force: bool = False, progress=True):
+    """Train (or load the cached) cross-encoder on ``ds``'s frozen features (train split, selected on val).
+    Cached like the two-tower model, next to the features (``<features dir>/one_tower-<key>/``: ``model.pt``,
+    ``config.json`` with the training time, ``history.csv``). Returns ``(model, history rows, train_seconds)``."""
+
+    def build(tmp) -> None:
+        t0 = time.time()
+        model, history = train_cross_encoder(feats.split(ds, "train")[1:], feats.split(ds, "val")[1:], cfg, progress)
+        torch.save(model.state_dict(), tmp / "model.pt")
+        meta = {"one_tower": asdict(cfg), "d_img": feats.image.shape[1], "d_txt": feats.text.shape[1]}
+        (tmp / "config.json").write_text(json.dumps({**meta, "train_seconds": time.time() - t0}, indent=1))
+        pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+
+    label, version = "one-tower cross-encoder", ONE_TOWER_CACHE_VERSION
+    out = cache.trained(feats.directory, "one_tower", label, version, asdict(cfg), build, force=force)
+    meta = json.loads((out / "config.json").read_text())
+    model = CrossEncoder(meta["d_img"], meta["d_txt"], cfg.dim, cfg.hidden, cfg.dropout)
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    return model.eval(), pd.read_csv(out / "history.csv").to_dict("records"), float(meta["train_seconds"])

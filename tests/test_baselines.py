@@ -79,3 +79,29 @@ def test_unresolved_ranked_scores_like_the_string_match_evaluation():
     u = baselines.unresolved_ranked(ranked, target, raw)
     assert recall_at_k(u, target) == baselines.unresolved_collision_recall(ranked, target, raw)
     assert recall_at_k(u, target)["R@1"] >= recall_at_k(ranked, target)["R@1"]
+
+
+def test_cross_encoder_is_cached_next_to_the_features(tmp_path, monkeypatch):
+    """Trained once per (features, settings): a second call loads the same model and its training time."""
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(40, 12)).astype(np.float32)
+    txt = np.repeat(img @ rng.normal(size=(12, 8)).astype(np.float32), 2, axis=0)
+    owner = np.repeat(np.arange(40), 2)
+
+    class Feats:
+        directory, image, text = tmp_path / "features", img, txt
+
+        def split(self, ds, name):
+            return np.arange(40), img, txt, owner
+
+    calls = []
+    real = baselines.train_cross_encoder
+    monkeypatch.setattr(baselines, "train_cross_encoder", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = baselines.OneTowerConfig(epochs=2, batch_size=20)
+    a, hist_a, secs_a = baselines.cross_encoder_fit_or_load(None, Feats(), cfg, progress=False)
+    b, hist_b, secs_b = baselines.cross_encoder_fit_or_load(None, Feats(), cfg, progress=False)
+    assert len(calls) == 1 and secs_a == secs_b > 0 and hist_a == hist_b and len(hist_a) == 2
+    assert np.array_equal(a.score(img, txt), b.score(img, txt))
+    baselines.cross_encoder_fit_or_load(None, Feats(), baselines.OneTowerConfig(epochs=1), progress=False)
+    assert len(calls) == 2  # other settings: another cache entry
+    assert len(list((tmp_path / "features").glob("one_tower-*"))) == 2

@@ -145,3 +145,19 @@ def test_speed_command_writes_both_studies_with_provenance(tmp_path, capsys):
     readme = (tmp_path / "README.md").read_text()
     assert "# Timing studies: profile `smoke`" in readme and "Our trie decoding is at least 10" in readme
     assert "`efficiency_crossovers.csv`" in readme and "![efficiency.png](figures/efficiency.png)" in readme
+
+
+def test_decode_profile_counts_operations_per_query_at_each_batch_size():
+    from avg_lib import speed
+    from avg_lib.trie import VokenTrie
+
+    torch.manual_seed(0)
+    gen = build_generator(16, 3, GeneratorConfig(layers=1, decoder_width=32, heads=4), None).eval()
+    trie = VokenTrie(efficiency.random_unique_codes(300, 3, 16))
+    prof = speed.decode_profile(gen, speed.synthetic_queries(8), trie, num_beams=4, batch_sizes=(1, 8))
+    assert prof["batch_size"].tolist() == [1, 8]
+    one, eight = prof.iloc[0], prof.iloc[1]
+    assert one["ops_per_query"] > 8 * eight["ops_per_query"] * 0.9  # batching shares every operation by 8
+    assert one["matmul_calls_per_query"] >= 1 and (prof["other_ops_ms"] > 0).all()
+    parts = prof["matmul_ms"] + prof["attention_ms"] + prof["other_ops_ms"]
+    assert np.allclose(parts, prof["ms_per_query_profiled"])

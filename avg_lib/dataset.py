@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .images import check_readable, load_rgb
+from .images import Thumbnails, check_readable, load_rgb
+from .paths import data_dir
 
 SPLITS = ("train", "val", "test")
 
@@ -114,6 +115,7 @@ class CaptionedImages:
         self.items = list(items)
         self.report = report or LoadReport(source=name, kept=len(items))
         self._renderer = renderer
+        self._thumbnails: dict[int, Thumbnails] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -130,9 +132,17 @@ class CaptionedImages:
     def ids(self) -> list[str]:
         return [it.id for it in self.items]
 
-    def image(self, i: int) -> Image.Image:
+    def image(self, i: int, min_side: int | None = None) -> Image.Image:
+        """Item ``i``'s image as RGB. ``min_side``: reduced to that shorter side if larger, decoded once and then
+        read from the thumbnail cache (``<data dir>/thumbnails``, :class:`avg_lib.images.Thumbnails`)."""
         it = self.items[i]
-        return self._renderer(it) if it.image is None else load_rgb(it.image)
+        if it.image is None:
+            return self._renderer(it)
+        if min_side is None:
+            return load_rgb(it.image)
+        if min_side not in self._thumbnails:
+            self._thumbnails[min_side] = Thumbnails(data_dir() / "thumbnails", min_side)
+        return self._thumbnails[min_side].get(it.image)
 
     def split_indices(self, split: str) -> np.ndarray:
         if split not in SPLITS:

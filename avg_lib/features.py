@@ -65,6 +65,7 @@ class EfficientNetLite0:
             .to(self.device)
         )
         self.key = f"effnet-lite0-{image_size}px"
+        self.decode_side = 2 * image_size  # larger images are read reduced to this shorter side (thumbnail cache)
 
     @torch.inference_mode()
     def encode_images(self, images) -> np.ndarray:
@@ -127,6 +128,9 @@ class CLIP:
         self.dim = self.model.config.projection_dim
         cfg = hashlib.sha1((path / "config.json").read_bytes()).hexdigest()[:8]
         self.key = f"clip-{path.name}-{cfg}"
+        size = getattr(self.processor, "size", None) or {}
+        side = size.get("shortest_edge") or min(size.get("height", 224), size.get("width", 224))
+        self.decode_side = 2 * int(side)  # larger images are read reduced to this shorter side (thumbnail cache)
 
     @torch.inference_mode()
     def encode_images(self, images) -> np.ndarray:
@@ -180,7 +184,12 @@ class Features:
 
 def feature_dir(ds: CaptionedImages, image_encoder, text_encoder, root: Path | None = None) -> Path:
     root = Path(root) if root is not None else data_dir() / "features"
-    return root / f"{ds.name}-{ds.fingerprint()}" / f"{image_encoder.key}__{text_encoder.key}"
+    side = getattr(image_encoder, "decode_side", None)  # images are decoded reduced to it: part of the key
+    return (
+        root
+        / f"{ds.name}-{ds.fingerprint()}"
+        / (f"{image_encoder.key}__{text_encoder.key}" + (f"__dec{side}" if side else ""))
+    )
 
 
 def extract_features(
@@ -195,11 +204,13 @@ def extract_features(
     """Cache-or-compute the frozen features of every image and caption of ``ds``."""
     names = ("image.npy", "text.npy", "text_owner.npy")
 
+    side = getattr(image_encoder, "decode_side", None)  # large images: decoded once, reduced, cached
+
     def build(tmp: Path) -> None:
         texts, owner = ds.captions()
         img = np.concatenate(
             [
-                image_encoder.encode_images([ds.image(i) for i in range(s, min(s + batch_size, len(ds)))])
+                image_encoder.encode_images([ds.image(i, side) for i in range(s, min(s + batch_size, len(ds)))])
                 for s in tqdm(range(0, len(ds), batch_size), desc=f"images ({image_encoder.key})", disable=not progress)
             ]
         )

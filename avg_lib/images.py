@@ -12,6 +12,8 @@ Rules (tested in tests/test_images.py); files are first rotated by their EXIF or
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,17 +51,60 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open ``path`` and return it as RGB; raise :class:`ImageError` naming the file otherwise."""
+def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
+    """Open ``path`` and return it as RGB; raise :class:`ImageError` naming the file otherwise.
+
+    ``min_side``: an image whose shorter side is longer is reduced to that shorter side (Lanczos), and a JPEG
+    is already decoded at 1/2, 1/4 or 1/8 scale where that keeps the shorter side at least ``min_side``
+    (PIL's ``draft``): a 100-Mpixel photo is never decoded at full size. Smaller images are unchanged."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: image file is missing")
     try:
         with Image.open(path) as img:
+            if min_side and min(img.size) > min_side:
+                scale = min_side / min(img.size)
+                img.draft("RGB", (max(1, int(img.width * scale)), max(1, int(img.height * scale))))
             img.load()
-            return to_rgb(ImageOps.exif_transpose(img))  # camera photos: honour the EXIF orientation
+            out = to_rgb(ImageOps.exif_transpose(img))  # camera photos: honour the EXIF orientation
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+    if min_side and min(out.size) > min_side:
+        scale = min_side / min(out.size)
+        out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))), Image.LANCZOS)
+    return out
+
+
+class Thumbnails:
+    """Images reduced to ``min_side`` pixels on their shorter side (:func:`load_rgb`), decoded once and kept as
+    lossless PNG under ``root``, keyed by the file's path, size and modification time. Images that need no
+    reduction are not copied: they are decoded directly, as cheaply. Feature extraction and figures read
+    large images through this cache (``CaptionedImages.image(i, min_side=...)``)."""
+
+    def __init__(self, root: str | Path, min_side: int):
+        self.root, self.min_side = Path(root) / f"min{min_side}", min_side
+
+    def get(self, path: str | Path) -> Image.Image:
+        path = Path(path)
+        try:
+            st = path.stat()
+            with Image.open(path) as img:
+                size = img.size
+        except (OSError, UnidentifiedImageError):
+            return load_rgb(path)  # the same clear error as without the cache
+        if min(size) <= self.min_side:
+            return load_rgb(path)
+        key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+        thumb = self.root / key[:2] / f"{key}.png"
+        if thumb.is_file():
+            with Image.open(thumb) as img:
+                return img.convert("RGB")
+        out = load_rgb(path, self.min_side)
+        thumb.parent.mkdir(parents=True, exist_ok=True)
+        tmp = thumb.with_name(f".{thumb.name}.{os.getpid()}.partial")
+        out.save(tmp, format="PNG")
+        os.replace(tmp, thumb)  # atomic: a reader never sees half a file
+        return out
 
 
 def check_readable(path: str | Path) -> str | None:

@@ -7,6 +7,8 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 
+THUMB = 256  # figures read images through the thumbnail cache at this shorter side (a panel is never larger)
+
 
 def image_grid(ds, indices, n_cols: int = 6, captions: int = 2, width: int = 28, title: str | None = None):
     """Images of ``ds`` at ``indices`` with their first ``captions`` captions underneath."""
@@ -17,7 +19,7 @@ def image_grid(ds, indices, n_cols: int = 6, captions: int = 2, width: int = 28,
         ax.axis("off")
     for ax, i in zip(axes.ravel(), indices):
         it = ds.items[i]
-        ax.imshow(ds.image(i))
+        ax.imshow(ds.image(i, THUMB))
         text = "\n".join(textwrap.shorten(c, width * 2, placeholder="…") for c in it.captions[:captions])
         ax.set_title(textwrap.fill(text, width), fontsize=7)
     if title:
@@ -98,7 +100,7 @@ def prefix_grids(ds, codes: np.ndarray, prefixes: list[tuple[int, ...]], per_pre
             ax.axis("off")
             if c < len(members):
                 i = members[c]
-                ax.imshow(ds.image(i))
+                ax.imshow(ds.image(i, THUMB))
                 ax.set_title(
                     textwrap.fill(textwrap.shorten(ds.items[i].captions[0], 36, placeholder="…"), 18), fontsize=7
                 )
@@ -145,7 +147,7 @@ def voken_map(
             j = np.nonzero(top == first_voken[i])[0]
             color = cmap(int(j[0]) % 20) if len(j) else "lightgray"
             box = AnnotationBbox(
-                OffsetImage(np.asarray(ds.image(int(i)).resize((24, 24))), zoom=0.8),
+                OffsetImage(np.asarray(ds.image(int(i), THUMB).resize((24, 24))), zoom=0.8),
                 xy[i],
                 frameon=True,
                 pad=0.1,
@@ -171,7 +173,7 @@ def query_panels(
         for c, ax in enumerate(axes[r]):
             ax.axis("off")
             i = int(neighbours[r, c])
-            ax.imshow(ds.image(i))
+            ax.imshow(ds.image(i, THUMB))
             ident = "".join(f"<{v}>" for v in codes[i])
             same = codes[i, 0] == query_vokens[r, 0]
             ax.set_title(ident, fontsize=7, family="monospace", fontweight="bold" if same else "normal")

@@ -343,3 +343,49 @@ def test_exif_orientation_is_applied(tmp_path):
     path = tmp_path / "rot.jpg"
     img.save(path, exif=exif.tobytes())
     assert load_rgb(path).size == (20, 40)
+
+
+def test_load_rgb_reduces_large_images_and_leaves_small_ones(tmp_path):
+    from avg_lib.images import load_rgb
+
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 2000, 3), dtype=np.uint8)).save(big, quality=90)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (64, 40), (10, 20, 30)).save(small)
+    out = load_rgb(big, min_side=300)
+    assert out.mode == "RGB" and out.size == (500, 300)  # shorter side 300, aspect kept
+    assert load_rgb(big).size == (2000, 1200)
+    assert load_rgb(small, min_side=300).tobytes() == load_rgb(small).tobytes()
+
+
+def test_thumbnails_decode_once_then_read_the_cache(tmp_path, monkeypatch):
+    from avg_lib import images
+
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (900, 1200, 3), dtype=np.uint8)).save(big)
+    small = tmp_path / "small.png"
+    Image.new("RGBA", (50, 50), (255, 0, 0, 0)).save(small)
+    thumbs = images.Thumbnails(tmp_path / "cache", 200)
+    first = thumbs.get(big)
+    assert first.size == (267, 200) and len(list((tmp_path / "cache").rglob("*.png"))) == 1
+    decoded = []
+    real = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda *a, **k: decoded.append(a) or real(*a, **k))
+    again = thumbs.get(big)
+    assert decoded == [] and again.tobytes() == first.tobytes()  # read back from the cache, lossless
+    assert thumbs.get(small).getpixel((0, 0)) == (255, 255, 255)  # small: decoded as usual, never copied
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 1
+    big.write_bytes(b"")  # a changed file is a new key, and a broken one the usual error naming it
+    with pytest.raises(images.ImageError, match="big.jpg"):
+        thumbs.get(big)
+
+
+def test_dataset_images_come_through_the_thumbnail_cache(tmp_path, monkeypatch):
+    from avg_lib.dataset import CaptionedImages, Item
+
+    monkeypatch.setenv("AVG_DATA_DIR", str(tmp_path / "data"))
+    p = tmp_path / "photo.jpg"
+    Image.new("RGB", (1000, 800), (0, 128, 255)).save(p)
+    ds = CaptionedImages("t", [Item("a", ("a caption",), "train", p)])
+    assert ds.image(0).size == (1000, 800) and ds.image(0, 400).size == (500, 400)
+    assert len(list((tmp_path / "data" / "thumbnails").rglob("*.png"))) == 1

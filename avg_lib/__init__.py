@@ -9,7 +9,7 @@ Modules, one concern each (imports run one way; tests/test_architecture.py check
   cache        the one cache-or-compute helper (keyed directories, atomic publish, stage.json)
   data         ``load_dataset(name)``; dataset (the abstraction, karpathy and folder loaders),
                emoji, synthetic, images (decoding every PIL mode one way)
-  features     frozen image/text encoders behind one interface, cached on disk
+  features     frozen image/text encoders behind one interface, cached on disk (streamed: streaming)
   two_tower    the CLIP-lite contrastive baseline (also the tokenizer's input space)
   tokenizer    the RQ-VAE voken tokenizer; identifiers: collisions and their resolution
   generator/   token-to-voken generators (config, base, minilm, t5, build, training)

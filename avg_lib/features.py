@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import cache
+from . import cache, streaming
 from .dataset import CaptionedImages
 from .paths import data_dir
-from .progress import tqdm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -200,35 +200,60 @@ def extract_features(
     root: Path | None = None,
     force: bool = False,
     progress: bool = True,
-) -> Features:
-    """Cache-or-compute the frozen features of every image and caption of ``ds``."""
-    names = ("image.npy", "text.npy", "text_owner.npy")
+    rank: int = 0,
+    world: int = 1,
+) -> Features | None:
+    """Cache-or-compute the frozen features of every image and caption of ``ds``.
 
+    Features are streamed to disk ``batch_size`` images (``4 * batch_size`` captions) at a time
+    (:mod:`avg_lib.streaming`): memory stays bounded, and a run interrupted half-way resumes with the chunks
+    it lacks. Split across ``world`` processes, each ``rank`` computes its share of the chunks; rank 0
+    publishes the finished features once every chunk is done (call it on every rank, wait for all, then
+    once more on rank 0). Returns the features, or ``None`` on a rank that did its share before they were
+    published."""
+    out_dir = feature_dir(ds, image_encoder, text_encoder, root)
+    stream = out_dir.with_name(out_dir.name + ".stream")
+    if force:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.rmtree(stream, ignore_errors=True)
+    names = ("image.npy", "text.npy", "text_owner.npy")
     side = getattr(image_encoder, "decode_side", None)  # large images: decoded once, reduced, cached
+    texts, owner = ds.captions()
+    if not cache.is_done(out_dir):
+        complete = [
+            streaming.stream_rows(
+                stream / "image.npy",
+                len(ds),
+                lambda a, b: image_encoder.encode_images([ds.image(i, side) for i in range(a, b)]),
+                batch_size,
+                rank,
+                world,
+                f"images ({image_encoder.key})",
+                progress,
+            ),
+            streaming.stream_rows(
+                stream / "text.npy",
+                len(texts),
+                lambda a, b: text_encoder.encode_texts(texts[a:b]),
+                4 * batch_size,
+                rank,
+                world,
+                f"captions ({text_encoder.key})",
+                progress,
+            ),
+        ]
+        if rank != 0 or not all(complete):
+            return None
 
     def build(tmp: Path) -> None:
-        texts, owner = ds.captions()
-        img = np.concatenate(
-            [
-                image_encoder.encode_images([ds.image(i, side) for i in range(s, min(s + batch_size, len(ds)))])
-                for s in tqdm(range(0, len(ds), batch_size), desc=f"images ({image_encoder.key})", disable=not progress)
-            ]
-        )
-        txt = np.concatenate(
-            [
-                text_encoder.encode_texts(texts[s : s + 4 * batch_size])
-                for s in tqdm(
-                    range(0, len(texts), 4 * batch_size), desc=f"captions ({text_encoder.key})", disable=not progress
-                )
-            ]
-        )
-        for name, arr in zip(names, (img.astype(np.float32), txt.astype(np.float32), owner)):
-            np.save(tmp / name, arr)
+        streaming.finish(stream / "image.npy", tmp / "image.npy")
+        streaming.finish(stream / "text.npy", tmp / "text.npy")
+        np.save(tmp / "text_owner.npy", owner)
+        shutil.rmtree(stream, ignore_errors=True)
 
     out = cache.cached(
-        feature_dir(ds, image_encoder, text_encoder, root),
+        out_dir,
         build,
-        force=force,
         config={
             "stage": "frozen features",
             "dataset": ds.name,

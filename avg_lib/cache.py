@@ -45,6 +45,9 @@ def cached(
     stage's settings and inputs, JSON-able) is saved beside them as ``stage.json``. ``force=True``
     deletes the artefact and computes it again."""
     out = Path(directory)
+    dist = distributed()
+    if dist is not None:
+        return _cached_by_rank_0(dist, out, build, config, force)
     if force:
         shutil.rmtree(out, ignore_errors=True)
     if not is_done(out):
@@ -56,6 +59,43 @@ def cached(
         (tmp / MARKER).write_text(json.dumps({**config, "created_utc": stamp}, indent=1, default=str))
         shutil.rmtree(out, ignore_errors=True)  # an unfinished directory from an older layout
         os.replace(tmp, out)
+    return out
+
+
+def distributed():
+    """``torch.distributed`` when this process is one of several ranks (``torchrun``), else ``None``."""
+    import sys
+
+    if "torch" not in sys.modules:  # never imports torch itself: without torch there are no ranks
+        return None
+    import torch.distributed as dist
+
+    ok = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return dist if ok else None
+
+
+def _cached_by_rank_0(dist, out: Path, build, config: dict, force: bool) -> Path:
+    """:func:`cached` under several ranks: every rank runs ``build`` (training is collective), only rank 0
+    writes and publishes; the others build into a private folder they then delete, and all return once the
+    artefact is published. Rank 0 decides whether it must be built."""
+    rank = dist.get_rank()
+    if force and rank == 0:
+        shutil.rmtree(out, ignore_errors=True)
+    need = [not is_done(out)] if rank == 0 else [None]
+    dist.broadcast_object_list(need, 0)
+    if need[0]:
+        tmp = out.with_name(out.name + (".partial" if rank == 0 else f".rank{rank}.partial"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        if rank == 0:
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            (tmp / MARKER).write_text(json.dumps({**config, "created_utc": stamp}, indent=1, default=str))
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
     return out
 
 

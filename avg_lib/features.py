@@ -209,8 +209,12 @@ def extract_features(
     (:mod:`avg_lib.streaming`): memory stays bounded, and a run interrupted half-way resumes with the chunks
     it lacks. Split across ``world`` processes, each ``rank`` computes its share of the chunks; rank 0
     publishes the finished features once every chunk is done (call it on every rank, wait for all, then
-    once more on rank 0). Returns the features, or ``None`` on a rank that did its share before they were
-    published."""
+    once more on rank 0). Under ``torchrun`` (an initialised process group) the ranks are taken from it, and
+    every rank returns the published features. Returns the features, or ``None`` on a rank that did its share
+    before they were published (separate jobs)."""
+    group = cache.distributed()  # under torchrun: the ranks of the process group share the work
+    if group is not None:
+        rank, world = group.get_rank(), group.get_world_size()
     out_dir = feature_dir(ds, image_encoder, text_encoder, root)
     stream = out_dir.with_name(out_dir.name + ".stream")
     if force:
@@ -242,10 +246,14 @@ def extract_features(
                 progress,
             ),
         ]
-        if rank != 0 or not all(complete):
+        if group is not None:
+            group.barrier()  # every rank's chunks are on disk; rank 0 publishes through cache.cached below
+        elif rank != 0 or not all(complete):
             return None
 
     def build(tmp: Path) -> None:
+        if rank != 0:  # under a process group only rank 0 writes (cache.cached calls build on every rank)
+            return
         streaming.finish(stream / "image.npy", tmp / "image.npy")
         streaming.finish(stream / "text.npy", tmp / "text.npy")
         np.save(tmp / "text_owner.npy", owner)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def save_tiny_clip(directory: Path, projection_dim: int = 16, image_size: int = 32) -> Path:
     """A random-weight CLIPModel + byte-level tokenizer + image processor, saved like a real checkpoint."""
@@ -71,3 +73,25 @@ def save_tiny_t5(directory: Path, d_model: int = 32, layers: int = 2) -> Path:
     T5ForConditionalGeneration(cfg).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+class CountingEncoder:
+    """A deterministic stand-in encoder that counts its calls and can fail after a given number."""
+
+    key, dim = "counting", 3
+
+    def __init__(self, fail_after=None):
+        self.calls, self.fail_after = 0, fail_after
+
+    def _step(self):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("interrupted")
+
+    def encode_images(self, images):
+        self._step()
+        return np.stack([np.asarray(im, dtype=np.float32).mean((0, 1)) for im in images])
+
+    def encode_texts(self, texts):
+        self._step()
+        return np.array([[len(t), t.count(" "), hash(t) % 97] for t in texts], dtype=np.float32)

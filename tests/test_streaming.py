@@ -3,31 +3,10 @@ ranks, and a mismatched partial array is an error naming the file."""
 
 import numpy as np
 import pytest
+from helpers import CountingEncoder
 
 from avg_lib import features, streaming
 from avg_lib.synthetic import load_synthetic
-
-
-class CountingEncoder:
-    """A deterministic stand-in encoder that counts its calls and can fail after a given number."""
-
-    key, dim = "counting", 3
-
-    def __init__(self, fail_after=None):
-        self.calls, self.fail_after = 0, fail_after
-
-    def _step(self):
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise KeyboardInterrupt("interrupted")
-
-    def encode_images(self, images):
-        self._step()
-        return np.stack([np.asarray(im, dtype=np.float32).mean((0, 1)) for im in images])
-
-    def encode_texts(self, texts):
-        self._step()
-        return np.array([[len(t), t.count(" "), hash(t) % 97] for t in texts], dtype=np.float32)
 
 
 def test_stream_rows_resumes_and_splits_across_ranks(tmp_path):

@@ -71,6 +71,37 @@ def evaluate(
     return m
 
 
+def data_parallel(model: torch.nn.Module) -> tuple[int, int]:
+    """``(rank, world size)`` of a ``torch.distributed`` run (``torchrun``; ``(0, 1)`` otherwise); with several
+    ranks, every rank starts from rank 0's parameters."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0, 1
+    with torch.no_grad():
+        for p in model.parameters():
+            dist.broadcast(p.data, 0)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _sum_gradients(model: torch.nn.Module) -> None:
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if p.requires_grad:
+            if p.grad is None:  # a rank whose share used no such parameter still takes part
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+
+
+def _sum_values(values: dict[str, float]) -> dict[str, float]:
+    import torch.distributed as dist
+
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))
+
+
 def train_generator(
     gen: VokenGenerator,
     train: tuple[list[str], np.ndarray],
@@ -92,6 +123,7 @@ def train_generator(
     cfg = gen.cfg
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    rank, world = data_parallel(gen)
     texts, codes = train[0], torch.as_tensor(np.asarray(train[1]), dtype=torch.long)
     val_texts, val_targets, val_codes = val
     val_trie = VokenTrie(val_codes)
@@ -119,6 +151,13 @@ def train_generator(
         sums = {"gen": 0.0, "list": 0.0}
         for s in range(0, len(order), cfg.batch_size):
             b = order[s : s + cfg.batch_size]
+            n_global = len(b)
+            b = b[rank::world]  # this rank's share of the global batch (all of it in one process)
+            if not len(b):  # a last global batch smaller than the number of ranks: take part with no rows
+                opt.zero_grad()
+                _sum_gradients(gen)
+                opt.step()
+                continue
             bt, bc = [texts[i] for i in b], codes[b]
             if disc:
                 negs = mine_negatives(
@@ -136,8 +175,14 @@ def train_generator(
                 loss = loss + cfg.disc_weight * lw
                 sums["list"] += lw.item() * len(b)
             opt.zero_grad()
-            loss.backward()
+            # several ranks: each loss is its share's mean, weighted by the share's size; gradients are summed
+            # below, so the step is the one process would take on the whole global batch
+            (loss * (len(b) / n_global) if world > 1 else loss).backward()
+            if world > 1:
+                _sum_gradients(gen)
             opt.step()
+        if world > 1:
+            sums = _sum_values(sums)
         row = {
             "epoch": epoch + 1,
             "stage": "discriminative" if disc else "generative",

@@ -125,7 +125,7 @@ def hf_reference_retrieve(gen, texts: list[str], trie: VokenTrie, num_beams: int
             ).to(gen.model.device)
             inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         else:
-            memory, mask = gen._states(chunk)
+            memory, mask = gen.memory(*gen.encoder_states(chunk))
             start = torch.full((len(chunk), 1), gen.bos_id, dtype=torch.long, device=memory.device)
             inputs = {
                 "input_ids": start,

@@ -142,13 +142,16 @@ def test_packed_and_row_wise_trie_construction_agree():
     assert packed.max_children[1] == max(len(packed.next_tokens([t])) for t in packed.next_tokens([]))
 
 
-@pytest.fixture(scope="module")
-def minilm_generator():
+@pytest.fixture(scope="module", params=[False, True], ids=["text states", "with joint-space prior"])
+def minilm_generator(request):
     from avg_lib.generator import build_generator
 
     torch.manual_seed(0)
-    cfg = GeneratorConfig(backend="minilm", layers=2, decoder_width=64, heads=4, temperature=0.5, num_beams=6)
-    return build_generator(16, 3, cfg, np.random.default_rng(0).normal(size=(1, 16, 8))).eval()
+    cfg = GeneratorConfig(
+        backend="minilm", layers=2, decoder_width=64, heads=4, temperature=0.5, num_beams=6, joint_prior=request.param
+    )
+    head = torch.nn.Linear(384, 8) if request.param else None
+    return build_generator(16, 3, cfg, np.random.default_rng(0).normal(size=(1, 16, 8)), head).eval()
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])

@@ -62,7 +62,7 @@ class GraphedRetriever:
     def _load(self, texts: list[str]) -> None:
         if not 0 < len(texts) <= self.batch_size:
             raise ValueError(f"{len(texts)} texts for a retriever captured at batch size {self.batch_size}")
-        memory, mask = self.gen._states(texts)
+        memory, mask = self.gen.encoder_states(texts)
         n, length = mask.shape
         if length > self.length:
             raise ValueError(f"text states of {length} positions exceed max_text_len {self.length}")

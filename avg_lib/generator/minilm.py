@@ -157,13 +157,23 @@ class MiniLMGenerator(VokenGenerator):
         """:meth:`encode` from the text states. ``project_padding``: project every position, padded ones
         included (attention masks them out): same result, and shapes that do not depend on the mask, which
         a captured CUDA graph needs (:mod:`avg_lib.generator.graphed`)."""
-        if self.cfg.joint_prior:  # MiniLM's sentence embedding (mean pool + L2) -> two-tower text head
+        memory, mask = self.memory(memory, mask)
+        return [blk.memory_kv(memory, None if project_padding else mask) for blk in self.blocks], mask, 1
+
+    def encoder_states(self, texts: list[str]):
+        """``(memory, mask)``: the encoder's token states of ``texts`` (cached when the encoder is frozen)."""
+        return self._states(texts)
+
+    def memory(self, memory, mask):
+        """What the decoder cross-attends to: the text states, after the joint-space prior token when
+        ``joint_prior`` is on (MiniLM's sentence embedding, mean pool + L2, through the two-tower text head)."""
+        if self.cfg.joint_prior:
             m = mask.unsqueeze(-1).to(memory.dtype)
             sent = F.normalize((memory * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1)
             prior = self.prior_proj(F.normalize(self.prior_head(sent), dim=-1)).unsqueeze(1)
             memory = torch.cat([prior, memory], dim=1)
             mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
-        return [blk.memory_kv(memory, None if project_padding else mask) for blk in self.blocks], mask, 1
+        return memory, mask
 
     def repeat(self, ctx, n):
         kvs, mask, group = ctx

@@ -1,0 +1,59 @@
+"""Train a profile's stages into the cache, in one process or several:
+
+    python -m avg_lib.train --profile default
+    torchrun --nproc_per_node 2 -m avg_lib.train --profile default      # several processes (gloo, CPU)
+
+Trains (or finds cached) the frozen features, the two-tower joint space, the voken tokenizer and AVG's
+generators for the given seeds and pseudo-query settings; ``run_all.sh`` then finds them cached. Under
+``torchrun`` the ranks share feature extraction chunk by chunk and every generator batch (gradients summed,
+so the steps are those of one process on the same global batch; dropout masks differ per rank, as in any
+data-parallel run); the two-tower model and the tokenizer are small and train whole on each rank; only
+rank 0 writes to the cache. Generator training runs on the CPU (``gloo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m avg_lib.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="default", help="profiles/<name>.yaml (default: default)")
+    ap.add_argument("--overrides", default="{}", help="settings merged over the profile, as JSON")
+    ap.add_argument("--seeds", type=int, nargs="+", help="generator seeds (default: the profile's main_table.seeds)")
+    ap.add_argument(
+        "--pseudo", type=int, nargs="+", help="pseudo queries per test image (default: 0, retrieval.pseudo_per_image)"
+    )
+    args = ap.parse_args(argv)
+
+    import torch.distributed as dist
+
+    from . import pipeline
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    t0 = time.perf_counter()
+    run = pipeline.setup(args.profile, json.loads(args.overrides), progress=rank == 0)
+    seeds = args.seeds or list(run.cfg.main_table.seeds)
+    pseudo = args.pseudo if args.pseudo is not None else [0, run.cfg.retrieval.pseudo_per_image]
+    vt = run.vt  # features, joint space and tokenizer (cached by rank 0)
+    if rank == 0:
+        print(f"tokenizer: {vt.directory}")
+    for seed in seeds:
+        for p in pseudo:
+            tg = run.with_seed(seed).generator(p)
+            if rank == 0:
+                print(f"seed {seed}, pseudo {p}: val R@1 {tg.selected['val_R@1']:.2f} ({tg.directory})")
+    if rank == 0:
+        print(f"{world} process(es), {time.perf_counter() - t0:.0f} s")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

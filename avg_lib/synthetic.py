@@ -96,13 +96,31 @@ def split_of(index: int) -> str:
 
 
 def load_synthetic(
-    n_images: int = 500, seed: int = 0, image_size: int = 64, captions_per_image: int = 3
+    n_images: int = 500,
+    seed: int = 0,
+    image_size: int = 64,
+    captions_per_image: int = 3,
+    n_val: int | None = None,
+    n_test: int | None = None,
 ) -> CaptionedImages:
+    """``n_images`` rendered scenes with ``captions_per_image`` grammar captions each. Splits: every tenth image is
+    test and the next one val (:func:`split_of`), or, with ``n_val`` and ``n_test``, the first ``n_test`` images
+    are test, the next ``n_val`` val and the rest train (a Karpathy-style split: 29,783 / 1,000 / 1,000)."""
+    if (n_val is None) != (n_test is None):
+        raise ValueError("give both n_val and n_test, or neither")
+    if n_val is not None and n_val + n_test >= n_images:
+        raise ValueError(f"n_val + n_test = {n_val + n_test} leaves no training images of {n_images}")
+
+    def split(i: int) -> str:
+        if n_test is None:
+            return split_of(i)
+        return "test" if i < n_test else "val" if i < n_test + n_val else "train"
+
     def renderer(item: Item) -> Image.Image:
         return render(scene(seed, int(item.id.removeprefix("syn"))), image_size)
 
     items = []
     for i in range(n_images):
         sc = scene(seed, i)
-        items.append(Item(id=f"syn{i:07d}", captions=captions(sc, seed, i, captions_per_image), split=split_of(i)))
+        items.append(Item(id=f"syn{i:07d}", captions=captions(sc, seed, i, captions_per_image), split=split(i)))
     return CaptionedImages(f"synthetic-s{seed}-{image_size}px", items, renderer=renderer)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 
 
@@ -27,8 +28,14 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--pseudo", type=int, nargs="+", help="pseudo queries per test image (default: 0, retrieval.pseudo_per_image)"
     )
+    ap.add_argument(
+        "--timing",
+        action="store_true",
+        help="write <results_dir>/stages.csv: wall time and peak memory of each stage (rank 0's process)",
+    )
     args = ap.parse_args(argv)
 
+    import torch
     import torch.distributed as dist
 
     from . import pipeline
@@ -41,16 +48,38 @@ def main(argv=None) -> None:
     run = pipeline.setup(args.profile, json.loads(args.overrides), progress=rank == 0)
     seeds = args.seeds or list(run.cfg.main_table.seeds)
     pseudo = args.pseudo if args.pseudo is not None else [0, run.cfg.retrieval.pseudo_per_image]
-    vt = run.vt  # features, joint space and tokenizer (cached by rank 0)
+    stages = []
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        out = fn()
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        stages.append({"stage": name, "wall_s": time.perf_counter() - start, "peak_rss_mb_so_far": peak_mb})
+        return out
+
+    ds = timed("dataset", lambda: run.ds)
+    timed("features + two-tower joint space", lambda: run.js)
+    vt = timed("voken tokenizer", lambda: run.vt)
     if rank == 0:
         print(f"tokenizer: {vt.directory}")
     for seed in seeds:
         for p in pseudo:
-            tg = run.with_seed(seed).generator(p)
+            name = f"generator (seed {seed}, {p} pseudo queries)"
+            tg = timed(name, lambda s=seed, p=p: run.with_seed(s).generator(p))
             if rank == 0:
                 print(f"seed {seed}, pseudo {p}: val R@1 {tg.selected['val_R@1']:.2f} ({tg.directory})")
     if rank == 0:
         print(f"{world} process(es), {time.perf_counter() - t0:.0f} s")
+        if args.timing:
+            import pandas as pd
+
+            from .results import write_csv
+
+            table = pd.DataFrame(stages).assign(
+                n_images=len(ds), n_captions=ds.n_captions(), processes=world, threads=torch.get_num_threads()
+            )
+            print(table.round(1).to_string(index=False))
+            write_csv(table, f"{run.cfg.results_dir}/stages.csv", run.cfg.profile, run.cfg.seed, run.cfg.to_dict())
     if world > 1:
         dist.destroy_process_group()
 

@@ -816,3 +816,18 @@ def test_emoji_build_captions():
 
 def test_null_and_non_string_captions_are_dropped_not_stringified():
     assert clean_captions(["a cat", None, 3, "  "]) == ("a cat",)
+
+
+def test_synthetic_karpathy_style_split():
+    from collections import Counter
+
+    from avg_lib.synthetic import load_synthetic
+
+    ds = load_synthetic(60, n_val=5, n_test=7, captions_per_image=5)
+    assert Counter(it.split for it in ds.items) == {"train": 48, "val": 5, "test": 7}
+    assert [it.split for it in ds.items[:8]] == ["test"] * 7 + ["val"]
+    assert Counter(it.split for it in load_synthetic(60).items) == {"train": 48, "val": 6, "test": 6}  # unchanged
+    with pytest.raises(ValueError, match="both n_val and n_test"):
+        load_synthetic(60, n_val=5)
+    with pytest.raises(ValueError, match="leaves no training images"):
+        load_synthetic(10, n_val=5, n_test=5)

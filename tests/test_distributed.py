@@ -120,7 +120,8 @@ def test_torchrun_entry_point_trains_every_stage_like_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     for name, launcher in (("one", []), ("two", torchrun)):
-        cmd = [sys.executable, *launcher, *args]
+        timing = ["--timing", "--overrides", json.dumps({**json.loads(over), "results_dir": str(tmp_path / "res")})]
+        cmd = [sys.executable, *launcher, *(args if name == "two" else args[:-2] + timing)]
         done = subprocess.run(cmd, env={**env, "AVG_DATA_DIR": str(tmp_path / name)}, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         assert ("2 process(es)" if name == "two" else "1 process(es)") in done.stdout
@@ -136,3 +137,7 @@ def test_torchrun_entry_point_trains_every_stage_like_one_process(tmp_path):
     assert a["val_R@1"].tolist() == b["val_R@1"].tolist()
     assert np.allclose(a["train_gen_loss"], b["train_gen_loss"], rtol=1e-5)
     assert not files("two", "*.partial") and not files("two", "*.stream")
+    stages = pd.read_csv(tmp_path / "res" / "stages.csv")  # --timing: one row per stage, with peak memory
+    assert stages["stage"].tolist()[:3] == ["dataset", "features + two-tower joint space", "voken tokenizer"]
+    assert len(stages) == 4 and (stages["wall_s"] >= 0).all() and (stages["peak_rss_mb_so_far"] > 100).all()
+    assert (stages["n_images"] == 120).all() and (stages["profile"] == "smoke").all()

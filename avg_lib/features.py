@@ -217,9 +217,11 @@ def extract_features(
         rank, world = group.get_rank(), group.get_world_size()
     out_dir = feature_dir(ds, image_encoder, text_encoder, root)
     stream = out_dir.with_name(out_dir.name + ".stream")
-    if force:
+    if force and rank == 0:  # one rank clears, before any rank starts writing
         shutil.rmtree(out_dir, ignore_errors=True)
         shutil.rmtree(stream, ignore_errors=True)
+    if force and group is not None:
+        group.barrier()
     names = ("image.npy", "text.npy", "text_owner.npy")
     side = getattr(image_encoder, "decode_side", None)  # large images: decoded once, reduced, cached
     texts, owner = ds.captions()

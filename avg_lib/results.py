@@ -51,11 +51,14 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def hardware() -> str:
+def hardware(device: str | None = None) -> str:
+    """The machine a number was measured on: the GPU when ``device`` is CUDA (default: when one is present),
+    else the CPU."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
+        props = torch.cuda.get_device_properties(0)
+        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB (torch {torch.__version__}, CUDA)"
     cpu = platform.processor() or platform.machine()
     return f"{cpu} CPU, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
 

@@ -61,15 +61,6 @@ def random_weight_generator(codebook_size: int, depth: int, cfg, workdir: Path):
     return generator.MiniLMGenerator(codebook_size, depth, cfg, encoder_dir=str(workdir))
 
 
-def hardware(device: str) -> str:
-    from .results import hardware as host
-
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB (torch {torch.__version__}, CUDA)"
-    return host()
-
-
 def run(
     profile: str = "efficiency",
     sizes=None,
@@ -82,7 +73,7 @@ def run(
     import tempfile
 
     from . import baselines, benchmark, config, efficiency
-    from .results import write_csv
+    from .results import hardware, write_csv
     from .trie import VokenTrie
 
     cfg = config.load_config(profile)
@@ -99,15 +90,14 @@ def run(
         gen = random_weight_generator(vocab, depth, cfg.generator, Path(tmp)).to(device).eval()
         texts = synthetic_queries(max(eff.batch_size, cfg.benchmark.queries), cfg.seed)
         bench = table = crossings = None
+        trie = VokenTrie(efficiency.random_unique_codes(cfg.benchmark.gallery_size, depth, vocab, cfg.seed))
         if "profile" in what:
-            trie = VokenTrie(efficiency.random_unique_codes(cfg.benchmark.gallery_size, depth, vocab, cfg.seed))
             prof = decode_profile(gen, texts[: cfg.benchmark.queries], trie, cfg.generator.num_beams)
             prof["device"], prof["hardware"] = device, where
             write_csv(prof, out / "decode_profile.csv", cfg.profile, cfg.seed, conf)
             _show(prof.drop(columns=["hardware"]))
         if "decoding" in what:
             b = cfg.benchmark
-            trie = VokenTrie(efficiency.random_unique_codes(b.gallery_size, depth, vocab, cfg.seed))
             bench = benchmark.decoding_benchmark(
                 gen, texts[: b.queries], trie, cfg.generator.num_beams, tuple(b.batch_sizes), b.repeats
             )
@@ -150,9 +140,7 @@ def run(
     from .report import write_speed_readme
 
     write_speed_readme(out, cfg.profile)
-    print(
-        f"wrote {out}/{{decoding_benchmark,efficiency,efficiency_crossovers}}.csv in {time.perf_counter() - t0:.0f} s"
-    )
+    print(f"wrote {out}/efficiency.csv and efficiency_crossovers.csv; {time.perf_counter() - t0:.0f} s", flush=True)
     return bench, table, crossings
 
 

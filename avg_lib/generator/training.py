@@ -7,6 +7,7 @@ import time
 import numpy as np
 import torch
 
+from ..cache import distributed
 from ..metrics import recall_at_k
 from ..progress import tqdm
 from ..selection import BestState
@@ -74,9 +75,8 @@ def evaluate(
 def data_parallel(model: torch.nn.Module) -> tuple[int, int]:
     """``(rank, world size)`` of a ``torch.distributed`` run (``torchrun``; ``(0, 1)`` otherwise); with several
     ranks, every rank starts from rank 0's parameters."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    dist = distributed()
+    if dist is None:
         return 0, 1
     with torch.no_grad():
         for p in model.parameters():

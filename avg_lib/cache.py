@@ -55,11 +55,16 @@ def cached(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         build(tmp)
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        (tmp / MARKER).write_text(json.dumps({**config, "created_utc": stamp}, indent=1, default=str))
-        shutil.rmtree(out, ignore_errors=True)  # an unfinished directory from an older layout
-        os.replace(tmp, out)
+        _publish(tmp, out, config)
     return out
+
+
+def _publish(tmp: Path, out: Path, config: dict) -> None:
+    """Stamp ``tmp`` with ``stage.json`` and move it to ``out`` in one rename."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (tmp / MARKER).write_text(json.dumps({**config, "created_utc": stamp}, indent=1, default=str))
+    shutil.rmtree(out, ignore_errors=True)  # an unfinished directory from an older layout
+    os.replace(tmp, out)
 
 
 def distributed():
@@ -89,10 +94,7 @@ def _cached_by_rank_0(dist, out: Path, build, config: dict, force: bool) -> Path
         tmp.mkdir(parents=True)
         build(tmp)
         if rank == 0:
-            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            (tmp / MARKER).write_text(json.dumps({**config, "created_utc": stamp}, indent=1, default=str))
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+            _publish(tmp, out, config)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier()

@@ -235,6 +235,17 @@ def claims(d: Path) -> list[str]:
     return out + _efficiency_claims(d)
 
 
+def _section(d: Path, csv: str, title: str, figs: list[str], cols: list[str] | None) -> list[str] | None:
+    """The README lines of one table (its columns ``cols``, provenance left out) and its figures; ``None`` if
+    the table is not in ``d``."""
+    df = _read(d, csv)
+    if df is None:
+        return None
+    show = [c for c in (cols or df.columns) if c in df.columns and c not in PROVENANCE]
+    lines = [f"## {title}", "", f"`{csv}`", "", markdown(df[show])]
+    return lines + [f"![{f}](figures/{f})" for f in figs if (d / "figures" / f).is_file()] + [""]
+
+
 def write_results_readme(results_dir: str | Path, profile: str) -> Path:
     """Write ``<results_dir>/README.md`` from the tables and figures in that directory (the runner calls
     this after the notebooks it ran)."""
@@ -273,14 +284,11 @@ def write_results_readme(results_dir: str | Path, profile: str) -> Path:
         markdown(ANCHORS),
     ]
     missing = []
-    for csv, title, figs, cols in SECTIONS:
-        df = _read(d, csv)
-        if df is None:
-            missing.append(csv)
-            continue
-        show = [c for c in (cols or df.columns) if c in df.columns and c not in PROVENANCE]
-        lines += [f"## {title}", "", f"`{csv}`", "", markdown(df[show])]
-        lines += [f"![{f}](figures/{f})" for f in figs if (d / "figures" / f).is_file()] + [""]
+    for section in SECTIONS:
+        table = _section(d, *section)
+        if table is None:
+            missing.append(section[0])
+        lines += table or []
     if missing:
         lines += ["## Not produced in this run", "", ", ".join(f"`{m}`" for m in missing), ""]
     return write_text("\n".join(lines), d / "README.md")
@@ -303,10 +311,7 @@ def write_speed_readme(results_dir: str | Path, profile: str) -> Path:
         *[f"- {c}" for c in _efficiency_claims(d)],
         "",
     ]
-    for csv, title, figs, cols in SECTIONS:
-        df = _read(d, csv)
-        if df is not None and csv in ("decoding_benchmark.csv", "efficiency.csv", "efficiency_crossovers.csv"):
-            show = [c for c in (cols or df.columns) if c in df.columns and c not in PROVENANCE]
-            lines += [f"## {title}", "", f"`{csv}`", "", markdown(df[show])]
-            lines += [f"![{f}](figures/{f})" for f in figs if (d / "figures" / f).is_file()] + [""]
+    for section in SECTIONS:
+        if section[0] in ("decoding_benchmark.csv", "efficiency.csv", "efficiency_crossovers.csv"):
+            lines += _section(d, *section) or []
     return write_text("\n".join(lines), d / "README.md")

@@ -61,6 +61,15 @@ def rerank_table(rows: pd.DataFrame) -> pd.DataFrame:
     return mean_std(rows, ["k", "pseudo_queries", "reranker"], metrics=metrics)
 
 
+def best_by_validation(runs: pd.DataFrame) -> str:
+    """The ``method`` of ``runs`` (per-seed rows with ``val_R@1``) with the best mean validation R@1, ties broken by
+    the first in row order: how the identifier claim picks "the best other identifiers" without looking at test."""
+    if runs.empty:
+        raise ValueError("no rows to choose the best method by validation R@1 from")
+    means = runs.groupby("method", sort=False)["val_R@1"].mean()
+    return str(means.idxmax())
+
+
 def ablation_table(runs: pd.DataFrame, full: str = "AVG (full)") -> pd.DataFrame:
     """Per-seed ablation rows (``variant``, ``seed``, metrics) as mean and std over seeds per variant, with
     ``delta_R@1``: the variant's mean R@1 minus full AVG's over the same seeds (a mean paired difference)."""

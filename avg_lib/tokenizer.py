@@ -240,7 +240,7 @@ def train_tokenizer(
             g = torch.Generator().manual_seed(cfg.seed)
             for b in range(model.quantizer.codebooks.shape[0]):
                 model.quantizer.codebooks.data[b] = z[torch.randint(len(z), (cfg.codebook_size,), generator=g)]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     g = torch.Generator().manual_seed(cfg.seed)
     best, history = BestState(min_delta=1e-6), []
     bar = tqdm(range(cfg.epochs), desc="rq-vae", disable=not progress)

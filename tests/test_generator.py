@@ -200,3 +200,28 @@ def test_minilm_decoder_width_is_independent_of_the_encoder(width, expect):
     assert gen.embed.weight.shape[1] == expect and gen.blocks[0].kv.in_features == 384
     codes = torch.as_tensor(CODES[:2])
     assert gen.sequence_logprob(gen.encode(TEXTS[:2]), codes).shape == (2,)
+
+
+@pytest.mark.parametrize("backend", ["minilm", "t5"])
+def test_bf16_training_keeps_float32_weights_and_tracks_float32_losses(backend, tmp_path):
+    """bfloat16 autocast covers the training forward passes only: parameters stay float32, decoding returns
+    float32 scores, and the first epoch's losses (same seed, same batches) agree with float32 to bf16 precision."""
+    extra = {"t5_path": str(save_tiny_t5(tmp_path / "t5"))} if backend == "t5" else {}
+    cfg = dataclasses.replace(SMALL, backend=backend, epochs=1, disc_epochs=1, disc_negatives=2, **extra)
+    train, val, book = (TEXTS * 2, np.concatenate([CODES] * 2)), (TEXTS, np.arange(6), CODES), np.random.randn(1, K, 16)
+    hist = {}
+    for precision in ("fp32", "bf16"):
+        c = dataclasses.replace(cfg, precision=precision)
+        gen, hist[precision] = generator.train_generator(
+            build_generator(K, D, c, book), train, val, train_codes_all=CODES, progress=False
+        )
+        assert all(p.dtype == torch.float32 for p in gen.parameters())
+        assert gen.retrieve(TEXTS, VokenTrie(CODES), num_beams=3).scores.dtype == torch.float32
+    for a, b in zip(hist["fp32"], hist["bf16"]):
+        assert b["train_gen_loss"] == pytest.approx(a["train_gen_loss"], rel=0.05)
+    assert hist["bf16"][1]["train_listwise_loss"] > 0
+
+
+def test_bad_precision_is_rejected():
+    with pytest.raises(ValueError, match="precision"):
+        GeneratorConfig(precision="fp16")

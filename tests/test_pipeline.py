@@ -72,3 +72,19 @@ def test_record_writes_the_table_and_its_configuration(run, capsys):
     assert meta["config"]["generator"]["layers"] == 1 and meta["config"]["overrides"]["tokenizer"]["levels"] == 2
     run.done(answer=42)
     assert '"answer": 42' in capsys.readouterr().out
+
+
+def test_best_by_validation_picks_the_best_mean_validation_recall_never_test():
+    from avg_lib import tables
+
+    runs = pd.DataFrame(
+        {
+            "method": ["a", "a", "b", "c"],
+            "val_R@1": [10.0, 14.0, 11.0, 12.0],  # means: a 12, b 11, c 12 (a first: ties keep row order)
+            "R@1": [0.0, 0.0, 99.0, 50.0],  # test recall plays no part
+        }
+    )
+    assert tables.best_by_validation(runs) == "a"
+    assert tables.best_by_validation(runs[runs["method"] != "a"]) == "c"
+    with pytest.raises(ValueError, match="no rows"):
+        tables.best_by_validation(runs.iloc[:0])

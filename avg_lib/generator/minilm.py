@@ -41,7 +41,8 @@ class DecoderBlock(nn.Module):
         if mask is None:
             kv = self.kv(memory)
         else:
-            kv = memory.new_zeros(*mask.shape, self.kv.out_features).index_put((mask,), self.kv(memory[mask]))
+            kv_ = self.kv(memory[mask])
+            kv = kv_.new_zeros(*mask.shape, self.kv.out_features).index_put((mask,), kv_)
         k, v = kv.chunk(2, dim=-1)
         return self._split(k), self._split(v)
 

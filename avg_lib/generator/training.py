@@ -130,7 +130,10 @@ def train_generator(
     enc_params = [p for n, p in gen.named_parameters() if n.startswith("encoder.") and p.requires_grad]
     other = [p for n, p in gen.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
     groups = [{"params": other, "lr": cfg.lr}] + ([{"params": enc_params, "lr": cfg.encoder_lr}] if enc_params else [])
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    # foreach: one kernel per step for all parameters; the same update, bit for bit, as the per-tensor loop
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, foreach=True)
+    device = next(gen.parameters()).device
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     total = cfg.epochs + cfg.disc_epochs
     best, history = BestState(), []
     neg_trie = VokenTrie(train_codes_all) if cfg.disc_epochs and train_codes_all is not None else None
@@ -164,14 +167,16 @@ def train_generator(
                     gen, bt, pos_item[b], neg_trie, np.asarray(train_codes_all), cfg.disc_negatives, cfg.num_beams
                 )
                 gen.train()
-            ctx = gen.encode(bt)
-            pos = gen.sequence_logprob(ctx, bc)
+            with amp:
+                ctx = gen.encode(bt)
+                pos = gen.sequence_logprob(ctx, bc).float()
+                if disc:
+                    n = negs.shape[1]
+                    neg = gen.sequence_logprob(gen.repeat(ctx, n), negs.reshape(-1, gen.depth)).reshape(len(b), n)
             loss = -pos.mean() / (gen.depth + 1)
             sums["gen"] += loss.item() * len(b)
             if disc:
-                n = negs.shape[1]
-                neg = gen.sequence_logprob(gen.repeat(ctx, n), negs.reshape(-1, gen.depth)).reshape(len(b), n)
-                lw = listwise_loss(pos, neg)
+                lw = listwise_loss(pos, neg.float())
                 loss = loss + cfg.disc_weight * lw
                 sums["list"] += lw.item() * len(b)
             opt.zero_grad()

@@ -91,6 +91,14 @@ def run(
         texts = synthetic_queries(max(eff.batch_size, cfg.benchmark.queries), cfg.seed)
         bench = table = crossings = None
         trie = VokenTrie(efficiency.random_unique_codes(cfg.benchmark.gallery_size, depth, vocab, cfg.seed))
+        if "training" in what:
+            from .trainbench import epoch_costs, synthetic_training_set
+
+            g = cfg.generator
+            data = synthetic_training_set(1311, 3, 200, 579, depth, vocab, cfg.seed)  # the emoji training set's size
+            costs = epoch_costs(g, data, Path(tmp) / "train", epochs=g.epochs, disc_epochs=g.disc_epochs)
+            write_csv(costs, out / "training_speed.csv", cfg.profile, cfg.seed, conf)
+            _show(costs.drop(columns=["hardware"]))
         if "profile" in what:
             prof = decode_profile(gen, texts[: cfg.benchmark.queries], trie, cfg.generator.num_beams)
             prof["device"], prof["hardware"] = device, where
@@ -216,10 +224,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, help="output folder (default: the profile's results_dir)")
     ap.add_argument(
         "--what",
-        choices=["both", "decoding", "efficiency", "profile"],
+        choices=["both", "decoding", "efficiency", "profile", "training"],
         default="both",
         help="decoding: the decoding benchmark; efficiency: the gallery-size study; both (default); profile: "
-        "where batch-1 and batched decoding spend their time (torch.profiler, CPU)",
+        "where batch-1 and batched decoding spend their time (torch.profiler, CPU); training: seconds per "
+        "generator epoch on every device and precision this machine has (avg_lib.trainbench)",
     )
     args = ap.parse_args(argv)
     what = ("decoding", "efficiency") if args.what == "both" else (args.what,)

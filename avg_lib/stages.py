@@ -290,12 +290,13 @@ def voken_generator(
         )
         t0 = time.time()
         gen, history = generator.train_generator(
-            gen,
+            gen.to(generator.training_device(cfg)),
             (texts, codes),
             (val.texts, val.targets, val.gallery_codes),
             train_codes_all=vt.ids.codes[train_imgs],
             progress=progress,
         )
+        gen.cpu()  # saved, loaded and evaluated on the CPU whatever trained it
         generator.save(
             gen,
             tmp,

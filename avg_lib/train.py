@@ -8,7 +8,10 @@ generators for the given seeds and pseudo-query settings; ``run_all.sh`` then fi
 ``torchrun`` the ranks share feature extraction chunk by chunk and every generator batch (gradients summed,
 so the steps are those of one process on the same global batch; dropout masks differ per rank, as in any
 data-parallel run); the two-tower model and the tokenizer are small and train whole on each rank; only
-rank 0 writes to the cache. Generator training runs on the CPU (``gloo``).
+rank 0 writes to the cache. Generator training runs where ``generator.device`` says: on the CPU, ranks
+joined by ``gloo``; or with ``cuda``, one GPU per rank (``LOCAL_RANK``), gradients reduced by ``nccl``:
+
+    torchrun --nproc_per_node 4 -m avg_lib.train --profile default --overrides '{"generator": {"device": "cuda"}}'
 """
 
 from __future__ import annotations
@@ -39,13 +42,18 @@ def main(argv=None) -> None:
     import torch.distributed as dist
 
     from . import pipeline
+    from .config import load_config
 
+    cfg = load_config(args.profile, json.loads(args.overrides))
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = cfg.generator.device == "cuda"
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")  # CPU tensors by gloo, GPU ones by nccl
     rank = dist.get_rank() if world > 1 else 0
     t0 = time.perf_counter()
-    run = pipeline.setup(args.profile, json.loads(args.overrides), progress=rank == 0)
+    run = pipeline.setup(cfg, progress=rank == 0)
     seeds = args.seeds or list(run.cfg.main_table.seeds)
     pseudo = args.pseudo if args.pseudo is not None else [0, run.cfg.retrieval.pseudo_per_image]
     stages = []

@@ -32,7 +32,7 @@ from .build import build_generator, load, save
 from .config import CACHE_VERSION, GeneratorConfig
 from .minilm import DecoderBlock, MiniLMGenerator, TextStateCache
 from .t5 import T5Generator
-from .training import evaluate, listwise_loss, mine_negatives, timed_retrieve, train_generator
+from .training import evaluate, listwise_loss, mine_negatives, timed_retrieve, train_generator, training_device
 
 __all__ = [
     "CACHE_VERSION",
@@ -51,4 +51,5 @@ __all__ = [
     "save",
     "timed_retrieve",
     "train_generator",
+    "training_device",
 ]

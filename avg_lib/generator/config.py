@@ -39,6 +39,9 @@ class GeneratorConfig:
     # float32; on a CPU with AMX the decoder's matrix products run about 4x faster); every decode (validation,
     # negative mining, test) stays float32. "fp32": everything in float32.
     precision: str = "fp32"
+    # where training runs: "cpu", or "cuda" (the current CUDA device; under torchrun each rank's LOCAL_RANK
+    # device, ranks joined by nccl). The trained model is saved and loaded on the CPU either way.
+    device: str = "cpu"
     seed: int = 0
 
     def __post_init__(self):
@@ -46,6 +49,8 @@ class GeneratorConfig:
             raise ValueError(f"backend must be 'minilm' or 't5', not {self.backend!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
 
 
 def minilm_dir() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -72,6 +73,16 @@ def evaluate(
     return m
 
 
+def training_device(cfg) -> torch.device:
+    """The device a generator with settings ``cfg`` trains on: the CPU, or for ``device="cuda"`` the CUDA
+    device of this process (``LOCAL_RANK``'s under torchrun), with a clear error where there is none."""
+    if cfg.device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("generator.device is 'cuda' but torch sees no CUDA device; set it to 'cpu'")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+
+
 def data_parallel(model: torch.nn.Module) -> tuple[int, int]:
     """``(rank, world size)`` of a ``torch.distributed`` run (``torchrun``; ``(0, 1)`` otherwise); with several
     ranks, every rank starts from rank 0's parameters."""
@@ -94,10 +105,10 @@ def _sum_gradients(model: torch.nn.Module) -> None:
             dist.all_reduce(p.grad)
 
 
-def _sum_values(values: dict[str, float]) -> dict[str, float]:
+def _sum_values(values: dict[str, float], device=None) -> dict[str, float]:
     import torch.distributed as dist
 
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)  # nccl reduces device tensors
     dist.all_reduce(t)
     return dict(zip(values, t.tolist()))
 
@@ -124,7 +135,8 @@ def train_generator(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     rank, world = data_parallel(gen)
-    texts, codes = train[0], torch.as_tensor(np.asarray(train[1]), dtype=torch.long)
+    device = next(gen.parameters()).device
+    texts, codes = train[0], torch.as_tensor(np.asarray(train[1]), dtype=torch.long, device=device)
     val_texts, val_targets, val_codes = val
     val_trie = VokenTrie(val_codes)
     enc_params = [p for n, p in gen.named_parameters() if n.startswith("encoder.") and p.requires_grad]
@@ -132,7 +144,6 @@ def train_generator(
     groups = [{"params": other, "lr": cfg.lr}] + ([{"params": enc_params, "lr": cfg.encoder_lr}] if enc_params else [])
     # foreach: one kernel per step for all parameters; the same update, bit for bit, as the per-tensor loop
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, foreach=True)
-    device = next(gen.parameters()).device
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     total = cfg.epochs + cfg.disc_epochs
     best, history = BestState(), []
@@ -165,7 +176,7 @@ def train_generator(
             if disc:
                 negs = mine_negatives(
                     gen, bt, pos_item[b], neg_trie, np.asarray(train_codes_all), cfg.disc_negatives, cfg.num_beams
-                )
+                ).to(device)
                 gen.train()
             with amp:
                 ctx = gen.encode(bt)
@@ -187,7 +198,7 @@ def train_generator(
                 _sum_gradients(gen)
             opt.step()
         if world > 1:
-            sums = _sum_values(sums)
+            sums = _sum_values(sums, device)
         row = {
             "epoch": epoch + 1,
             "stage": "discriminative" if disc else "generative",

@@ -1,0 +1,105 @@
+"""What one generator epoch costs, per device and precision: the training benchmark.
+
+The default run trains about thirty generators, and each spends most of its time in the discriminative
+stage (negatives mined by beam search for every batch, then ten sequences scored per caption). This study
+times both stages of :func:`avg_lib.generator.train_generator` on a generator of the profile's architecture
+with random weights (:func:`avg_lib.speed.random_weight_generator`) over a synthetic training set the size of
+the emoji one (random unique identifiers, captions from a small vocabulary): timing depends on neither the
+weights nor what the identifiers mean. Each setting trains one generative epoch, then one generative and one
+discriminative epoch, from the same start; the difference is the discriminative epoch. Ratios are against the
+first setting (float32 on the CPU), measured in the same run.
+
+``python -m avg_lib.speed --profile gpu --what training`` runs it (on every device it finds) and writes
+``<results_dir>/training_speed.csv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .efficiency import random_unique_codes
+
+SETTINGS = (("cpu", "fp32"), ("cpu", "bf16"), ("cuda", "fp32"), ("cuda", "bf16"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSet:
+    texts: list[str]
+    codes: np.ndarray  # (pairs, depth): each caption's image identifier
+    image_codes: np.ndarray  # (images, depth): the training images' identifiers (negatives are mined over them)
+    val: tuple[list[str], np.ndarray, np.ndarray]  # validation texts, target positions, gallery identifiers
+
+
+def synthetic_training_set(
+    images: int, captions: int, val_images: int, val_captions: int, depth: int, vocab: int, seed: int = 0
+) -> TrainingSet:
+    """``images`` training images with ``captions`` captions each and a validation split, all with random
+    unique identifiers and captions of 4 words from :data:`avg_lib.speed.QUERY_WORDS`."""
+    from .speed import synthetic_queries
+
+    codes = random_unique_codes(images + val_images, depth, vocab, seed)
+    owner = np.repeat(np.arange(images), captions)
+    val_owner = np.arange(val_captions) % val_images
+    texts = synthetic_queries(len(owner) + val_captions, seed)
+    val = (texts[len(owner) :], val_owner, codes[images:])
+    return TrainingSet(texts[: len(owner)], codes[owner], codes[:images], val)
+
+
+def _train_seconds(gen_factory, data: TrainingSet, cfg, device: str) -> float:
+    from .generator import train_generator
+
+    gen = gen_factory(cfg).to(device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    train_generator(gen, (data.texts, data.codes), data.val, train_codes_all=data.image_codes, progress=False)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def epoch_costs(gen_cfg, data: TrainingSet, workdir: Path, settings=SETTINGS, epochs: int = 8, disc_epochs: int = 2):
+    """One row per (device, precision) in ``settings`` that this machine has: seconds per generative and per
+    discriminative epoch (validation included), the estimated time of a ``epochs`` + ``disc_epochs`` generator,
+    and its speedup over the first setting's."""
+    from .generator import TextStateCache
+    from .results import hardware
+    from .speed import random_weight_generator
+
+    vocab, depth = int(data.image_codes.max()) + 1, data.image_codes.shape[1]
+    states: dict[str, TextStateCache] = {}
+
+    def factory(cfg):
+        gen = random_weight_generator(vocab, depth, cfg, workdir)
+        gen.text_states = states.setdefault(cfg.device, TextStateCache())
+        return gen
+
+    rows = []
+    for device, precision in settings:
+        if device == "cuda" and not torch.cuda.is_available():
+            continue
+        cfg = dataclasses.replace(gen_cfg, device=device, precision=precision)
+        _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)  # warm-up
+        gen_s = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)
+        both_s = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=1), device)
+        rows.append(
+            {
+                "device": device,
+                "precision": precision,
+                "generative_epoch_s": gen_s,
+                "discriminative_epoch_s": both_s - gen_s,
+                "generator_s": epochs * gen_s + disc_epochs * (both_s - gen_s),
+                "train_pairs": len(data.texts),
+                "hardware": hardware(device),
+            }
+        )
+        print(f"{device} {precision}: {rows[-1]['generator_s']:.1f} s per generator", flush=True)
+    table = pd.DataFrame(rows)
+    table["speedup"] = table["generator_s"].iloc[0] / table["generator_s"]
+    return table

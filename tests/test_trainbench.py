@@ -1,0 +1,54 @@
+"""The training benchmark on the CPU at a tiny size, and (where CUDA exists) training on the GPU."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from avg_lib import trainbench
+from avg_lib.generator import GeneratorConfig, build_generator, train_generator, training_device
+
+TINY = GeneratorConfig(layers=1, decoder_width=32, heads=4, epochs=1, batch_size=16, num_beams=4, disc_negatives=3)
+
+
+def test_synthetic_training_set_has_the_asked_sizes_and_unique_identifiers():
+    data = trainbench.synthetic_training_set(20, 3, 5, 12, depth=3, vocab=16)
+    assert len(data.texts) == len(data.codes) == 60 and data.image_codes.shape == (20, 3)
+    assert len(np.unique(np.concatenate([data.image_codes, data.val[2]]), axis=0)) == 25
+    assert len(data.val[0]) == 12 and data.val[1].max() < 5
+
+
+def test_epoch_costs_times_both_stages_and_reports_ratios_to_the_first_setting(tmp_path):
+    data = trainbench.synthetic_training_set(24, 2, 6, 12, depth=2, vocab=8)
+    table = trainbench.epoch_costs(TINY, data, tmp_path, settings=(("cpu", "fp32"), ("cpu", "bf16")), epochs=2)
+    assert table[["device", "precision"]].values.tolist() == [["cpu", "fp32"], ["cpu", "bf16"]]
+    assert (table["generative_epoch_s"] > 0).all() and table["speedup"].iloc[0] == 1.0
+    row = table.iloc[0]
+    assert row["generator_s"] == pytest.approx(2 * row["generative_epoch_s"] + 2 * row["discriminative_epoch_s"])
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        training_device(dataclasses.replace(TINY, device="cuda"))
+    assert training_device(TINY).type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_the_gpu_follows_the_cpu():
+    """Same seed, same batches, no dropout: the GPU's losses and validation recall follow the CPU's (float
+    rounding differs between the devices, so they are close rather than equal)."""
+    data = trainbench.synthetic_training_set(40, 2, 10, 20, depth=2, vocab=8)
+    cfg = dataclasses.replace(TINY, dropout=0.0, epochs=2, disc_epochs=1)
+    hist = {}
+    for device in ("cpu", "cuda"):
+        c = dataclasses.replace(cfg, device=device)
+        gen = build_generator(8, 2, c, None).to(training_device(c))
+        gen, hist[device] = train_generator(
+            gen, (data.texts, data.codes), data.val, train_codes_all=data.image_codes, progress=False
+        )
+        assert next(gen.parameters()).device.type == device
+    for a, b in zip(hist["cpu"], hist["cuda"]):
+        assert b["train_gen_loss"] == pytest.approx(a["train_gen_loss"], rel=1e-3)
+        assert b["train_listwise_loss"] == pytest.approx(a["train_listwise_loss"], rel=1e-2, abs=1e-4)

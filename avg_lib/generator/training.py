@@ -138,7 +138,7 @@ def train_generator(
     device = next(gen.parameters()).device
     texts, codes = train[0], torch.as_tensor(np.asarray(train[1]), dtype=torch.long, device=device)
     val_texts, val_targets, val_codes = val
-    val_trie = VokenTrie(val_codes)
+    val_trie = VokenTrie(val_codes).to(device)  # the trie's tables live where decoding runs
     enc_params = [p for n, p in gen.named_parameters() if n.startswith("encoder.") and p.requires_grad]
     other = [p for n, p in gen.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
     groups = [{"params": other, "lr": cfg.lr}] + ([{"params": enc_params, "lr": cfg.encoder_lr}] if enc_params else [])
@@ -147,7 +147,7 @@ def train_generator(
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     total = cfg.epochs + cfg.disc_epochs
     best, history = BestState(), []
-    neg_trie = VokenTrie(train_codes_all) if cfg.disc_epochs and train_codes_all is not None else None
+    neg_trie = VokenTrie(train_codes_all).to(device) if cfg.disc_epochs and train_codes_all is not None else None
     pos_item, generative_state = None, None
     if neg_trie is not None:  # item index of each training pair's image within train_codes_all
         lookup = {tuple(c): i for i, c in enumerate(np.asarray(train_codes_all).tolist())}

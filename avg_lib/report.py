@@ -151,6 +151,12 @@ SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance
         [],
         None,
     ),
+    (
+        "training_speed.csv",
+        "Training speed: seconds per generator epoch by device and precision (`--what training`, avg_lib.trainbench)",
+        [],
+        None,
+    ),
 ]
 
 
@@ -312,6 +318,11 @@ def write_speed_readme(results_dir: str | Path, profile: str) -> Path:
         "",
     ]
     for section in SECTIONS:
-        if section[0] in ("decoding_benchmark.csv", "efficiency.csv", "efficiency_crossovers.csv"):
+        if section[0] in (
+            "decoding_benchmark.csv",
+            "efficiency.csv",
+            "efficiency_crossovers.csv",
+            "training_speed.csv",
+        ):
             lines += _section(d, *section) or []
     return write_text("\n".join(lines), d / "README.md")

@@ -99,6 +99,9 @@ def run(
             costs = epoch_costs(g, data, Path(tmp) / "train", epochs=g.epochs, disc_epochs=g.disc_epochs)
             write_csv(costs, out / "training_speed.csv", cfg.profile, cfg.seed, conf)
             _show(costs.drop(columns=["hardware"]))
+            from .report import write_speed_readme
+
+            write_speed_readme(out, cfg.profile)
         if "profile" in what:
             prof = decode_profile(gen, texts[: cfg.benchmark.queries], trie, cfg.generator.num_beams)
             prof["device"], prof["hardware"] = device, where

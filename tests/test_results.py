@@ -255,3 +255,10 @@ def test_each_table_has_the_run_configuration_that_made_it(name):
 
 def _plain(v):
     return json.loads(json.dumps(v))  # tuples and lists compare equal
+
+
+def test_gpu_training_speed_compares_the_gpu_with_a_cpu_baseline_of_the_same_run():
+    t = pd.read_csv(RESULTS / "gpu" / "training_speed.csv")
+    assert t[["device", "precision"]].iloc[0].tolist() == ["cpu", "fp32"] and t["speedup"].iloc[0] == 1.0
+    assert t.loc[t["device"] == "cuda", "hardware"].str.contains("NVIDIA").all() and (t["device"] == "cuda").any()
+    assert t["created_utc"].nunique() == 1 and (t["generator_s"] > 0).all()

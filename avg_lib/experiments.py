@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from . import baselines, generator, identifiers, rerank, two_tower
+from . import baselines, generator, identifiers, rerank, stats, two_tower
 from .metrics import KS, evaluate_scores, recall_at_k, top_k
 from .tables import METRICS
 from .trie import VokenTrie
@@ -37,6 +37,7 @@ def avg_result(
     split: str = "test",
     unresolved: bool = False,
     return_ranked: bool = False,
+    intervals: bool = False,
     **changes,
 ):
     """Train-or-load a generator of ``run`` (a :class:`avg_lib.pipeline.Run`; ``pseudo``, ``vt``, ``stage``,
@@ -44,7 +45,8 @@ def avg_result(
     and score ``split`` by constrained decoding with ``num_beams`` (default: the generator's).
 
     ``unresolved``: also report ``unresolved_R@k``, what a string-match evaluation on the raw, collided
-    vokens would say."""
+    vokens would say. ``intervals``: also ``R@k_low``/``R@k_high``, the 95% bootstrap interval over the split's
+    images (:func:`avg_lib.stats.recall_interval`; one model, so no seed spread in it)."""
     tg = run.generator(pseudo, vt=vt, stage=stage, ids=ids, codebooks=codebooks, **changes)
     ident = ids if ids is not None else (vt or run.vt).ids
     sp = run.split(split, ident)
@@ -68,6 +70,9 @@ def avg_result(
         "queries": len(sp.texts),
         "cache": tg.directory.name,
     }
+    if intervals:
+        for k, iv in zip(KS, stats.recall_interval(stats.hits(items, sp.targets), sp.targets)):
+            row[f"R@{k}_low"], row[f"R@{k}_high"] = iv.low, iv.high
     if unresolved:
         u = baselines.unresolved_collision_recall(items, sp.targets, ident.raw[sp.image_index])
         row.update({f"unresolved_{k}": v for k, v in u.items()})
@@ -107,12 +112,13 @@ def ablation_variants(run) -> dict:
 def sweep_result(run, codebook_size: int, levels: int) -> dict:
     """One point of the codebook-size / voken-length analyses: a tokenizer with ``codebook_size`` and ``levels``
     and a generator trained on its identifiers, **generative stage only** (the CPU budget). The profile's own
-    (K, L) point is the generative-stage checkpoint of AVG itself, so every point had the same training."""
+    (K, L) point is the generative-stage checkpoint of AVG itself, so every point had the same training. One seed:
+    recall comes with its bootstrap interval over test images."""
     tok = run.cfg.tokenizer
     if (codebook_size, levels) == (tok.codebook_size, tok.levels):
-        return avg_result(run, 0, stage="generative")
+        return avg_result(run, 0, stage="generative", intervals=True)
     vt = run.tokenizer(codebook_size=codebook_size, levels=levels)
-    row = avg_result(run, 0, vt=vt, disc_epochs=0)
+    row = avg_result(run, 0, vt=vt, disc_epochs=0, intervals=True)
     row["collision_rate_raw"] = float(identifiers.collision_rate(vt.ids.raw))
     return row
 

@@ -91,19 +91,19 @@ SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance
         "analysis_codebook_size.csv",
         "Analysis: codebook size (generative stage only: no discriminative training)",
         ["analysis_codebook_size.png"],
-        ["codebook_size", "voken_length", "identifier_depth", "R@1", "R@5", "R@10", "latency_ms", "val_R@1"],
+        ["codebook_size", "voken_length", "identifier_depth", "R@1", "R@1_low", "R@1_high", "R@5", "R@10", "val_R@1"],
     ),
     (
         "analysis_voken_length.csv",
         "Analysis: voken length (generative stage only: no discriminative training)",
         ["analysis_voken_length.png"],
-        ["codebook_size", "voken_length", "identifier_depth", "R@1", "R@5", "R@10", "latency_ms", "val_R@1"],
+        ["codebook_size", "voken_length", "identifier_depth", "R@1", "R@1_low", "R@1_high", "R@5", "R@10", "val_R@1"],
     ),
     (
         "analysis_beam_size.csv",
         "Analysis: beam size",
         ["analysis_beam_size.png"],
-        ["beam_size", "R@1", "R@5", "R@10", "latency_ms"],
+        ["beam_size", "R@1", "R@1_low", "R@1_high", "R@5", "R@10", "latency_ms"],
     ),
     (
         "efficiency.csv",

@@ -260,7 +260,10 @@ def voken_generator(
     discriminative training" ablation; identical to a run with ``disc_epochs=0``, see
     :func:`avg_lib.generator.train_generator`). ``ids``/``codebooks``: other identifiers than the
     tokenizer's (the baselines' atomic, random or hierarchical-k-means ids; :mod:`avg_lib.baselines`).
-    ``text_states``: the frozen-encoder state cache to share (see :class:`avg_lib.generator.TextStateCache`)."""
+    ``text_states``: the frozen-encoder state cache to share (see :class:`avg_lib.generator.TextStateCache`).
+
+    ``cfg.device`` is left out of the cache key, as the number of torchrun processes is: a generator trained on
+    GPUs (``python -m avg_lib.train``) is the one a CPU run of the same profile then loads, not retrains."""
     if stage not in ("final", "generative"):
         raise ValueError(f"stage must be 'final' or 'generative', not {stage!r}")
     if ids is not None:
@@ -316,7 +319,7 @@ def voken_generator(
         "generator",
         "voken generator",
         generator.CACHE_VERSION,
-        asdict(cfg),
+        {k: v for k, v in asdict(cfg).items() if k != "device"},  # where it trained is not what it is (see below)
         build,
         extra=extra,
         force=force,

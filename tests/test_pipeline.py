@@ -58,6 +58,10 @@ def test_experiment_rows_come_from_the_runs_stages(run):
     assert {"R@1", "R@5", "R@10", "rSum", "latency_ms", "unresolved_R@1", "cache"} <= set(row)
     assert row["gallery_size"] == len(run.split("test").gallery_codes) and row["num_beams"] == 4
     assert experiments.avg_result(run, 0, num_beams=2)["num_beams"] == 2
+    with_iv = experiments.avg_result(run, 0, intervals=True)
+    for k in (1, 5, 10):  # the same model: the same recall, now inside its bootstrap interval over test images
+        assert with_iv[f"R@{k}"] == row[f"R@{k}"]
+        assert with_iv[f"R@{k}_low"] <= with_iv[f"R@{k}"] <= with_iv[f"R@{k}_high"]
     k, n = run.cfg.tokenizer.codebook_size, run.cfg.tokenizer.levels
     assert experiments.sweep_result(run, k, n)["cache"] == run.generator(0).directory.name  # the reference point
     other = experiments.sweep_result(run, 3, n)
@@ -88,3 +92,11 @@ def test_best_by_validation_picks_the_best_mean_validation_recall_never_test():
     assert tables.best_by_validation(runs[runs["method"] != "a"]) == "c"
     with pytest.raises(ValueError, match="no rows"):
         tables.best_by_validation(runs.iloc[:0])
+
+
+def test_the_training_device_is_not_part_of_a_generators_cache_key(run, monkeypatch):
+    """A generator trained with generator.device = cuda (under torchrun, say) is the one a CPU run then loads."""
+    from avg_lib import generator
+
+    monkeypatch.setattr(generator, "training_device", lambda cfg: __import__("torch").device("cpu"))
+    assert run.generator(0, device="cuda").directory == run.generator(0).directory

@@ -262,3 +262,10 @@ def test_gpu_training_speed_compares_the_gpu_with_a_cpu_baseline_of_the_same_run
     assert t[["device", "precision"]].iloc[0].tolist() == ["cpu", "fp32"] and t["speedup"].iloc[0] == 1.0
     assert t.loc[t["device"] == "cuda", "hardware"].str.contains("NVIDIA").all() and (t["device"] == "cuda").any()
     assert t["created_utc"].nunique() == 1 and (t["generator_s"] > 0).all()
+
+
+@pytest.mark.parametrize("name", ["analysis_codebook_size", "analysis_voken_length", "analysis_beam_size"])
+def test_analysis_recalls_carry_their_bootstrap_intervals(name):
+    df = pd.read_csv(RESULTS / f"{name}.csv")
+    for k in (1, 5, 10):
+        assert (df[f"R@{k}_low"] <= df[f"R@{k}"] + 1e-9).all() and (df[f"R@{k}"] <= df[f"R@{k}_high"] + 1e-9).all()

@@ -71,7 +71,8 @@ SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance
     ),
     (
         "rerank.csv",
-        "Re-ranking AVG's K beams: candidate ceiling (recall@K of the beams) and each re-ranker",
+        "Re-ranking AVG's K beams: candidate ceiling (recall@K of the beams) and each re-ranker (`n_seeds`: the seeds "
+        "that decoded every K; the main table's re-ranked rows have every seed)",
         ["rerank.png"],
         ["k", "pseudo_queries", "reranker", "ceiling", "R@1", "R@1_std", "R@5", "R@10", "latency_ms", "n_seeds"],
     ),

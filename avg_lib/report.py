@@ -43,6 +43,7 @@ ANCHORS = pd.DataFrame(
 
 PROVENANCE = ["profile", "seed", "git_commit", "created_utc"]
 
+SPEED_ONLY = ("training_speed.csv",)  # written by python -m avg_lib.speed, never by a notebook
 SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance))
     (
         "main_table.csv",
@@ -292,6 +293,8 @@ def write_results_readme(results_dir: str | Path, profile: str) -> Path:
     ]
     missing = []
     for section in SECTIONS:
+        if section[0] in SPEED_ONLY:
+            continue
         table = _section(d, *section)
         if table is None:
             missing.append(section[0])

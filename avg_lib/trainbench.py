@@ -3,7 +3,7 @@
 The default run trains about thirty generators, and each spends most of its time in the discriminative
 stage (negatives mined by beam search for every batch, then ten sequences scored per caption). This study
 times both stages of :func:`avg_lib.generator.train_generator` on a generator of the profile's architecture
-with random weights (:func:`avg_lib.speed.random_weight_generator`) over a synthetic training set the size of
+with random weights (:func:`avg_lib.randomgen.random_weight_generator`) over a synthetic training set the size of
 the emoji one (random unique identifiers, captions from a small vocabulary): timing depends on neither the
 weights nor what the identifiers mean. Each setting trains one generative epoch, then one generative and one
 discriminative epoch, from the same start; the difference is the discriminative epoch. Ratios are against the
@@ -40,8 +40,8 @@ def synthetic_training_set(
     images: int, captions: int, val_images: int, val_captions: int, depth: int, vocab: int, seed: int = 0
 ) -> TrainingSet:
     """``images`` training images with ``captions`` captions each and a validation split, all with random
-    unique identifiers and captions of 4 words from :data:`avg_lib.speed.QUERY_WORDS`."""
-    from .speed import synthetic_queries
+    unique identifiers and captions of 4 words from :data:`avg_lib.randomgen.QUERY_WORDS`."""
+    from .randomgen import synthetic_queries
 
     codes = random_unique_codes(images + val_images, depth, vocab, seed)
     owner = np.repeat(np.arange(images), captions)
@@ -69,8 +69,8 @@ def epoch_costs(gen_cfg, data: TrainingSet, workdir: Path, settings=SETTINGS, ep
     discriminative epoch (validation included), the estimated time of a ``epochs`` + ``disc_epochs`` generator,
     and its speedup over the first setting's."""
     from .generator import TextStateCache
+    from .randomgen import random_weight_generator
     from .results import hardware
-    from .speed import random_weight_generator
 
     vocab, depth = int(data.image_codes.max()) + 1, data.image_codes.shape[1]
     states: dict[str, TextStateCache] = {}

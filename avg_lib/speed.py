@@ -10,6 +10,9 @@ in one run on one machine:
 * the **efficiency study** (:func:`avg_lib.efficiency.study`): latency, throughput, build time and
   memory per image against gallery size, with crossovers.
 
+and, with ``--what training``, the **training benchmark** (:mod:`avg_lib.trainbench`): seconds per generator
+epoch on every device and precision the machine has (``training_speed.csv``).
+
 Outputs (with provenance columns): ``<results_dir>/decoding_benchmark.csv``, ``efficiency.csv`` and
 ``efficiency_crossovers.csv``. Profiles: ``efficiency`` (CPU, 1K to 1M images), ``gpu`` (CUDA, 1K to 10M;
 ``scripts/gpu_efficiency.sh``).

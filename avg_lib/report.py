@@ -43,7 +43,9 @@ ANCHORS = pd.DataFrame(
 
 PROVENANCE = ["profile", "seed", "git_commit", "created_utc"]
 
-SPEED_ONLY = ("training_speed.csv",)  # written by python -m avg_lib.speed, never by a notebook
+# the tables of python -m avg_lib.speed's README; the last is written by that command only, never by a notebook
+SPEED_TABLES = ("decoding_benchmark.csv", "efficiency.csv", "efficiency_crossovers.csv", "training_speed.csv")
+SPEED_ONLY = ("training_speed.csv",)
 SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance))
     (
         "main_table.csv",
@@ -322,11 +324,6 @@ def write_speed_readme(results_dir: str | Path, profile: str) -> Path:
         "",
     ]
     for section in SECTIONS:
-        if section[0] in (
-            "decoding_benchmark.csv",
-            "efficiency.csv",
-            "efficiency_crossovers.csv",
-            "training_speed.csv",
-        ):
+        if section[0] in SPEED_TABLES:
             lines += _section(d, *section) or []
     return write_text("\n".join(lines), d / "README.md")

@@ -53,7 +53,8 @@ def stream_rows(
     path.parent.mkdir(parents=True, exist_ok=True)
     spec_file = path.with_name(f"{path.name}.spec.json")
     chunks = range((n + chunk - 1) // chunk)
-    todo = [c for c in chunks if c % world == rank and c not in done_chunks(path)]
+    done = done_chunks(path)  # read the ledgers once, not once per chunk
+    todo = [c for c in chunks if c % world == rank and c not in done]
     if spec_file.is_file():
         spec = json.loads(spec_file.read_text())
         if (spec["n"], spec["chunk"]) != (n, chunk):
@@ -97,6 +98,6 @@ def _create(path: Path, spec_file: Path, spec: dict, rank: int) -> None:
 def finish(path: str | Path, dest: str | Path) -> None:
     """Move a complete streamed array to ``dest`` and remove its ledger and spec."""
     path = Path(path)
-    Path(path).replace(dest)
+    path.replace(dest)
     for f in [*path.parent.glob(f"{path.name}.done.*"), path.with_name(f"{path.name}.spec.json")]:
         f.unlink()

@@ -73,11 +73,11 @@ def epoch_costs(gen_cfg, data: TrainingSet, workdir: Path, settings=SETTINGS, ep
     from .results import hardware
 
     vocab, depth = int(data.image_codes.max()) + 1, data.image_codes.shape[1]
-    states: dict[str, TextStateCache] = {}
+    states = TextStateCache()  # one cache for every setting: it keeps a table per device
 
     def factory(cfg):
         gen = random_weight_generator(vocab, depth, cfg, workdir)
-        gen.text_states = states.setdefault(cfg.device, TextStateCache())
+        gen.text_states = states
         return gen
 
     rows = []

@@ -2,7 +2,8 @@
 
 Modules, one concern each (imports run one way; tests/test_architecture.py checks it):
 
-  config       the run configuration: a profile validated into frozen dataclasses
+  config       the run configuration: a profile validated into frozen dataclasses (studies: the
+               notebooks' study sections)
   pipeline     ``setup(profile)``: one call gives a notebook its configuration and cached stages
   stages       joint space, voken tokenizer, generator: each cache-or-compute on disk
   splits       queries, galleries, training pairs and pseudo queries of a split
@@ -12,7 +13,7 @@ Modules, one concern each (imports run one way; tests/test_architecture.py check
   features     frozen image/text encoders behind one interface, cached on disk (streamed: streaming)
   two_tower    the CLIP-lite contrastive baseline (also the tokenizer's input space)
   tokenizer    the RQ-VAE voken tokenizer; identifiers: collisions and their resolution
-  generator/   token-to-voken generators (config, base, minilm, t5, build, training)
+  generator/   token-to-voken generators (config, base, minilm, t5, decoder, build, training)
   trie         batched trie-constrained beam search
   baselines    one-tower cross-encoder and the other identifier schemes
   experiments  one results-table row per call (train-or-load, then score the test split)

@@ -16,7 +16,7 @@ sections, and each section is a frozen dataclass whose fields are the section's 
     retrieval:   {pseudo_per_image: 2, pseudo_recipe: composed, ...} -> RetrievalConfig
     rerank:      {ks: [10, 50, 100], k: 50, ...}                   -> RerankConfig
     visualization, backends, benchmark, main_table, ablations, efficiency: the studies of
-                 notebooks 03-08 (their settings, below)
+                 notebooks 03-08 (their dataclasses are in avg_lib.studies)
 
 An unknown section or key, a value of the wrong type, or a ``seed`` inside a section is an error
 that names the profile file and the key. :meth:`RunConfig.to_dict` is what is saved as JSON beside
@@ -38,6 +38,14 @@ from .baselines import OneTowerConfig
 from .generator.config import GeneratorConfig
 from .paths import REPO_ROOT
 from .splits import PSEUDO_RECIPES
+from .studies import (
+    AblationsConfig,
+    BackendsConfig,
+    BenchmarkConfig,
+    EfficiencyConfig,
+    MainTableConfig,
+    VisualizationConfig,
+)
 from .tokenizer import TokenizerConfig
 from .two_tower import TwoTowerConfig
 
@@ -99,71 +107,6 @@ class RerankConfig:  # the re-ranking stage over AVG's beams (notebook 06)
         unknown = set(self.rerankers) - {"embedding", "cross-encoder"}
         if unknown:
             raise ValueError(f"unknown re-ranker(s) {sorted(unknown)}; expected 'embedding' or 'cross-encoder'")
-
-
-@dataclass(frozen=True)
-class VisualizationConfig:  # notebook 03
-    queries: tuple[str, ...] = ("red heart", "a cat face")  # typed queries shown with their vokens
-    n_prefixes: int = 4  # rows per prefix grid
-    map_thumbnails: int = 150  # image thumbnails drawn on the 2-D map
-
-
-@dataclass(frozen=True)
-class BackendsConfig:  # notebook 04, and the backend rows of notebook 06
-    compare: bool = True  # train every backend briefly (generative stage) and report validation R@1
-    epochs: int = 3  # epochs of that comparison
-
-
-@dataclass(frozen=True)
-class BenchmarkConfig:  # notebook 05 (and avg_lib.speed): batched trie decoding vs prefix_allowed_tokens_fn
-    queries: int = 64  # queries timed, on the generator that produced the results (at its temperature)
-    batch_sizes: tuple[int, ...] = (1, 64)  # the first is the batch-1 latency the others are compared with
-    repeats: int = 3  # best of this many timings
-    gallery_size: int = 1000  # avg_lib.speed only (notebook 05 decodes over the test gallery)
-
-    def __post_init__(self):
-        if not self.batch_sizes or self.batch_sizes[0] != 1:
-            raise ValueError(f"batch_sizes must start with 1 (the batch-1 latency), not {list(self.batch_sizes)}")
-
-
-@dataclass(frozen=True)
-class MainTableConfig:  # notebook 06
-    seeds: tuple[int, ...] = (0, 1, 2)  # two-tower and AVG are repeated over these seeds
-    seed_pseudo: bool = True  # every seed also trains AVG with pseudo queries
-    hkmeans_branching: int = 16  # clusters per node of the hierarchical k-means ids
-    random_id_base: int = 10  # digits of the random numeric ids
-    baseline_pseudo: bool = False  # also train the generative baselines with pseudo queries
-    # every identifier scheme is trained with these seeds; the one with the best validation R@1 over them (the
-    # "best other identifiers" of the identifier claim) is then also trained with ``seeds``, so that claim is paired
-    baseline_seeds: tuple[int, ...] = (0,)
-    pseudo_recipes_compared: tuple[str, ...] = ("borrowed",)  # AVG + pseudo queries by these recipes too
-
-
-@dataclass(frozen=True)
-class AblationsConfig:  # notebook 07
-    enabled: bool = True  # the ablation table (the sweeps always run)
-    seeds: tuple[int, ...] = (0, 1, 2)  # every ablation variant and full AVG are trained with each seed
-    codebook_sizes: tuple[int, ...] = (64, 1024)  # the tokenizer's codebook_size is added
-    voken_lengths: tuple[int, ...] = (2, 4)  # the tokenizer's levels is added
-    beam_sizes: tuple[int, ...] = (1, 5, 20, 50)  # the generator's num_beams is added
-
-
-@dataclass(frozen=True)
-class EfficiencyConfig:  # notebook 08
-    gallery_sizes: tuple[int, ...] = (1000, 10000, 100000)
-    batch_size: int = 64  # queries per call for the throughput column
-    one_tower_max: int = 100000  # skip the one-tower timing above this gallery size (it is linear)
-    device: str = "cpu"  # "cuda" on a GPU machine
-    ann: tuple[str, ...] = ("hnsw", "ivfpq")  # FAISS indexes for the two-tower model (avg_lib.efficiency)
-    ann_max: int = 1000000  # build them up to this gallery size (HNSW's build time grows fastest)
-    target_recall: float = 0.95  # each is tuned to this recall@10 of exact search
-
-    def __post_init__(self):
-        unknown = set(self.ann) - {"hnsw", "ivfpq"}
-        if unknown:
-            raise ValueError(f"unknown approximate index(es) {sorted(unknown)}; expected 'hnsw' or 'ivfpq'")
-        if not 0 < self.target_recall <= 1:
-            raise ValueError(f"target_recall must be in (0, 1], not {self.target_recall}")
 
 
 SECTIONS: dict[str, type] = {

@@ -28,6 +28,9 @@ import torch
 
 from .randomgen import QUERY_WORDS, random_weight_generator, synthetic_queries  # noqa: F401 (re-exported)
 
+# the emoji training set's shape: training images, captions each, validation images and captions
+EMOJI_TRAINING_SET = (1311, 3, 200, 579)
+
 
 def run(
     profile: str = "efficiency",
@@ -35,6 +38,9 @@ def run(
     device: str | None = None,
     out: Path | None = None,
     what: tuple[str, ...] = ("decoding", "efficiency"),
+    backends: tuple[str, ...] = ("minilm",),
+    fraction: float = 1.0,
+    settings: tuple[tuple[str, str], ...] | None = None,
 ):
     """The studies in ``what`` for ``profile``; returns ``(decoding table, efficiency table, crossovers)`` (None
     for a study not run) and writes them under ``out`` (default: the profile's ``results_dir``)."""
@@ -52,7 +58,10 @@ def run(
     depth, vocab, dim = cfg.tokenizer.levels, cfg.tokenizer.codebook_size, cfg.two_tower.dim
     where = hardware(device)
     print(f"{where}; galleries {sizes}; identifiers {depth} x {vocab}; {dim}-d vectors", flush=True)
-    conf = cfg.to_dict() | {"speed_command": {"sizes": sizes, "device": device}}
+    conf = cfg.to_dict() | {
+        "speed_command": {"sizes": sizes, "device": device, "backends": list(backends), "fraction": fraction}
+        | ({"settings": [list(x) for x in settings]} if settings else {})
+    }
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         gen = random_weight_generator(vocab, depth, cfg.generator, Path(tmp)).to(device).eval()
@@ -62,9 +71,19 @@ def run(
         if "training" in what:
             from .trainbench import epoch_costs, synthetic_training_set
 
-            g = cfg.generator
-            data = synthetic_training_set(1311, 3, 200, 579, depth, vocab, cfg.seed)  # the emoji training set's size
-            costs = epoch_costs(g, data, Path(tmp) / "train", epochs=g.epochs, disc_epochs=g.disc_epochs)
+            g, (images, captions, val_images, val_captions) = cfg.generator, EMOJI_TRAINING_SET
+            n = [max(1, round(fraction * x)) for x in (images, val_images, val_captions)]
+            data = synthetic_training_set(n[0], captions, n[1], n[2], depth, vocab, cfg.seed)
+            costs = epoch_costs(
+                g,
+                data,
+                Path(tmp) / "train",
+                epochs=g.epochs,
+                disc_epochs=g.disc_epochs,
+                backends=tuple(backends),
+                full_pairs=images * captions,
+                **({"settings": settings} if settings else {}),
+            )
             write_csv(costs, out / "training_speed.csv", cfg.profile, cfg.seed, conf)
             _show(costs.drop(columns=["hardware"]))
             from .report import write_speed_readme
@@ -201,9 +220,31 @@ def main(argv=None) -> None:
         "where batch-1 and batched decoding spend their time (torch.profiler, CPU); training: seconds per "
         "generator epoch on every device and precision this machine has (avg_lib.trainbench)",
     )
+    ap.add_argument(
+        "--backends",
+        default="minilm",
+        help="training: generator backends to time, comma-separated (default minilm; minilm,decoder adds a "
+        "random LM of SmolLM2-135M's shape; the first is the baseline)",
+    )
+    ap.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="training: time on this fraction of the emoji-sized training set and scale to the whole "
+        "(default 1; 0.1 keeps an LM backend on a CPU to minutes)",
+    )
+    ap.add_argument(
+        "--settings",
+        type=lambda s: tuple(tuple(x.split(":")) for x in s.split(",")),
+        help="training: device:precision pairs to time, e.g. cpu:fp32,cuda:fp32 (default: cpu and cuda, fp32 and "
+        "bf16, where present)",
+    )
     args = ap.parse_args(argv)
+    if not 0 < args.fraction <= 1:
+        ap.error(f"--fraction must be in (0, 1], not {args.fraction}")
     what = ("decoding", "efficiency") if args.what == "both" else (args.what,)
-    run(args.profile, args.sizes, args.device, args.out, what)
+    backends = tuple(args.backends.split(","))
+    run(args.profile, args.sizes, args.device, args.out, what, backends, args.fraction, args.settings)
 
 
 if __name__ == "__main__":

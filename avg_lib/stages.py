@@ -319,7 +319,7 @@ def voken_generator(
         "generator",
         "voken generator",
         generator.CACHE_VERSION,
-        {k: v for k, v in asdict(cfg).items() if k != "device"},  # where it trained is not what it is (see below)
+        generator.cache_fields(cfg),  # all but where it trained (see below) and other backends' settings
         build,
         extra=extra,
         force=force,

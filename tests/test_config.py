@@ -78,8 +78,12 @@ def test_values_are_typed_and_lists_become_tuples(profiles):
         ("main_table: {seeds: [0, x]}\n", r"main_table\.seeds\[1\] must be int"),
         ("main_table: {seeds: 3}\n", r"main_table\.seeds must be a list of int"),
         ("generator: {seed: 1}\n", r"generator\.seed: set the run's seed at the top of the profile"),
-        ("generator: {backend: gpt}\n", r"p\.yaml: generator: backend must be 'minilm' or 't5'"),
+        ("generator: {backend: gpt}\n", r"p\.yaml: generator: backend must be 'minilm', 't5' or 'decoder'"),
         ("generator: [1, 2]\n", r"section 'generator' must be a mapping"),
+        (
+            "backends: {t5_settings: {dropuot: 0.1}}\n",
+            r"p\.yaml: backends: t5_settings: dropuot not generator settings",
+        ),
         ("rerank: {k: 20}\n", r"p\.yaml: rerank: k = 20 must be one of ks \[10, 50, 100\]"),
         ("rerank: {rerankers: [bm25]}\n", r"rerank: unknown re-ranker\(s\) \['bm25'\]"),
         ("retrieval: {pseudo_recipe: copied}\n", r"retrieval: pseudo_recipe must be one of"),
@@ -132,3 +136,12 @@ def test_with_seed_reseeds_every_trained_stage():
     cfg = config.load_config("smoke").with_seed(7)
     assert cfg.seed == cfg.two_tower.seed == cfg.tokenizer.seed == cfg.generator.seed == 7
     assert cfg.with_seed(0) == config.load_config("smoke")
+
+
+def test_backend_comparison_trains_t5_at_its_own_settings_and_every_backend_generative_only():
+    b = config.load_config("default").backends
+    assert b.changes("minilm") == {"epochs": b.epochs, "backend": "minilm", "disc_epochs": 0}
+    t5 = b.changes("t5")
+    assert t5["backend"] == "t5" and t5["disc_epochs"] == 0
+    assert {k: t5[k] for k in ("dropout", "lr", "temperature")} == {"dropout": 0.1, "lr": 0.001, "temperature": 0.5}
+    assert t5["patience"] > 0  # until validation stops improving

@@ -225,3 +225,20 @@ def test_bf16_training_keeps_float32_weights_and_tracks_float32_losses(backend, 
 def test_bad_precision_is_rejected():
     with pytest.raises(ValueError, match="precision"):
         GeneratorConfig(precision="fp16")
+
+
+def test_patience_stops_the_generative_stage_and_the_discriminative_stage_follows():
+    """A model that cannot improve (learning rate 0) stops after ``patience`` validations without a better
+    R@1; the discriminative stage then runs, numbered right after the last epoch run."""
+    cfg = dataclasses.replace(SMALL, epochs=6, patience=2, lr=0.0, disc_epochs=1, disc_lr=0.0)
+    gen = build_generator(K, D, cfg, np.random.randn(1, K, 16))
+    _, history = generator.train_generator(
+        gen, (TEXTS, CODES), (TEXTS, np.arange(6), CODES), train_codes_all=CODES, progress=False
+    )
+    assert [h["stage"] for h in history] == ["generative"] * 3 + ["discriminative"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_patience_keys_the_cache_only_when_set():
+    assert "patience" not in generator.cache_fields(SMALL)
+    assert generator.cache_fields(dataclasses.replace(SMALL, patience=3))["patience"] == 3

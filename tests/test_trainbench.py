@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import save_tiny_llama
 
 from avg_lib import trainbench
 from avg_lib.generator import GeneratorConfig, build_generator, train_generator, training_device
@@ -36,11 +37,13 @@ def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_training_on_the_gpu_follows_the_cpu():
+@pytest.mark.parametrize("backend", ["minilm", "decoder"])
+def test_training_on_the_gpu_follows_the_cpu(backend, tmp_path):
     """Same seed, same batches, no dropout: the GPU's losses and validation recall follow the CPU's (float
     rounding differs between the devices, so they are close rather than equal)."""
     data = trainbench.synthetic_training_set(40, 2, 10, 20, depth=2, vocab=8)
-    cfg = dataclasses.replace(TINY, dropout=0.0, epochs=2, disc_epochs=1)
+    lm = {"lm_path": str(save_tiny_llama(tmp_path / "lm"))} if backend == "decoder" else {}
+    cfg = dataclasses.replace(TINY, dropout=0.0, epochs=2, disc_epochs=1, backend=backend, **lm)
     hist = {}
     for device in ("cpu", "cuda"):
         c = dataclasses.replace(cfg, device=device)
@@ -52,3 +55,31 @@ def test_training_on_the_gpu_follows_the_cpu():
     for a, b in zip(hist["cpu"], hist["cuda"]):
         assert b["train_gen_loss"] == pytest.approx(a["train_gen_loss"], rel=1e-3)
         assert b["train_listwise_loss"] == pytest.approx(a["train_listwise_loss"], rel=1e-2, abs=1e-4)
+
+
+def test_random_lm_has_smollm2_135m_shape():
+    """The decoder backend's stand-in for timing has SmolLM2-135M-Instruct's 134,515,008 parameters (its GGUF
+    dequantised by transformers has the same count)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from avg_lib.randomgen import SMOLLM2_SHAPE
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_SHAPE))
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+
+
+def test_epoch_costs_time_each_backend_and_scale_a_fraction_to_the_whole(tmp_path, monkeypatch):
+    from avg_lib import randomgen
+
+    tiny_lm = dict(randomgen.SMOLLM2_SHAPE, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    monkeypatch.setattr(randomgen, "SMOLLM2_SHAPE", dict(tiny_lm, num_attention_heads=4, num_key_value_heads=2))
+    data = trainbench.synthetic_training_set(8, 2, 4, 6, depth=2, vocab=8)
+    table = trainbench.epoch_costs(
+        TINY, data, tmp_path, settings=(("cpu", "fp32"),), epochs=2, backends=("minilm", "decoder"), full_pairs=64
+    )
+    assert table["backend"].tolist() == ["minilm", "decoder"]
+    assert (table["train_pairs"] == 64).all() and (table["measured_pairs"] == 16).all()
+    row = table.iloc[1]
+    assert row["generative_epoch_s"] == pytest.approx(4 * row["generative_ms_per_pair"] * 16 / 1000)
+    assert row["speedup"] == pytest.approx(table["generator_s"].iloc[0] / row["generator_s"])

@@ -7,19 +7,22 @@ trie-constrained beam search over the gallery's identifiers (:mod:`avg_lib.trie`
 ==============  ===================================================================================
 ``config``      :class:`GeneratorConfig` (a profile's ``generator`` section) and ``CACHE_VERSION``
 ``base``        :class:`VokenGenerator`, the interface (encode, decode step, sequence scores,
-                batched constrained retrieval), and the codebook projection both backends use
+                batched constrained retrieval), and the codebook projection every backend uses
 ``minilm``      the offline default: frozen all-MiniLM-L6-v2 + a small voken decoder
                 (``decoder_width`` wide) with a per-text key/value cache; :class:`TextStateCache`
 ``t5``          the paper's ``T5ForConditionalGeneration`` (``t5_path`` = a local pretrained T5, or
                 ``None`` for a small random T5 over MiniLM's WordPiece vocabulary: no T5 weights
                 exist offline) with ``K`` voken tokens appended to its vocabulary
+``decoder``     the paper's decoder-only variant: a causal LM (``lm_path`` = a local directory, or ``None``
+                for the offline SmolLM2-135M-Instruct) prompted with the caption and completed with vokens
 ``build``       :func:`build_generator`, :func:`save`, :func:`load`
 ``training``    generative + discriminative training, negative mining, evaluation
 ==============  ===================================================================================
 
-Both backends initialise the voken token embeddings from the RQ-VAE codebook (projected to the model
-width when the sizes differ; ``init_from_codebook=False`` is the ablation), share input and output
-voken embeddings, and train with cross-entropy on logits divided by a temperature (0.5 in the paper).
+Every backend initialises the voken token embeddings from the RQ-VAE codebook (projected to the model
+width when the sizes differ; ``init_from_codebook=False`` is the ablation), shares input and output
+voken embeddings (the decoder backend where its LM ties them), and trains with cross-entropy on logits
+divided by a temperature (0.5 in the paper).
 The same temperature is used when scoring and decoding, so training and retrieval see one model.
 
 On emoji (measured before :mod:`avg_lib.dropout` replaced torch's dropout), 8 epochs of a 256-wide
@@ -29,7 +32,8 @@ MiniLM voken decoder took 39 s against 64 s at 384 (the encoder's width), for va
 
 from .base import VokenGenerator, project_codebook
 from .build import build_generator, load, save
-from .config import CACHE_VERSION, GeneratorConfig
+from .config import CACHE_VERSION, GeneratorConfig, backend_label, cache_fields
+from .decoder import DecoderGenerator, load_causal_lm
 from .minilm import DecoderBlock, MiniLMGenerator, TextStateCache
 from .t5 import T5Generator
 from .training import evaluate, listwise_loss, mine_negatives, timed_retrieve, train_generator, training_device
@@ -37,15 +41,19 @@ from .training import evaluate, listwise_loss, mine_negatives, timed_retrieve, t
 __all__ = [
     "CACHE_VERSION",
     "DecoderBlock",
+    "DecoderGenerator",
     "GeneratorConfig",
     "MiniLMGenerator",
     "T5Generator",
     "TextStateCache",
     "VokenGenerator",
+    "backend_label",
     "build_generator",
+    "cache_fields",
     "evaluate",
     "listwise_loss",
     "load",
+    "load_causal_lm",
     "mine_negatives",
     "project_codebook",
     "save",

@@ -58,6 +58,14 @@ class VokenGenerator(nn.Module):
         """Work a deployment does once per text collection, outside query latency (nothing by default;
         the MiniLM backend with a frozen encoder caches the text states, like the two-tower features)."""
 
+    def parameter_groups(self) -> list[dict]:
+        """The optimizer's groups: a fine-tuned pretrained encoder (``encoder.*``) at ``encoder_lr``, the rest at
+        ``lr``."""
+        trained = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        enc = [p for n, p in trained if n.startswith("encoder.")]
+        other = [p for n, p in trained if not n.startswith("encoder.")]
+        return [{"params": other, "lr": self.cfg.lr}] + ([{"params": enc, "lr": self.cfg.encoder_lr}] if enc else [])
+
     # --- shared -------------------------------------------------------------------------------
     def log_probs(self, ctx, prefix: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.decoder_logits(ctx, prefix) / self.cfg.temperature, dim=-1)

@@ -12,6 +12,7 @@ from torch import nn
 
 from .base import VokenGenerator
 from .config import GeneratorConfig
+from .decoder import DecoderGenerator
 from .minilm import MiniLMGenerator, TextStateCache
 from .t5 import T5Generator
 
@@ -32,6 +33,8 @@ def build_generator(
     book = None if codebooks is None else np.asarray(codebooks).mean(0)
     if cfg.backend == "minilm":
         return MiniLMGenerator(codebook_size, depth, cfg, book, prior_head, text_states=text_states)
+    if cfg.backend == "decoder":
+        return DecoderGenerator(codebook_size, depth, cfg, book)
     return T5Generator(codebook_size, depth, cfg, book)
 
 

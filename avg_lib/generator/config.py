@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 # Part of every cache key of trained generators: bump when a change here changes what training produces.
 CACHE_VERSION = 7
@@ -10,8 +11,11 @@ CACHE_VERSION = 7
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    backend: str = "minilm"  # "minilm" | "t5"
+    backend: str = "minilm"  # "minilm" | "t5" | "decoder"
     t5_path: str | None = None  # t5 only: local pretrained T5 directory; None = small random T5
+    lm_path: str | None = None  # decoder only: local causal LM directory; None = the offline SmolLM2-135M-Instruct
+    prompt: str = "Caption: {text}\nImage:"  # decoder only: the vokens complete this; it ends with the response marker
+    lm_lr: float = 1e-4  # decoder only: learning rate of the whole causal LM (generative stage; disc_lr after)
     d_model: int = 256  # small random T5 only
     layers: int = 2  # small random T5: encoder and decoder layers; minilm: decoder layers
     decoder_width: int | None = 256  # minilm: width of the voken decoder (None = the encoder's, 384); the
@@ -29,6 +33,7 @@ class GeneratorConfig:
     weight_decay: float = 0.01
     num_beams: int = 10
     eval_every: int = 1
+    patience: int = 0  # > 0: the generative stage stops after this many validations without a better R@1
     # discriminative stage (paper §4): listwise loss over constrained-beam negatives
     disc_epochs: int = 0  # 0 = off (ablation)
     disc_weight: float = 0.5
@@ -45,12 +50,35 @@ class GeneratorConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.backend not in ("minilm", "t5"):
-            raise ValueError(f"backend must be 'minilm' or 't5', not {self.backend!r}")
+        if self.backend not in ("minilm", "t5", "decoder"):
+            raise ValueError(f"backend must be 'minilm', 't5' or 'decoder', not {self.backend!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
+
+
+# settings only the decoder backend reads: left out of other backends' cache keys, which predate them
+DECODER_ONLY = ("lm_path", "prompt", "lm_lr")
+# settings added after the cache keys they would change: left out of a key while at this (their neutral) value
+ADDED_LATER = {"patience": 0}
+
+
+def cache_fields(cfg: GeneratorConfig) -> dict:
+    """What identifies a trained generator in its cache key: every setting except ``device`` (where it trained
+    is not what it is), for other backends the decoder-only ones, and later settings at their neutral value."""
+    skip = {"device", *(DECODER_ONLY if cfg.backend != "decoder" else ())}
+    skip |= {k for k, v in ADDED_LATER.items() if getattr(cfg, k) == v}
+    return {k: v for k, v in asdict(cfg).items() if k not in skip}
+
+
+def backend_label(cfg: GeneratorConfig) -> str:
+    """What a table calls the generator of ``cfg``: the model behind the backend, and whether it is pretrained."""
+    if cfg.backend == "t5":
+        return f"T5 ({Path(cfg.t5_path).name})" if cfg.t5_path else "T5, random init (no pretrained T5 offline)"
+    if cfg.backend == "decoder":
+        return f"causal LM ({Path(cfg.lm_path).name})" if cfg.lm_path else "SmolLM2-135M-Instruct"
+    return "MiniLM-L6 (frozen) + voken decoder"
 
 
 def minilm_dir() -> str:

@@ -126,6 +126,7 @@ def train_generator(
     ``train``: (texts, codes (n, D)) pairs, pseudo queries included if any.
     ``val``: (texts, target gallery positions, gallery codes) for R@1 on the validation gallery.
     ``train_codes_all``: identifiers of the training images, the trie negatives are mined from.
+    With ``patience`` > 0 the generative stage stops after that many validations without a better R@1.
     Returns ``(gen with the best state, history)``. With a discriminative stage, ``gen.generative_state``
     is the state dict of the best generative epoch: exactly what the same call with ``disc_epochs=0``
     would return (same seed, same batches), so the "without discriminative training" ablation needs no
@@ -139,11 +140,8 @@ def train_generator(
     texts, codes = train[0], torch.as_tensor(np.asarray(train[1]), dtype=torch.long, device=device)
     val_texts, val_targets, val_codes = val
     val_trie = VokenTrie(val_codes).to(device)  # the trie's tables live where decoding runs
-    enc_params = [p for n, p in gen.named_parameters() if n.startswith("encoder.") and p.requires_grad]
-    other = [p for n, p in gen.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
-    groups = [{"params": other, "lr": cfg.lr}] + ([{"params": enc_params, "lr": cfg.encoder_lr}] if enc_params else [])
     # foreach: one kernel per step for all parameters; the same update, bit for bit, as the per-tensor loop
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, foreach=True)
+    opt = torch.optim.AdamW(gen.parameter_groups(), weight_decay=cfg.weight_decay, foreach=True)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     total = cfg.epochs + cfg.disc_epochs
     best, history = BestState(), []
@@ -153,8 +151,11 @@ def train_generator(
         lookup = {tuple(c): i for i, c in enumerate(np.asarray(train_codes_all).tolist())}
         pos_item = np.array([lookup.get(tuple(c), -1) for c in np.asarray(train[1]).tolist()])
     bar = tqdm(range(total), desc=f"generator ({cfg.backend})", disable=not progress)
+    stopped = False  # the generative stage stopped early (``patience``)
     for epoch in bar:
         disc = epoch >= cfg.epochs and neg_trie is not None
+        if stopped and not disc:
+            continue
         if epoch == cfg.epochs and disc:  # stage 2 starts from the selected generative checkpoint
             generative_state = best.state  # a copy already: BestState keeps a snapshot, never the live tensors
             gen.load_state_dict(best.state)
@@ -200,7 +201,7 @@ def train_generator(
         if world > 1:
             sums = _sum_values(sums, device)
         row = {
-            "epoch": epoch + 1,
+            "epoch": len(history) + 1,  # epochs run: an early stop leaves no gap before the discriminative stage
             "stage": "discriminative" if disc else "generative",
             "train_gen_loss": sums["gen"] / len(order),
             "train_listwise_loss": sums["list"] / len(order),
@@ -209,6 +210,7 @@ def train_generator(
             m = evaluate(gen, val_texts, val_targets, val_trie)
             row.update({f"val_{k}": v for k, v in m.items()})
             best.update(gen, (m["R@1"], m["rSum"]))
+            stopped = stopped or (not disc and 0 < cfg.patience <= best.since)
             bar.set_postfix(loss=f"{row['train_gen_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", refresh=False)
         history.append(row)
     gen.load_state_dict(best.state)

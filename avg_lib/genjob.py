@@ -153,12 +153,13 @@ def train(
 
 def compare(run, job: str | Path, trained: str | Path | None = None, out: str | Path | None = None):
     """The trained generators of ``job`` against ``run``'s own generator at the same seeds: ``(runs, claim)``
-    tables, written to ``<out>/backend_runs.csv`` and ``backend_claims.csv`` (default: the run's results dir)."""
+    tables, written to ``<out>/backend_runs.csv`` and ``backend_claims.csv`` (default: the run's results dir), with
+    the trained generators' epochs in ``backend_history.csv`` and a generated ``README.md``."""
     from . import claims, experiments, generator, results, stats, tables
 
     job, trained = Path(job), Path(trained or Path(job) / "trained")
     out = Path(out or run.cfg.results_dir)
-    ranked_a, ranked_b, rows, targets, name_b = {}, {}, [], None, None
+    ranked_a, ranked_b, rows, targets, name_b, notes = {}, {}, [], None, None, []
     for info_path in sorted(trained.glob("seed*.json")):
         info = json.loads(info_path.read_text())
         meta, a = load_job(job / info_path.name)
@@ -170,6 +171,7 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
                 f"{job / info_path.name}: its test split is not this profile's; export it from {run.cfg.profile}"
             )
         targets = a["test_targets"]
+        notes += [f"Seed {s}: {info['note']}."] if info.get("note") else []
         ranked_b[s] = np.load(trained / f"{info_path.stem}-ranked.npy")
         name_a, name_b = generator.backend_label(run.cfg.generator), info["model"]
         for name, ranked, extra in (
@@ -190,6 +192,12 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
     conf = run.cfg.to_dict() | {"genjob": {"job": str(job), "trained_generator": info["generator"]}}
     results.write_csv(runs, out / "backend_runs.csv", run.cfg.profile, "per row", conf)
     results.write_csv(claim, out / "backend_claims.csv", run.cfg.profile, ",".join(map(str, sorted(ranked_b))), conf)
+    histories = [
+        pd.read_csv(p).assign(model=name_b, seed=int(p.name[4:].split("-")[0]))
+        for p in sorted(trained.glob("seed*-history.csv"))
+    ]
+    if histories:  # the trained generators' epochs: losses and validation recall
+        results.write_csv(pd.concat(histories), out / "backend_history.csv", run.cfg.profile, "per row", conf)
     lines = [
         f"# Generator backends against the profile's own: profile `{run.cfg.profile}`",
         "",
@@ -198,6 +206,16 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
         "",
         *[f"- {claims.sentence(r)}" for _, r in claim.iterrows()],
         "",
+        f"The {name_b} generator's settings where they differ from the profile's generator: "
+        + ", ".join(
+            f"`{k}: {v}`"
+            for k, v in info["generator"].items()
+            if k != "seed" and v != dataclasses.asdict(run.cfg.generator).get(k)
+        )
+        + f". Trained on: {info['hardware']}.",
+        "",
+        *notes,
+        *([""] if notes else []),
         tables.markdown(runs),
         "",
     ]

@@ -43,7 +43,9 @@ def test_compare_puts_another_backend_beside_the_runs_generator_with_a_verdict(r
     assert (
         row["verdict"] in ("holds", "does not hold", "inconclusive") and row["low"] <= row["difference"] <= row["high"]
     )
-    assert {"backend_runs.csv", "backend_claims.csv", "README.md"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"backend_runs.csv", "backend_claims.csv", "backend_history.csv", "README.md"} <= {
+        p.name for p in (tmp_path / "out").iterdir()
+    }
     assert "causal LM (llama)" in (tmp_path / "out" / "README.md").read_text()
 
 

@@ -269,3 +269,28 @@ def test_analysis_recalls_carry_their_bootstrap_intervals(name):
     df = pd.read_csv(RESULTS / f"{name}.csv")
     for k in (1, 5, 10):
         assert (df[f"R@{k}_low"] <= df[f"R@{k}"] + 1e-9).all() and (df[f"R@{k}"] <= df[f"R@{k}_high"] + 1e-9).all()
+
+
+def test_lm_backend_claim_rests_on_the_same_seeds_with_an_interval():
+    """results/lm: the decoder-only generator (trained on a GPU from an exported job) against the default
+    generator on the same seeds and test queries (``python -m avg_lib.genjob compare``)."""
+    runs = pd.read_csv(RESULTS / "lm" / "backend_runs.csv")
+    claim = pd.read_csv(RESULTS / "lm" / "backend_claims.csv").iloc[0]
+    models = runs["model"].unique().tolist()
+    assert len(models) == 2 and all(set(runs.loc[runs["model"] == m, "seed"]) == {0, 1, 2} for m in models)
+    assert claim["seeds"] == "0,1,2" and claim["low"] <= claim["difference"] <= claim["high"]
+    assert claim["verdict"] in ("holds", "does not hold", "inconclusive")
+    trained = runs[runs["model"] == claim["b"]]
+    assert trained["hardware"].str.contains("NVIDIA").all() and (trained["train_seconds"] > 0).all()
+    for k in (1, 5, 10):
+        assert (runs[f"R@{k}_low"] <= runs[f"R@{k}"]).all() and (runs[f"R@{k}"] <= runs[f"R@{k}_high"]).all()
+    for table in ("backend_runs", "backend_claims", "backend_history"):
+        commits = pd.read_csv(RESULTS / "lm" / f"{table}.csv")["git_commit"].astype(str)
+        assert commits.str.fullmatch(r"[0-9a-f]{12}").all(), f"{table}: not from committed code"
+
+
+@pytest.mark.parametrize("where", ["gpu"])
+def test_lm_training_cost_is_a_ratio_to_the_default_generator_of_the_same_run(where):
+    t = pd.read_csv(RESULTS / "lm" / where / "training_speed.csv")
+    assert t["backend"].tolist()[0] == "minilm" and t["speedup"].iloc[0] == 1.0 and "decoder" in set(t["backend"])
+    assert t["created_utc"].nunique() == 1 and t["hardware"].nunique() == 1 and (t["generator_s"] > 0).all()

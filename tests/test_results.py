@@ -289,7 +289,7 @@ def test_lm_backend_claim_rests_on_the_same_seeds_with_an_interval():
         assert commits.str.fullmatch(r"[0-9a-f]{12}").all(), f"{table}: not from committed code"
 
 
-@pytest.mark.parametrize("where", ["gpu"])
+@pytest.mark.parametrize("where", ["cpu", "gpu"])
 def test_lm_training_cost_is_a_ratio_to_the_default_generator_of_the_same_run(where):
     t = pd.read_csv(RESULTS / "lm" / where / "training_speed.csv")
     assert t["backend"].tolist()[0] == "minilm" and t["speedup"].iloc[0] == 1.0 and "decoder" in set(t["backend"])

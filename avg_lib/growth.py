@@ -1,0 +1,111 @@
+"""How each stage's cost grows with the data set: from the ``stages.csv`` of two dry runs of different sizes
+(``python -m avg_lib.train --timing``), a power law per stage and its extrapolation to larger sets::
+
+    python -m avg_lib.growth results/scale/tenth results/scale/half --to 31783 123287 --out results/scale/growth.csv
+
+For a stage timed at ``n1`` and ``n2`` images, the exponent is ``b = log(t2 / t1) / log(n2 / n1)`` (1: linear,
+2: quadratic) and the estimate at ``N`` images is ``t2 · (N / n2)^b``. Peak memory (resident set size so far) is
+extrapolated the same way. Two points fit any power law exactly, so the estimate says how the measured growth
+continues, not that it will: a stage whose cost changes regime between the sizes (a cache that stops fitting in
+memory) breaks it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def read_stages(directory: str | Path) -> pd.DataFrame:
+    path = Path(directory) / "stages.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no stages.csv; run `python -m avg_lib.train --timing` for that size first")
+    t = pd.read_csv(path)
+    missing = {"stage", "wall_s", "peak_rss_mb_so_far", "n_images"} - set(t.columns)
+    if missing:
+        raise ValueError(f"{path}: columns {sorted(missing)} missing; not a stages.csv of avg_lib.train")
+    return t
+
+
+def growth(small: pd.DataFrame, large: pd.DataFrame, targets=(31783, 123287)) -> pd.DataFrame:
+    """One row per stage both runs timed: its time and peak memory at both sizes, the exponents, and the
+    estimates at each of ``targets`` images (plus a ``total`` row summing the stages)."""
+    n1, n2 = int(small["n_images"].iloc[0]), int(large["n_images"].iloc[0])
+    if n1 >= n2:
+        raise ValueError(f"the first run must be the smaller one ({n1} images >= {n2})")
+    a, b = small.set_index("stage"), large.set_index("stage")
+    stages = [s for s in b.index if s in a.index]
+    total = {
+        "stage": "total",
+        "wall_s_small": a.loc[stages, "wall_s"].sum(),
+        "wall_s_large": b.loc[stages, "wall_s"].sum(),
+    }
+    rows = [
+        {
+            "stage": s,
+            "wall_s_small": float(a.loc[s, "wall_s"]),
+            "wall_s_large": float(b.loc[s, "wall_s"]),
+            "peak_mb_small": float(a.loc[s, "peak_rss_mb_so_far"]),
+            "peak_mb_large": float(b.loc[s, "peak_rss_mb_so_far"]),
+        }
+        for s in stages
+    ] + [{**total, "peak_mb_small": a["peak_rss_mb_so_far"].max(), "peak_mb_large": b["peak_rss_mb_so_far"].max()}]
+    out = pd.DataFrame(rows).assign(n_images_small=n1, n_images_large=n2)
+    ratio = np.log(n2 / n1)
+    out["time_exponent"] = np.log(out["wall_s_large"] / out["wall_s_small"]) / ratio
+    out["memory_exponent"] = np.log(out["peak_mb_large"] / out["peak_mb_small"]) / ratio
+    for n in targets:
+        scale = n / n2
+        out[f"wall_s_at_{n}"] = out["wall_s_large"] * scale ** out["time_exponent"]
+        out[f"peak_mb_at_{n}"] = out["peak_mb_large"] * scale ** out["memory_exponent"]
+    total_at = {f"wall_s_at_{n}": out.loc[out["stage"] != "total", f"wall_s_at_{n}"].sum() for n in targets}
+    for k, v in total_at.items():  # the total of the stages' estimates, not a power law of their sum
+        out.loc[out["stage"] == "total", k] = v
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m avg_lib.growth", description=__doc__.split("\n\n")[0])
+    ap.add_argument("small", type=Path, help="folder with the smaller run's stages.csv")
+    ap.add_argument("large", type=Path, help="folder with the larger run's stages.csv")
+    ap.add_argument("--to", type=int, nargs="+", default=[31783, 123287], help="image counts to extrapolate to")
+    ap.add_argument("--out", type=Path, help="write the table here (CSV with provenance)")
+    args = ap.parse_args(argv)
+    small, large = read_stages(args.small), read_stages(args.large)
+    table = growth(small, large, args.to)
+    print(table.round(2).to_string(index=False))
+    if args.out:
+        from .results import write_csv
+
+        profile = str(large["profile"].iloc[0]) if "profile" in large else "scale"
+        write_csv(table, args.out, profile, 0, {"small": str(args.small), "large": str(args.large), "to": args.to})
+        write_readme(table, args, Path(args.out).parent / "README.md")
+
+
+def write_readme(table: pd.DataFrame, args, path: Path) -> Path:
+    """The folder's README: the measured stages and their extrapolation, from the table just written."""
+    from .results import write_text
+    from .tables import markdown
+
+    keep = ["stage", "wall_s_small", "wall_s_large", "time_exponent", "peak_mb_large", "memory_exponent"]
+    keep += [c for n in args.to for c in (f"wall_s_at_{n}", f"peak_mb_at_{n}")]
+    lines = [
+        "# Scale dry runs: how each stage grows",
+        "",
+        f"Generated by `python -m avg_lib.growth {args.small} {args.large} --to {' '.join(map(str, args.to))} "
+        f"--out {args.out}` (`avg_lib/growth.py`) from the `stages.csv` of two runs of "
+        "`python -m avg_lib.train --profile scale --seeds 0 --pseudo 0 --timing` at two sizes (see "
+        "`profiles/scale.yaml`); do not edit by hand. Times in seconds on the machine of those runs, peak memory "
+        "in MB (resident set size so far). Each estimate continues the power law fitted through the two sizes.",
+        "",
+        markdown(table[keep]),
+        "",
+    ]
+    return write_text("\n".join(lines), path)
+
+
+if __name__ == "__main__":
+    main()

@@ -294,3 +294,12 @@ def test_lm_training_cost_is_a_ratio_to_the_default_generator_of_the_same_run(wh
     t = pd.read_csv(RESULTS / "lm" / where / "training_speed.csv")
     assert t["backend"].tolist()[0] == "minilm" and t["speedup"].iloc[0] == 1.0 and "decoder" in set(t["backend"])
     assert t["created_utc"].nunique() == 1 and t["hardware"].nunique() == 1 and (t["generator_s"] > 0).all()
+
+
+def test_scale_growth_extrapolates_every_stage_to_flickr30k_and_coco_sizes():
+    g = pd.read_csv(RESULTS / "scale" / "growth.csv").set_index("stage")
+    assert {"features + two-tower joint space", "voken tokenizer", "total"} <= set(g.index)
+    assert (g["n_images_small"] < g["n_images_large"]).all()
+    for n in (31783, 123287):
+        assert (g[f"wall_s_at_{n}"] > g["wall_s_large"]).all() and (g[f"peak_mb_at_{n}"] > 0).all()
+    assert g["git_commit"].astype(str).str.fullmatch(r"[0-9a-f]{12}").all()

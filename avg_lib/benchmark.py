@@ -3,9 +3,10 @@
 :func:`hf_reference_retrieve` is the baseline: ``generate()`` with beam search and a
 ``prefix_allowed_tokens_fn`` that walks the trie in Python, called once per beam per step (the way the
 authors' code and most generative-retrieval code decode), on **the same network and weights** as
-:meth:`VokenGenerator.retrieve`: the T5 backend's own ``T5ForConditionalGeneration``, or, for the
-MiniLM backend, :class:`VokenDecoderLM`, a thin transformers wrapper around the generator's decoder
-(its own key/value cache, reordered by ``generate`` between steps). The generator's logits temperature is
+:meth:`VokenGenerator.retrieve`: the T5 backend's own ``T5ForConditionalGeneration``, the decoder
+backend's causal LM (its prompts padded on the left), or, for the MiniLM backend, :class:`VokenDecoderLM`,
+a thin transformers wrapper around the generator's decoder (its own key/value cache, reordered by ``generate``
+between steps). The generator's logits temperature is
 applied by a logits processor placed before the trie constraint, so both decoders score
 ``log_softmax(logits / T)`` over the full vocabulary. ``tests/test_trie.py`` checks that both rank
 identically (at temperature 0.5, at several batch sizes, and with fewer reachable items than beams);
@@ -95,17 +96,21 @@ def _voken_decoder_lm(gen):
 
 
 @torch.no_grad()
-def hf_reference_retrieve(gen, texts: list[str], trie: VokenTrie, num_beams: int, batch_size: int = 16) -> np.ndarray:
+def hf_reference_retrieve(
+    gen, texts: list[str], trie: VokenTrie, num_beams: int, batch_size: int = 16, return_scores: bool = False
+):
     """Ranked item indices (n, num_beams) from transformers' generate() with prefix_allowed_tokens_fn, at
     the generator's temperature. Hypotheses that left the trie (score -inf: fewer reachable items than
-    beams) and repeats of an item are -1, at the end, as in :func:`avg_lib.trie.beam_search`."""
+    beams) and repeats of an item are -1, at the end, as in :func:`avg_lib.trie.beam_search`.
+    ``return_scores``: also transformers' sequence scores (n, num_beams), in its beam order."""
     from transformers import LogitsProcessorList
     from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
     off, eos, depth = gen.voken_offset, gen.eos_id, trie.depth
+    width = {"input": 1}  # columns before the first voken: the start token, or a decoder LM's padded prompts
 
     def allowed(batch_id, sent):
-        prefix = [t - off for t in sent.tolist()[1:]]
+        prefix = [t - off for t in sent.tolist()[width["input"] :]]
         if len(prefix) >= depth:
             return [eos]
         return [t + off for t in trie.next_tokens(prefix)]
@@ -114,12 +119,15 @@ def hf_reference_retrieve(gen, texts: list[str], trie: VokenTrie, num_beams: int
         [_temperature_processor(gen.cfg.temperature), PrefixConstrainedLogitsProcessor(allowed, num_beams)]
     )
     gen.eval()
-    is_t5 = hasattr(gen, "model")
-    lm = gen.model if is_t5 else _voken_decoder_lm(gen)
-    out = []
+    is_t5, is_lm = gen.cfg.backend == "t5", gen.cfg.backend == "decoder"
+    lm = gen.model if is_t5 else gen.lm if is_lm else _voken_decoder_lm(gen)
+    out, scores = [], []
     for s in range(0, len(texts), batch_size):
         chunk = texts[s : s + batch_size]
-        if is_t5:
+        if is_lm:  # the prompts, padded on the left; the vokens follow them
+            enc = gen.prompts(chunk)
+            inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        elif is_t5:
             enc = gen.tokenizer(
                 chunk, return_tensors="pt", padding=True, truncation=True, max_length=gen.cfg.max_text_len
             ).to(gen.model.device)
@@ -133,6 +141,7 @@ def hf_reference_retrieve(gen, texts: list[str], trie: VokenTrie, num_beams: int
                 "memory": memory,
                 "memory_mask": mask,
             }
+        width["input"] = inputs["input_ids"].shape[1] if is_lm else 1  # otherwise sequences start at the start token
         res = lm.generate(
             **inputs,
             num_beams=num_beams,
@@ -142,12 +151,15 @@ def hf_reference_retrieve(gen, texts: list[str], trie: VokenTrie, num_beams: int
             length_penalty=0.0,
             early_stopping=True,
             do_sample=False,
-            pad_token_id=eos,
+            pad_token_id=gen.tokenizer.pad_token_id if is_lm else eos,
+            **({"eos_token_id": eos} if is_lm else {}),
             output_scores=True,
             return_dict_in_generate=True,
         )
-        codes = res.sequences.reshape(-1, num_beams, res.sequences.shape[-1])[:, :, 1 : depth + 1] - off
-        finite = torch.isfinite(res.sequences_scores.reshape(-1, num_beams))
+        w = width["input"]
+        codes = res.sequences.reshape(-1, num_beams, res.sequences.shape[-1])[:, :, w : w + depth] - off
+        scores.append(res.sequences_scores.reshape(-1, num_beams).cpu())
+        finite = torch.isfinite(scores[-1])
         for q, ok in zip(codes.tolist(), finite.tolist()):
             items = [trie.lookup(c) if good and len(c) == depth else -1 for c, good in zip(q, ok)]
             seen, ranked = set(), []
@@ -156,7 +168,7 @@ def hf_reference_retrieve(gen, texts: list[str], trie: VokenTrie, num_beams: int
                 seen.add(i)
             ranked = [i for i in ranked if i >= 0] + [-1] * ranked.count(-1)
             out.append(ranked)
-    return np.asarray(out)
+    return (np.asarray(out), torch.cat(scores).numpy()) if return_scores else np.asarray(out)
 
 
 AVG_DECODER = "batched trie (avg_lib)"

@@ -54,16 +54,8 @@ class LMReranker:
         """``(len(texts), G)`` scores of the ``G`` identifiers ``codes`` (len(texts), G, D) of each query."""
         gen = self.gen
         n, group, depth = codes.shape
-        _first, kv, mask, nxt, _ = gen.encode(texts)
-        mask = torch.cat([mask.repeat_interleave(group, 0), mask.new_ones(n * group, depth)], dim=1)
-        pos = nxt.repeat_interleave(group, 0).unsqueeze(1) + torch.arange(depth, device=mask.device)
-        out = gen.lm.base_model(
-            input_ids=codes.reshape(n * group, depth).to(mask.device) + gen.voken_offset,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=gen._cache(kv, group),
-            use_cache=True,
-        )
+        ctx = gen.repeat(gen.encode(texts), group)
+        out = gen.after_prompts(ctx, codes.reshape(n * group, depth).to(ctx[2].device), model=gen.lm.base_model)
         return self.head(out.last_hidden_state[:, -1]).reshape(n, group)
 
     def fit(self, inputs, cand, targets: np.ndarray | None = None, progress: bool = False) -> LMReranker:

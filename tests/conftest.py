@@ -24,3 +24,20 @@ def toy_js(tmp_path):
     txt = (img[owner] + 0.3 * rng.normal(size=(len(owner), 16))).astype(np.float32)
     feats = Features(img, txt, owner, tmp_path)
     return stages.JointSpace(ds, feats, None, pd.DataFrame(), tmp_path, img, txt, owner, "toy", None)
+
+
+TOY_RUN = {
+    "tokenizer": {"codebook_size": 4, "levels": 2, "e_dim": 8, "hidden": [16], "epochs": 3, "batch_size": 64},
+    "generator": {"layers": 1, "decoder_width": 32, "epochs": 1, "disc_epochs": 1, "num_beams": 4, "batch_size": 64},
+}
+
+
+@pytest.fixture()
+def run(toy_js, tmp_path):
+    """The smoke profile's run with a tiny tokenizer and generator, on the toy joint space (which stands in for
+    the data and the encoders)."""
+    from avg_lib import pipeline
+
+    r = pipeline.setup("smoke", {**TOY_RUN, "results_dir": str(tmp_path / "results")}, progress=False)
+    r.dataset, r.js = toy_js.ds, toy_js
+    return r

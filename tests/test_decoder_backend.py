@@ -9,6 +9,7 @@ import torch
 from helpers import save_tiny_llama
 
 from avg_lib import generator
+from avg_lib.benchmark import hf_reference_retrieve
 from avg_lib.generator import DecoderGenerator, GeneratorConfig, build_generator, cache_fields
 from avg_lib.generator.base import project_codebook
 from avg_lib.trie import VokenTrie
@@ -42,48 +43,19 @@ def test_decoding_equals_transformers_generate_with_prefix_allowed_tokens_fn(lla
     trie = VokenTrie(codes)
     texts = TEXTS[:4]
     ours = gen.retrieve(texts, trie, num_beams=beams, batch_size=3)
-    b = gen.prompts(texts)
-    ids, mask = b["input_ids"], b["attention_mask"]
-    width, off, eos = ids.shape[1], gen.voken_offset, gen.eos_id
-
-    def allowed(batch_id, sent):
-        prefix = [t - off for t in sent.tolist()[width:]]
-        return [eos] if len(prefix) >= D else [t + off for t in trie.next_tokens(prefix)]
-
-    out = gen.lm.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        num_beams=beams,
-        num_return_sequences=beams,
-        max_new_tokens=D + 1,
-        prefix_allowed_tokens_fn=allowed,
-        length_penalty=0.0,
-        early_stopping=True,
-        do_sample=False,
-        output_scores=True,
-        return_dict_in_generate=True,
-        pad_token_id=gen.tokenizer.pad_token_id,
-        eos_token_id=eos,
-    )
-    got = out.sequences[:, width : width + D] - off
-    ref_items = torch.tensor([trie.lookup(c) for c in got.tolist()]).reshape(len(texts), beams)
+    ref_items, ref_scores = hf_reference_retrieve(gen, texts, trie, beams, batch_size=4, return_scores=True)
     assert (ref_items >= 0).all()  # never off the trie
     assert ours.items.tolist() == ref_items.tolist()
-    assert torch.allclose(ours.scores, out.sequences_scores.reshape(len(texts), beams), atol=1e-4)
+    assert torch.allclose(ours.scores, torch.as_tensor(ref_scores), atol=1e-4)
 
 
-def test_exhaustive_beam_search_ranks_like_scoring_every_identifier(llama):
-    """As many beams as items: the cached decode steps rank the gallery by the full-sequence log-probability
-    that training optimises (at the training temperature)."""
-    gen = make(llama)
-    texts = TEXTS[:3]
-    res = gen.retrieve(texts, VokenTrie(CODES), num_beams=len(CODES), batch_size=2)
-    with torch.no_grad():
-        scores = torch.stack(
-            [gen.sequence_logprob(gen.encode([t] * len(CODES)), torch.as_tensor(CODES)) for t in texts]
-        )
-    assert res.items.tolist() == torch.argsort(scores, dim=1, descending=True).tolist()
-    assert torch.allclose(res.scores, scores.sort(dim=1, descending=True).values, atol=1e-4)
+def test_the_decoding_benchmarks_reference_follows_the_generator_at_its_temperature(llama):
+    """The decoding benchmark's baseline (``generate`` with ``prefix_allowed_tokens_fn`` at the generator's
+    temperature, notebook 05) ranks like the generator's own batched search, prompts padded on the left."""
+    gen = make(llama, num_beams=6)
+    trie = VokenTrie(CODES)
+    ours = gen.retrieve(TEXTS, trie, num_beams=6, batch_size=4)
+    assert hf_reference_retrieve(gen, TEXTS, trie, 6, batch_size=3).tolist() == ours.items.tolist()
 
 
 def test_shared_prompt_cache_and_left_padding_do_not_change_scores(llama):

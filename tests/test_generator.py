@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers import save_tiny_t5
+from helpers import save_tiny_llama, save_tiny_t5
 from torch import nn
 
 from avg_lib import generator
@@ -144,13 +144,18 @@ def test_minilm_cached_decoding_equals_full_recomputation(prior):
             break
 
 
-@pytest.mark.parametrize("backend", ["minilm", "t5"])
-def test_exhaustive_beam_search_ranks_like_scoring_every_identifier(backend):
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return str(save_tiny_llama(tmp_path_factory.mktemp("llama")))
+
+
+@pytest.mark.parametrize("backend", ["minilm", "t5", "decoder"])
+def test_exhaustive_beam_search_ranks_like_scoring_every_identifier(backend, tiny_llama):
     """With as many beams as gallery items, constrained beam search (its first step on one row per
-    text, then cached steps) must rank the whole gallery by the sequence log-probability of each item."""
-    gen = build_generator(
-        K, D, dataclasses.replace(SMALL, backend=backend, layers=2, d_model=32), np.random.randn(1, K, 16)
-    ).eval()
+    text, then cached steps; the decoder backend's prompt once) must rank the whole gallery by the
+    sequence log-probability of each item that training optimises."""
+    cfg = dataclasses.replace(SMALL, backend=backend, layers=2, d_model=32, lm_path=tiny_llama)
+    gen = build_generator(K, D, cfg, np.random.randn(1, K, 16)).eval()
     with torch.no_grad():  # non-trivial weights so that items get distinct scores
         for p in gen.parameters():
             p.add_(0.05 * torch.randn_like(p))

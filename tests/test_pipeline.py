@@ -7,18 +7,6 @@ import pytest
 
 from avg_lib import experiments, pipeline
 
-TINY = {
-    "tokenizer": {"codebook_size": 4, "levels": 2, "e_dim": 8, "hidden": [16], "epochs": 3, "batch_size": 64},
-    "generator": {"layers": 1, "decoder_width": 32, "epochs": 1, "disc_epochs": 1, "num_beams": 4, "batch_size": 64},
-}
-
-
-@pytest.fixture()
-def run(toy_js, tmp_path):
-    r = pipeline.setup("smoke", {**TINY, "results_dir": str(tmp_path / "results")}, progress=False)
-    r.dataset, r.js = toy_js.ds, toy_js  # stand in for the data and the encoders
-    return r
-
 
 def test_setup_validates_the_profile_and_prints_the_run(capsys, tmp_path):
     r = pipeline.setup("smoke", {"generator": {"epochs": 5}})

@@ -132,26 +132,33 @@ class DecoderGenerator(VokenGenerator):
         pairs = kv if group == 1 else [(k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)) for k, v in kv]
         return DynamicCache(ddp_cache_data=pairs)
 
-    def _continue(self, tokens, cache, mask, nxt):
-        """Feed ``tokens`` (rows, t) after a prompt's cache: ``(logits (rows, t, vocab), cache, mask, next
-        position)``."""
+    def _continue(self, tokens, cache, mask, nxt, model=None):
+        """Feed ``tokens`` (rows, t) after a prompt's cache to ``model`` (default: the LM; its ``base_model`` gives
+        hidden states): ``(output, cache, mask, next position)``."""
         rows, t = tokens.shape
         mask = torch.cat([mask, mask.new_ones(rows, t)], dim=1)
         pos = nxt.unsqueeze(1) + torch.arange(t, device=tokens.device)
-        out = self.lm(input_ids=tokens, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-        return out.logits, out.past_key_values, mask, nxt + t
+        out = (model or self.lm)(
+            input_ids=tokens, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+        )
+        return out, out.past_key_values, mask, nxt + t
+
+    def after_prompts(self, ctx, vokens: torch.Tensor, model=None):
+        """``model``'s output for voken values ``vokens`` (rows, t) fed after the prompts of ``ctx``, each prompt's
+        cache shared by its ``group`` rows (negatives, or a re-ranker's candidates)."""
+        _first, kv, mask, nxt, group = ctx
+        if group > 1:
+            mask, nxt = (x.repeat_interleave(group, dim=0) for x in (mask, nxt))
+        return self._continue(vokens + self.voken_offset, self._cache(kv, group), mask, nxt, model)[0]
 
     # ---------------------------------------------------------------------------------------- the interface
     def decoder_logits(self, ctx, prefix):
         """Logits after the prompt (shared by the ``group`` rows of each caption), then after each voken of
         ``prefix``."""
-        first, kv, mask, nxt, group = ctx
-        if group > 1:
-            first, mask, nxt = (x.repeat_interleave(group, dim=0) for x in (first, mask, nxt))
+        first = ctx[0].repeat_interleave(ctx[-1], dim=0).unsqueeze(1)
         if prefix.shape[1] == 0:
-            return first.unsqueeze(1)
-        rest = self._continue(prefix + self.voken_offset, self._cache(kv, group), mask, nxt)[0]
-        return torch.cat([first.unsqueeze(1), rest], dim=1)
+            return first
+        return torch.cat([first, self.after_prompts(ctx, prefix).logits], dim=1)
 
     def decode_step(self, ctx):
         """Incremental decoding: the first step is the prompts' own last logits (one row per caption); then each
@@ -165,10 +172,10 @@ class DecoderGenerator(VokenGenerator):
                 logits = first
             else:
                 state["cache"].reorder_cache(src)
-                logits, state["cache"], state["mask"], state["next"] = self._continue(
+                out, state["cache"], state["mask"], state["next"] = self._continue(
                     prefix[:, -1:] + self.voken_offset, state["cache"], state["mask"][src], state["next"][src]
                 )
-                logits = logits[:, -1]
+                logits = out.logits[:, -1]
             return F.log_softmax(logits.float() / self.cfg.temperature, dim=-1)
 
         return step

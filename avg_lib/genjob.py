@@ -27,17 +27,6 @@ import pandas as pd
 ARRAYS = ("train_codes", "train_codes_all", "val_targets", "val_codes", "test_targets", "test_codes", "codebooks")
 
 
-def _write_binary(path: Path, save) -> Path:
-    """``save(file)`` into ``path`` atomically (no partial file on an interruption)."""
-    from .results import atomic_write
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            save(f)
-
-    return atomic_write(path, write)
-
-
 def export(run, seeds, out: str | Path, pseudo: int = 0) -> list[Path]:
     """``<out>/seed<s>.json`` + ``.npz`` for each seed: what :func:`train` needs to train ``run``'s generator with
     ``pseudo`` pseudo queries per test image on that seed's identifiers (each seed has its own chain)."""
@@ -70,7 +59,7 @@ def export(run, seeds, out: str | Path, pseudo: int = 0) -> list[Path]:
             "val_texts": val.texts,
             "test_texts": test.texts,
         }
-        _write_binary(out / f"seed{s}.npz", lambda f, a=arrays: np.savez(f, **a))
+        results.write_file(out / f"seed{s}.npz", lambda f, a=arrays: np.savez(f, **a))
         written.append(results.write_text(json.dumps(meta) + "\n", out / f"seed{s}.json"))
     return written
 
@@ -130,7 +119,7 @@ def train(
             res = gen.retrieve(meta["test_texts"], VokenTrie(a["test_codes"]).to(device), batch_size=64)
         ranked = res.items.cpu().numpy()
         stem = out / path.stem
-        _write_binary(stem.with_name(f"{path.stem}-ranked.npy"), lambda f, r=ranked: np.save(f, r))
+        results.write_file(stem.with_name(f"{path.stem}-ranked.npy"), lambda f, r=ranked: np.save(f, r))
         results.write_text(pd.DataFrame(history).to_csv(index=False), stem.with_name(f"{path.stem}-history.csv"))
         best = max(history, key=lambda h: h.get("val_R@1", -1))
         info = {
@@ -247,6 +236,9 @@ def main(argv=None) -> None:
     c.add_argument("--trained", type=Path, help="default: <job>/trained")
     c.add_argument("--out", type=Path, help="default: the profile's results_dir")
     args = ap.parse_args(argv)
+    for name in ("job", "out", "trained"):  # relative to where the command runs (results' paths are the repo's)
+        if getattr(args, name, None) is not None:
+            setattr(args, name, getattr(args, name).resolve())
     if args.command == "train":
         train(args.job, json.loads(args.overrides), args.out, seeds=args.seeds)
         return

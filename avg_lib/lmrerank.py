@@ -1,14 +1,18 @@
-"""A generative re-ranker: a causal language model reads the query and a candidate image's vokens, and a head on
-the last token scores the pair (the paper's Table 1 re-ranker role, SEED-LLaMA-8B + LoRA there).
+"""A generative re-ranker: a causal language model reads the query and a candidate image, and a head on the last
+token scores the pair (the paper's Table 1 re-ranker role, SEED-LLaMA-8B + LoRA there, which sees the image as
+visual tokens).
 
-The input is ``prompt(query) + the candidate's voken tokens``; the voken tokens are added to the LM's vocabulary
-with embeddings initialised from the tokenizer's codebook, as in the decoder generator backend
-(:class:`avg_lib.generator.DecoderGenerator`, whose prompt handling this reuses: the query's prompt runs once
-and its key/value cache is shared by all K candidates). A small MLP on the last position's hidden state gives
-the score. :meth:`LMReranker.fit` trains the LM and the head on groups of one positive and ``negatives``
-candidates from AVG's beams, with a softmax cross-entropy over each group (the positive first), on the split it
-is given: a re-ranker here learns on validation, so AVG's beams on its own training captions (which it has
-memorised) never teach it.
+The input is ``prompt(query)``, then the candidate's voken tokens, then (``image_token``) one soft token: the
+candidate's image feature through a trained normalise-and-project map to the LM's width. The voken tokens are added
+to the LM's vocabulary with embeddings initialised from the tokenizer's codebook, as in the decoder generator
+backend (:class:`avg_lib.generator.DecoderGenerator`, whose prompt handling this reuses: the query's prompt runs
+once and its key/value cache is shared by all K candidates). A small MLP on the last position's hidden state gives
+the score. :meth:`LMReranker.fit` trains the LM, the projection and the head on groups of one positive and
+``negatives`` candidates from AVG's beams, with a softmax cross-entropy over each group (the positive first).
+
+What it learns from is the caller's choice; :mod:`avg_lib.rerankjob` gives it a sample of *training* captions with
+AVG's beams over the training gallery (AVG has memorised those captions, so their beams hold the right image plus
+its nearest neighbours in voken space: hard negatives), keeps validation for the fusion weight and test untouched.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ class LMRerankConfig:
     epochs: int = 1
     batch_size: int = 8  # queries per step (each with 1 + negatives candidates)
     lr: float = 1e-4  # the LM's learning rate
-    head_lr: float = 1e-3
+    head_lr: float = 1e-3  # the head's and the image projection's
+    image_token: bool = True  # also read the candidate's image feature as one soft token after its vokens
+    device: str = "cpu"  # "cuda": train and score on the current CUDA device
     seed: int = 0
 
 
@@ -41,22 +47,60 @@ class LMReranker:
 
     name = "lm"
 
-    def __init__(self, codebook_size: int, depth: int, codebooks: np.ndarray | None, cfg: LMRerankConfig):
+    def __init__(
+        self,
+        codebook_size: int,
+        depth: int,
+        codebooks: np.ndarray | None,
+        cfg: LMRerankConfig,
+        image_dim: int | None = None,
+    ):
+        """``image_dim``: the width of the image features it will read (``RerankInputs.image_feats``); required
+        with ``cfg.image_token``."""
+        if cfg.image_token and not image_dim:
+            raise ValueError("LMRerankConfig.image_token needs image_dim, the width of the candidates' image features")
+        if cfg.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', not {cfg.device!r}")
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("LMRerankConfig.device is 'cuda' but torch sees no CUDA device; set it to 'cpu'")
         self.cfg = cfg
         gen_cfg = GeneratorConfig(backend="decoder", lm_path=cfg.lm_path, prompt=cfg.prompt, seed=cfg.seed)
         self.gen = build_generator(codebook_size, depth, gen_cfg, codebooks)  # the LM with voken tokens, its prompts
         d = self.gen.lm.config.hidden_size
         torch.manual_seed(cfg.seed)
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        self.image_proj = None
+        if cfg.image_token:  # normalised features -> the LM's width, at the scale of its token embeddings
+            proj = nn.Linear(image_dim, d)
+            std = float(self.gen.lm.get_input_embeddings().weight.detach()[: self.gen.voken_offset].std())
+            nn.init.normal_(proj.weight, std=std / image_dim**0.5)
+            nn.init.zeros_(proj.bias)
+            self.image_proj = nn.Sequential(nn.LayerNorm(image_dim), proj)
+        self.device = torch.device(cfg.device)
+        for m in self._modules():
+            m.to(self.device).eval()  # training mode only inside fit
         self.history: list[dict] = []
 
-    def _scores(self, texts: list[str], codes: torch.Tensor) -> torch.Tensor:
-        """``(len(texts), G)`` scores of the ``G`` identifiers ``codes`` (len(texts), G, D) of each query."""
+    def _modules(self):
+        return [m for m in (self.gen, self.head, self.image_proj) if m is not None]
+
+    def _scores(self, texts: list[str], codes: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """``(len(texts), G)`` scores of the ``G`` candidates of each query: identifiers ``codes`` (len(texts), G, D)
+        and, with the image token, their image features ``images`` (len(texts), G, image_dim)."""
         gen = self.gen
         n, group, depth = codes.shape
         ctx = gen.repeat(gen.encode(texts), group)
-        out = gen.after_prompts(ctx, codes.reshape(n * group, depth).to(ctx[2].device), model=gen.lm.base_model)
+        x = gen.lm.get_input_embeddings()(codes.reshape(n * group, depth).to(self.device) + gen.voken_offset)
+        if self.image_proj is not None:
+            soft = self.image_proj(images.reshape(n * group, -1).to(self.device, torch.float32))
+            x = torch.cat([x, soft.unsqueeze(1).to(x.dtype)], dim=1)
+        out = gen.after_prompts(ctx, x, model=gen.lm.base_model)
         return self.head(out.last_hidden_state[:, -1]).reshape(n, group)
+
+    def _images(self, inputs, items: np.ndarray) -> torch.Tensor | None:
+        if self.image_proj is None:
+            return None
+        return torch.from_numpy(np.asarray(inputs.image_feats, dtype=np.float32)[np.maximum(items, 0)])
 
     def fit(self, inputs, cand, targets: np.ndarray | None = None, progress: bool = False) -> LMReranker:
         """Train on ``inputs``' queries: each group is the query's image, then the first ``negatives`` other
@@ -67,34 +111,40 @@ class LMReranker:
         for i, (items, t) in enumerate(zip(cand.items, targets)):
             negs = [int(x) for x in items if x >= 0 and x != t][: cfg.negatives] or [int((t + 1) % len(codes))]
             groups[i] = [t, *negs, *[negs[-1]] * (cfg.negatives - len(negs))]
-        params = [
-            {"params": self.gen.parameters(), "lr": cfg.lr},
-            {"params": self.head.parameters(), "lr": cfg.head_lr},
-        ]
+        head = [p for m in (self.head, self.image_proj) if m is not None for p in m.parameters()]
+        params = [{"params": self.gen.parameters(), "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}]
         opt = torch.optim.AdamW(params, foreach=True)
         rng = np.random.default_rng(cfg.seed)
-        self.gen.train()
-        self.head.train()
-        for epoch in tqdm(range(cfg.epochs), desc="LM re-ranker", disable=not progress):
+        for m in self._modules():
+            m.train()
+        steps = -(-len(targets) // cfg.batch_size)
+        bar = tqdm(total=cfg.epochs * steps, desc="LM re-ranker training", disable=not progress)
+        for epoch in range(cfg.epochs):
             order, total = rng.permutation(len(targets)), 0.0
             for s in range(0, len(order), cfg.batch_size):
                 b = order[s : s + cfg.batch_size]
-                scores = self._scores([inputs.texts[i] for i in b], torch.from_numpy(codes[groups[b]]))
+                texts = [inputs.texts[i] for i in b]
+                scores = self._scores(texts, torch.from_numpy(codes[groups[b]]), self._images(inputs, groups[b]))
                 loss = F.cross_entropy(scores, torch.zeros(len(b), dtype=torch.long, device=scores.device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(b)
+                bar.update(1)
             self.history.append({"epoch": epoch + 1, "train_loss": total / len(order)})
-        self.gen.eval()
-        self.head.eval()
+        bar.close()
+        for m in self._modules():
+            m.eval()
         return self
 
     @torch.no_grad()
-    def score(self, inputs, cand, batch_size: int = 16) -> np.ndarray:
-        codes = torch.from_numpy(np.asarray(inputs.gallery_codes)[np.maximum(cand.items, 0)])  # (n, K, D)
-        out = [
-            self._scores(inputs.texts[s : s + batch_size], codes[s : s + batch_size]).float().cpu()
-            for s in range(0, len(cand.items), batch_size)
-        ]
+    def score(self, inputs, cand, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+        """``(n, K)`` scores of each query's candidates (empty slots, ``-1``, get the score of gallery row 0; the
+        caller keeps them last)."""
+        items = np.maximum(cand.items, 0)
+        codes = torch.from_numpy(np.asarray(inputs.gallery_codes)[items])  # (n, K, D)
+        out = []
+        for s in tqdm(range(0, len(items), batch_size), desc="LM re-ranker scores", disable=not progress):
+            images = self._images(inputs, items[s : s + batch_size])
+            out.append(self._scores(inputs.texts[s : s + batch_size], codes[s : s + batch_size], images).float().cpu())
         return torch.cat(out).numpy()

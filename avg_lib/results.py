@@ -107,10 +107,16 @@ def config_path(csv_path: str | os.PathLike) -> Path:
 
 def write_text(text: str, path: str | os.PathLike) -> Path:
     """Write a text file (markdown tables, reports) atomically."""
+    return write_file(path, lambda f: f.write(text), mode="w")
+
+
+def write_file(path: str | os.PathLike, save, mode: str = "wb") -> Path:
+    """``save(file)`` into ``path``, opened with ``mode``, atomically (no partial file on an interruption): e.g.
+    ``write_file(p, lambda f: np.savez(f, **arrays))``."""
 
     def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, mode) as f:
+            save(f)
 
     return atomic_write(repo_path(path), write)
 

@@ -18,19 +18,28 @@ def llama(tmp_path_factory):
     return str(save_tiny_llama(tmp_path_factory.mktemp("llama")))
 
 
+IMAGES = np.random.default_rng(1).normal(size=(len(CODES), 5)).astype(np.float32)
+
+
 def toy(n_cand=4):
     rng = np.random.default_rng(0)
     items = np.stack([rng.permutation(len(CODES))[:n_cand] for _ in TEXTS])
     items[0, -1] = -1  # a query whose beam search found fewer candidates
     cand = rerank.Candidates(items, np.zeros(items.shape))
-    inp = rerank.RerankInputs(TEXTS, np.zeros((4, 2)), np.zeros((6, 2)), CODES, np.array([0, 1, 2, 3]))
+    inp = rerank.RerankInputs(TEXTS, np.zeros((4, 2)), IMAGES, CODES, np.array([0, 1, 2, 3]))
     return inp, cand
 
 
-def test_shared_prompt_scores_equal_each_pair_scored_alone(llama):
+def reranker(llama, image_token, codebooks=None, **settings):
+    cfg = LMRerankConfig(lm_path=llama, image_token=image_token, **settings)
+    return LMReranker(K, D, codebooks, cfg, image_dim=IMAGES.shape[1] if image_token else None)
+
+
+@pytest.mark.parametrize("image_token", [False, True])
+def test_shared_prompt_scores_equal_each_pair_scored_alone(llama, image_token):
     """The query's prompt runs once for its K candidates (left-padded beside longer queries): each score equals
-    the head on the last hidden state of that one (prompt + vokens) sequence, run whole."""
-    rr = LMReranker(K, D, np.random.default_rng(0).normal(size=(1, K, 16)), LMRerankConfig(lm_path=llama))
+    the head on the last hidden state of that one (prompt + vokens [+ image token]) sequence, run whole."""
+    rr = reranker(llama, image_token, np.random.default_rng(0).normal(size=(1, K, 16)))
     inp, cand = toy()
     got = rr.score(inp, cand, batch_size=3)
     assert got.shape == cand.items.shape and np.isfinite(got).all()
@@ -39,15 +48,34 @@ def test_shared_prompt_scores_equal_each_pair_scored_alone(llama):
         for q in (0, 1):
             for j in (0, 2):
                 ids = gen.tokenizer(gen.cfg.prompt.format(text=TEXTS[q]), return_tensors="pt")["input_ids"]
-                vok = torch.as_tensor(CODES[max(cand.items[q, j], 0)]).unsqueeze(0) + gen.voken_offset
-                h = gen.lm.base_model(input_ids=torch.cat([ids, vok], 1)).last_hidden_state[:, -1]
+                item = max(cand.items[q, j], 0)
+                vok = torch.as_tensor(CODES[item]).unsqueeze(0) + gen.voken_offset
+                x = gen.lm.get_input_embeddings()(torch.cat([ids, vok], 1))
+                if image_token:
+                    x = torch.cat([x, rr.image_proj(torch.from_numpy(IMAGES[item]))[None, None]], 1)
+                h = gen.lm.base_model(inputs_embeds=x).last_hidden_state[:, -1]
                 assert float(rr.head(h)) == pytest.approx(got[q, j], abs=1e-4)
 
 
-def test_fit_lowers_the_group_loss_and_reranking_permutes_the_beams(llama):
+def test_the_image_token_makes_a_score_read_the_candidates_image(llama):
     inp, cand = toy()
-    cfg = LMRerankConfig(lm_path=llama, negatives=2, epochs=6, batch_size=2, lr=3e-3, head_lr=3e-3)
-    rr = LMReranker(K, D, None, cfg).fit(inp, cand)
+    other = rerank.RerankInputs(TEXTS, inp.text_feats, IMAGES[::-1].copy(), CODES, inp.targets)
+    with_image, vokens_only = reranker(llama, True), reranker(llama, False)
+    assert not np.allclose(with_image.score(inp, cand), with_image.score(other, cand))
+    assert np.allclose(vokens_only.score(inp, cand), vokens_only.score(other, cand))
+
+
+def test_settings_it_cannot_honour_are_named(llama):
+    with pytest.raises(ValueError, match="image_dim"):
+        LMReranker(K, D, None, LMRerankConfig(lm_path=llama))
+    with pytest.raises(ValueError, match="device"):
+        LMReranker(K, D, None, LMRerankConfig(lm_path=llama, image_token=False, device="tpu"))
+
+
+@pytest.mark.parametrize("image_token", [False, True])
+def test_fit_lowers_the_group_loss_and_reranking_permutes_the_beams(llama, image_token):
+    inp, cand = toy()
+    rr = reranker(llama, image_token, negatives=2, epochs=6, batch_size=2, lr=3e-3, head_lr=3e-3).fit(inp, cand)
     assert rr.history[-1]["train_loss"] < rr.history[0]["train_loss"]
     order, _ = rerank.rerank(rr, inp, cand)
     for a, b in zip(order, cand.items):

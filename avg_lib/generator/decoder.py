@@ -134,22 +134,24 @@ class DecoderGenerator(VokenGenerator):
 
     def _continue(self, tokens, cache, mask, nxt, model=None):
         """Feed ``tokens`` (rows, t) after a prompt's cache to ``model`` (default: the LM; its ``base_model`` gives
-        hidden states): ``(output, cache, mask, next position)``."""
-        rows, t = tokens.shape
+        hidden states): ``(output, cache, mask, next position)``. Floating-point ``tokens`` (rows, t, width) are
+        input embeddings (a re-ranker's soft tokens)."""
+        rows, t = tokens.shape[:2]
         mask = torch.cat([mask, mask.new_ones(rows, t)], dim=1)
         pos = nxt.unsqueeze(1) + torch.arange(t, device=tokens.device)
-        out = (model or self.lm)(
-            input_ids=tokens, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
-        )
+        given = {"inputs_embeds": tokens} if tokens.is_floating_point() else {"input_ids": tokens}
+        out = (model or self.lm)(**given, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
         return out, out.past_key_values, mask, nxt + t
 
     def after_prompts(self, ctx, vokens: torch.Tensor, model=None):
         """``model``'s output for voken values ``vokens`` (rows, t) fed after the prompts of ``ctx``, each prompt's
-        cache shared by its ``group`` rows (negatives, or a re-ranker's candidates)."""
+        cache shared by its ``group`` rows (negatives, or a re-ranker's candidates). Floating-point ``vokens``
+        (rows, t, width) are input embeddings, fed as they are."""
         _first, kv, mask, nxt, group = ctx
         if group > 1:
             mask, nxt = (x.repeat_interleave(group, dim=0) for x in (mask, nxt))
-        return self._continue(vokens + self.voken_offset, self._cache(kv, group), mask, nxt, model)[0]
+        tokens = vokens if vokens.is_floating_point() else vokens + self.voken_offset
+        return self._continue(tokens, self._cache(kv, group), mask, nxt, model)[0]
 
     # ---------------------------------------------------------------------------------------- the interface
     def decoder_logits(self, ctx, prefix):

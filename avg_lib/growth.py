@@ -1,7 +1,10 @@
-"""How each stage's cost grows with the data set: from the ``stages.csv`` of two dry runs of different sizes
+"""How each stage's cost grows with the data set: from the ``stages.csv`` of dry runs of different sizes
 (``python -m avg_lib.train --timing``), a power law per stage and its extrapolation to larger sets::
 
     python -m avg_lib.growth results/scale/tenth results/scale/half --to 31783 123287 --out results/scale/growth.csv
+
+With three runs or more (smallest first), the law is fitted through the two largest, and the largest run also
+checks the law the two before it gave: estimated against measured, per stage (``<out>`` with ``_check``).
 
 For a stage timed at ``n1`` and ``n2`` images, the exponent is ``b = log(t2 / t1) / log(n2 / n1)`` (1: linear,
 2: quadratic) and the estimate at ``N`` images is ``t2 · (N / n2)^b``. Peak memory (resident set size so far) is
@@ -67,43 +70,96 @@ def growth(small: pd.DataFrame, large: pd.DataFrame, targets=(31783, 123287)) ->
     return out
 
 
+def check(small: pd.DataFrame, large: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
+    """How well the power law through ``small`` and ``large`` predicted ``measured``, a run at another size: per
+    stage (and the total), the estimate, the measurement and their ratio, for time and peak memory."""
+    n = int(measured["n_images"].iloc[0])
+    fit = growth(small, large, targets=(n,)).set_index("stage")
+    m = measured.set_index("stage")
+    missing = [s for s in fit.index if s != "total" and s not in m.index]
+    if missing:
+        raise ValueError(f"the run at {n} images has no stage {missing[0]!r}; it cannot check that stage's law")
+    timed = [s for s in fit.index if s != "total"]
+    rows = []
+    for s in fit.index:
+        t = m.loc[timed, "wall_s"].sum() if s == "total" else float(m.loc[s, "wall_s"])
+        peak = m.loc[timed, "peak_rss_mb_so_far"].max() if s == "total" else float(m.loc[s, "peak_rss_mb_so_far"])
+        est_t, est_p = float(fit.loc[s, f"wall_s_at_{n}"]), float(fit.loc[s, f"peak_mb_at_{n}"])
+        rows.append(
+            {
+                "stage": s,
+                "n_images": n,
+                "wall_s_estimated": est_t,
+                "wall_s_measured": float(t),
+                "wall_ratio": float(t) / est_t,
+                "peak_mb_estimated": est_p,
+                "peak_mb_measured": float(peak),
+                "peak_ratio": float(peak) / est_p,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m avg_lib.growth", description=__doc__.split("\n\n")[0])
-    ap.add_argument("small", type=Path, help="folder with the smaller run's stages.csv")
-    ap.add_argument("large", type=Path, help="folder with the larger run's stages.csv")
+    ap.add_argument("runs", type=Path, nargs="+", help="folders with each run's stages.csv, smallest first (2+)")
     ap.add_argument("--to", type=int, nargs="+", default=[31783, 123287], help="image counts to extrapolate to")
     ap.add_argument("--out", type=Path, help="write the table here (CSV with provenance)")
     args = ap.parse_args(argv)
-    small, large = read_stages(args.small), read_stages(args.large)
-    table = growth(small, large, args.to)
+    if len(args.runs) < 2:
+        ap.error("give at least two runs (folders with a stages.csv), smallest first")
+    runs = [read_stages(r) for r in args.runs]
+    table = growth(runs[-2], runs[-1], args.to)
+    checked = check(*runs[-3:]) if len(runs) > 2 else None
     print(table.round(2).to_string(index=False))
+    if checked is not None:
+        print(checked.round(2).to_string(index=False))
     if args.out:
         from .results import write_csv
 
-        profile = str(large["profile"].iloc[0]) if "profile" in large else "scale"
-        write_csv(table, args.out, profile, 0, {"small": str(args.small), "large": str(args.large), "to": args.to})
-        write_readme(table, args, Path(args.out).parent / "README.md")
+        profile = str(runs[-1]["profile"].iloc[0]) if "profile" in runs[-1] else "scale"
+        config = {"runs": [str(r) for r in args.runs], "to": args.to}
+        write_csv(table, args.out, profile, 0, config)
+        if checked is not None:
+            write_csv(checked, args.out.with_name(f"{args.out.stem}_check.csv"), profile, 0, config)
+        write_readme(table, checked, args, Path(args.out).parent / "README.md")
 
 
-def write_readme(table: pd.DataFrame, args, path: Path) -> Path:
-    """The folder's README: the measured stages and their extrapolation, from the table just written."""
+def write_readme(table: pd.DataFrame, checked: pd.DataFrame | None, args, path: Path) -> Path:
+    """The folder's README: the measured stages and their extrapolation (and the check of the earlier law by the
+    largest run), from the tables just written."""
     from .results import write_text
     from .tables import markdown
 
     keep = ["stage", "wall_s_small", "wall_s_large", "time_exponent", "peak_mb_large", "memory_exponent"]
     keep += [c for n in args.to for c in (f"wall_s_at_{n}", f"peak_mb_at_{n}")]
+    sizes = ", ".join(f"{int(n):,}" for n in (table["n_images_small"].iloc[0], table["n_images_large"].iloc[0]))
     lines = [
         "# Scale dry runs: how each stage grows",
         "",
-        f"Generated by `python -m avg_lib.growth {args.small} {args.large} --to {' '.join(map(str, args.to))} "
-        f"--out {args.out}` (`avg_lib/growth.py`) from the `stages.csv` of two runs of "
-        "`python -m avg_lib.train --profile scale --seeds 0 --pseudo 0 --timing` at two sizes (see "
+        f"Generated by `python -m avg_lib.growth {' '.join(map(str, args.runs))} --to {' '.join(map(str, args.to))} "
+        f"--out {args.out}` (`avg_lib/growth.py`) from the `stages.csv` of runs of "
+        "`python -m avg_lib.train --profile scale --seeds 0 --pseudo 0 --timing` at several sizes (see "
         "`profiles/scale.yaml`); do not edit by hand. Times in seconds on the machine of those runs, peak memory "
-        "in MB (resident set size so far). Each estimate continues the power law fitted through the two sizes.",
+        f"in MB (resident set size so far). Each estimate continues the power law fitted through the two largest "
+        f"sizes ({sizes} images).",
         "",
         markdown(table[keep]),
         "",
     ]
+    if checked is not None:
+        n = int(checked["n_images"].iloc[0])
+        total = checked.set_index("stage").loc["total"]
+        lines += [
+            f"## The earlier law, checked at {n:,} images",
+            "",
+            f"The two smaller runs' power law estimated the run at {n:,} images; measured, it took "
+            f"{total['wall_ratio']:.2f}x the estimated time in total and {total['peak_ratio']:.2f}x the estimated peak "
+            "memory (`wall_ratio`, `peak_ratio`: measured / estimated).",
+            "",
+            markdown(checked),
+            "",
+        ]
     return write_text("\n".join(lines), path)
 
 

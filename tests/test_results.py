@@ -4,6 +4,7 @@ pipeline from committed code; they do not re-derive any number."""
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -300,6 +301,8 @@ def test_scale_growth_extrapolates_every_stage_to_flickr30k_and_coco_sizes():
     g = pd.read_csv(RESULTS / "scale" / "growth.csv").set_index("stage")
     assert {"features + two-tower joint space", "voken tokenizer", "total"} <= set(g.index)
     assert (g["n_images_small"] < g["n_images_large"]).all()
-    for n in (31783, 123287):
-        assert (g[f"wall_s_at_{n}"] > g["wall_s_large"]).all() and (g[f"peak_mb_at_{n}"] > 0).all()
+    for n in (31783, 123287):  # a size beyond the largest run is an extrapolation; the largest run's own, itself
+        at = g[f"wall_s_at_{n}"]
+        grows = at > g["wall_s_large"] if n > g["n_images_large"].max() else np.isclose(at, g["wall_s_large"])
+        assert grows.all() and (g[f"peak_mb_at_{n}"] > 0).all()
     assert g["git_commit"].astype(str).str.fullmatch(r"[0-9a-f]{12}").all()

@@ -217,38 +217,58 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
     return runs, claim
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m avg_lib.genjob", description=__doc__.split("\n\n")[0])
+def job_parser(prog: str, description: str, helps: dict):
+    """The command line every export / train / compare job shares (this module's and :mod:`avg_lib.rerankjob`'s):
+    ``(parser, export subparser)``, the latter for a job's own export options. ``helps``: each subcommand's help
+    (``export``, ``train``, ``compare``) and the help of ``overrides`` and of compare's ``out``."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     sub = ap.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="write what each seed's generator needs (a few MB per seed)")
+    e = sub.add_parser("export", help=helps["export"])
     e.add_argument("--profile", default="default")
     e.add_argument("--seeds", type=int, nargs="+", help="default: the profile's main_table.seeds")
     e.add_argument("--pseudo", type=int, default=0, help="pseudo queries per test image (default 0)")
     e.add_argument("--out", type=Path, required=True)
-    t = sub.add_parser("train", help="train one generator per exported seed and write its test rankings")
+    t = sub.add_parser("train", help=helps["train"])
     t.add_argument("job", type=Path)
-    t.add_argument("--overrides", default="{}", help="generator settings over the exported ones, as JSON")
+    t.add_argument("--overrides", default="{}", help=helps["overrides"])
     t.add_argument("--out", type=Path, help="default: <job>/trained")
     t.add_argument("--seeds", type=int, nargs="+", help="only these exported seeds (several processes can share a GPU)")
-    c = sub.add_parser("compare", help="recall and the paired difference against the profile's generator")
+    c = sub.add_parser("compare", help=helps["compare"])
     c.add_argument("job", type=Path)
     c.add_argument("--profile", default="default")
     c.add_argument("--trained", type=Path, help="default: <job>/trained")
-    c.add_argument("--out", type=Path, help="default: the profile's results_dir")
-    args = ap.parse_args(argv)
+    c.add_argument("--out", type=Path, help=helps["compare_out"])
+    return ap, e
+
+
+def run_job_command(args, export_seeds, train_job, compare_job) -> None:
+    """Carry out parsed ``args`` of :func:`job_parser`: ``train_job(job, overrides, out, seeds=...)`` needs no data;
+    ``export_seeds(run, seeds, args)`` and ``compare_job(run, job, trained, out)`` get the profile's run."""
     for name in ("job", "out", "trained"):  # relative to where the command runs (results' paths are the repo's)
         if getattr(args, name, None) is not None:
             setattr(args, name, getattr(args, name).resolve())
     if args.command == "train":
-        train(args.job, json.loads(args.overrides), args.out, seeds=args.seeds)
+        train_job(args.job, json.loads(args.overrides), args.out, seeds=args.seeds)
         return
     from . import pipeline
 
     run = pipeline.setup(args.profile)
     if args.command == "export":
-        export(run, args.seeds or list(run.cfg.main_table.seeds), args.out, args.pseudo)
+        export_seeds(run, args.seeds or list(run.cfg.main_table.seeds), args)
     else:
-        compare(run, args.job, args.trained, args.out)
+        compare_job(run, args.job, args.trained, args.out)
+
+
+def main(argv=None) -> None:
+    helps = {
+        "export": "write what each seed's generator needs (a few MB per seed)",
+        "train": "train one generator per exported seed and write its test rankings",
+        "overrides": "generator settings over the exported ones, as JSON",
+        "compare": "recall and the paired difference against the profile's generator",
+        "compare_out": "default: the profile's results_dir",
+    }
+    ap, _ = job_parser("python -m avg_lib.genjob", __doc__.split("\n\n")[0], helps)
+    run_job_command(ap.parse_args(argv), lambda run, seeds, a: export(run, seeds, a.out, a.pseudo), train, compare)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Validation only chooses the fusion weight; test is scored once.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -245,40 +244,23 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m avg_lib.rerankjob", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="write AVG's beams and what the re-ranker reads (a few MB per seed)")
-    e.add_argument("--profile", default="default")
-    e.add_argument("--seeds", type=int, nargs="+", help="default: the profile's main_table.seeds")
+    from .genjob import job_parser, run_job_command
+
+    helps = {
+        "export": "write AVG's beams and what the re-ranker reads (a few MB per seed)",
+        "train": "train one LM re-ranker per exported seed and score its beams",
+        "overrides": "LM re-ranker settings (avg_lib.lmrerank.LMRerankConfig), JSON",
+        "compare": "recall and paired verdicts against AVG's order and the embedding re-ranker",
+        "compare_out": "default: <the profile's results_dir>/lm_rerank",
+    }
+    ap, e = job_parser("python -m avg_lib.rerankjob", __doc__.split("\n\n")[0], helps)
     e.add_argument("--k", type=int, help="beams per query (default: the profile's rerank.k)")
     e.add_argument("--train-queries", type=int, default=2000, help="training captions it learns from (default 2000)")
-    e.add_argument("--pseudo", type=int, default=0, help="pseudo queries per test image (default 0)")
-    e.add_argument("--out", type=Path, required=True)
-    t = sub.add_parser("train", help="train one LM re-ranker per exported seed and score its beams")
-    t.add_argument("job", type=Path)
-    t.add_argument("--overrides", default="{}", help="LM re-ranker settings (avg_lib.lmrerank.LMRerankConfig), JSON")
-    t.add_argument("--out", type=Path, help="default: <job>/trained")
-    t.add_argument("--seeds", type=int, nargs="+", help="only these exported seeds")
-    c = sub.add_parser("compare", help="recall and paired verdicts against AVG's order and the embedding re-ranker")
-    c.add_argument("job", type=Path)
-    c.add_argument("--profile", default="default")
-    c.add_argument("--trained", type=Path, help="default: <job>/trained")
-    c.add_argument("--out", type=Path, help="default: <the profile's results_dir>/lm_rerank")
-    args = ap.parse_args(argv)
-    for name in ("job", "out", "trained"):  # relative to where the command runs (results' paths are the repo's)
-        if getattr(args, name, None) is not None:
-            setattr(args, name, getattr(args, name).resolve())
-    if args.command == "train":
-        train(args.job, json.loads(args.overrides), args.out, seeds=args.seeds)
-        return
-    from . import pipeline
 
-    run = pipeline.setup(args.profile)
-    if args.command == "export":
-        seeds = args.seeds or list(run.cfg.main_table.seeds)
-        export(run, seeds, args.out, args.k or run.cfg.rerank.k, args.train_queries, args.pseudo)
-    else:
-        compare(run, args.job, args.trained, args.out)
+    def export_seeds(run, seeds, a):
+        export(run, seeds, a.out, a.k or run.cfg.rerank.k, a.train_queries, a.pseudo)
+
+    run_job_command(ap.parse_args(argv), export_seeds, train, compare)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ different directory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -48,15 +49,35 @@ def cached(
     dist = distributed()
     if dist is not None:
         return _cached_by_rank_0(dist, out, build, config, force)
-    if force:
-        shutil.rmtree(out, ignore_errors=True)
-    if not is_done(out):
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        build(tmp)
-        _publish(tmp, out, config)
+    with building(out):  # another process building the same artefact: wait for it, then read its result
+        if force:
+            shutil.rmtree(out, ignore_errors=True)
+        if not is_done(out):
+            tmp = out.with_name(out.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            build(tmp)
+            _publish(tmp, out, config)
     return out
+
+
+@contextlib.contextmanager
+def building(out: Path):
+    """Hold an exclusive lock on ``out`` (a hidden ``.<name>.lock`` file beside it) between processes, so that
+    two processes needing the same artefact (parallel training, two notebooks at once) build it once: the
+    second waits, then finds it published. A no-op where ``fcntl`` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _publish(tmp: Path, out: Path, config: dict) -> None:

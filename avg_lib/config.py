@@ -17,6 +17,7 @@ sections, and each section is a frozen dataclass whose fields are the section's 
     rerank:      {ks: [10, 50, 100], k: 50, ...}                   -> RerankConfig
     visualization, backends, benchmark, main_table, ablations, efficiency: the studies of
                  notebooks 03-08 (their dataclasses are in avg_lib.studies)
+    parallel:    {workers: 2, threads: 0}                          -> parallel.ParallelConfig
 
 An unknown section or key, a value of the wrong type, or a ``seed`` inside a section is an error
 that names the profile file and the key. :meth:`RunConfig.to_dict` is what is saved as JSON beside
@@ -36,6 +37,7 @@ import yaml
 
 from .baselines import OneTowerConfig
 from .generator.config import GeneratorConfig
+from .parallel import ParallelConfig
 from .paths import REPO_ROOT
 from .splits import PSEUDO_RECIPES
 from .studies import (
@@ -124,6 +126,7 @@ SECTIONS: dict[str, type] = {
     "main_table": MainTableConfig,
     "ablations": AblationsConfig,
     "efficiency": EfficiencyConfig,
+    "parallel": ParallelConfig,
 }
 SEEDED = (
     "two_tower",
@@ -154,6 +157,7 @@ class RunConfig:
     main_table: MainTableConfig
     ablations: AblationsConfig
     efficiency: EfficiencyConfig
+    parallel: ParallelConfig
     overrides: dict = field(default_factory=dict)  # applied on top of the profile (papermill `overrides`)
 
     def with_seed(self, seed: int) -> RunConfig:

@@ -17,9 +17,11 @@ from .trie import VokenTrie
 __all__ = [
     "METRICS",
     "avg_result",
+    "baseline_names",
     "identifier_baselines",
     "one_tower_result",
     "rerank_results",
+    "sweep_changes",
     "sweep_result",
     "two_tower_result",
 ]
@@ -79,6 +81,19 @@ def avg_result(
     return (row, items) if return_ranked else row
 
 
+UNALIGNED = "RQ ids without semantic alignment"  # the identifier baseline that is also an ablation
+
+
+def baseline_names(mt) -> list[str]:
+    """The names of :func:`identifier_baselines`' schemes for the ``main_table`` settings ``mt``."""
+    return [
+        "atomic ids (one token per image)",
+        f"random numeric ids (base {mt.random_id_base})",
+        f"hierarchical k-means ids (branching {mt.hkmeans_branching})",
+        UNALIGNED,
+    ]
+
+
 def identifier_baselines(run) -> dict:
     """The generative baselines for ``run`` (its seed), each as the changes :func:`avg_result` takes:
     atomic, random numeric (``main_table.random_id_base``) and hierarchical k-means ids over the joint-space
@@ -88,14 +103,13 @@ def identifier_baselines(run) -> dict:
     hk = baselines.hkmeans_ids(
         js.ds.ids, js.image, branching=mt.hkmeans_branching, levels=run.cfg.tokenizer.levels, seed=run.cfg.seed
     )
-    return {
-        "atomic ids (one token per image)": {"ids": baselines.atomic_ids(js.ds.ids)},
-        f"random numeric ids (base {mt.random_id_base})": {
-            "ids": baselines.random_ids(js.ds.ids, base=mt.random_id_base, seed=run.cfg.seed)
-        },
-        f"hierarchical k-means ids (branching {mt.hkmeans_branching})": {"ids": hk},
-        "RQ ids without semantic alignment": {"vt": run.tokenizer(align_weight=0.0)},
-    }
+    changes = [
+        {"ids": baselines.atomic_ids(js.ds.ids)},
+        {"ids": baselines.random_ids(js.ds.ids, base=mt.random_id_base, seed=run.cfg.seed)},
+        {"ids": hk},
+        {"vt": run.tokenizer(align_weight=0.0)},
+    ]
+    return dict(zip(baseline_names(mt), changes))
 
 
 def ablation_variants(run) -> dict:
@@ -109,17 +123,25 @@ def ablation_variants(run) -> dict:
     }
 
 
+def sweep_changes(run, codebook_size: int, levels: int) -> dict:
+    """The generator changes of one point of the codebook-size / voken-length analyses (:func:`sweep_result`):
+    a tokenizer with ``codebook_size`` and ``levels``, generative stage only; at the profile's own (K, L),
+    the generative-stage checkpoint of AVG itself."""
+    tok = run.cfg.tokenizer
+    if (codebook_size, levels) == (tok.codebook_size, tok.levels):
+        return {"stage": "generative"}
+    return {"vt": run.tokenizer(codebook_size=codebook_size, levels=levels), "disc_epochs": 0}
+
+
 def sweep_result(run, codebook_size: int, levels: int) -> dict:
     """One point of the codebook-size / voken-length analyses: a tokenizer with ``codebook_size`` and ``levels``
     and a generator trained on its identifiers, **generative stage only** (the CPU budget). The profile's own
     (K, L) point is the generative-stage checkpoint of AVG itself, so every point had the same training. One seed:
     recall comes with its bootstrap interval over test images."""
-    tok = run.cfg.tokenizer
-    if (codebook_size, levels) == (tok.codebook_size, tok.levels):
-        return avg_result(run, 0, stage="generative", intervals=True)
-    vt = run.tokenizer(codebook_size=codebook_size, levels=levels)
-    row = avg_result(run, 0, vt=vt, disc_epochs=0, intervals=True)
-    row["collision_rate_raw"] = float(identifiers.collision_rate(vt.ids.raw))
+    changes = sweep_changes(run, codebook_size, levels)
+    row = avg_result(run, 0, intervals=True, **changes)
+    if "vt" in changes:
+        row["collision_rate_raw"] = float(identifiers.collision_rate(changes["vt"].ids.raw))
     return row
 
 

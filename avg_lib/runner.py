@@ -4,9 +4,10 @@ Each notebook's ``parameters`` cell names the profile (``profile = "smoke"`` as 
 fresh Jupyter run the smoke settings); the runner injects the chosen profile's name and the notebook
 builds everything else from it (:func:`avg_lib.pipeline.setup`). The profile is validated before
 anything runs (:mod:`avg_lib.config`). The run stops at the first failing notebook and exits
-non-zero, naming it. ``<results_dir>/provenance.csv`` gets one row per notebook (status, wall time,
-commit, profile, seed, hardware), and after the notebooks it ran the runner rewrites
-``<results_dir>/README.md`` from the tables and figures then in that directory
+non-zero, naming it. With ``parallel.workers`` > 1 (and no ``--only``) every model is first trained in that
+many processes (:mod:`avg_lib.parallel`), a step of its own. ``<results_dir>/provenance.csv`` gets one row per
+notebook and step (status, wall time, commit, profile, seed, hardware), and after the notebooks it ran the
+runner rewrites ``<results_dir>/README.md`` from the tables and figures then in that directory
 (:mod:`avg_lib.report`), so ``--only`` and ``--from`` leave it true.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ from .paths import REPO_ROOT, repo_path
 from .results import atomic_write, git_commit, hardware, utc_now
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PARALLEL_STEP = "00_parallel_training"  # its provenance row (before the notebooks; profiles with parallel.workers > 1)
 
 
 def notebooks() -> list[Path]:
@@ -83,7 +86,34 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
     env_before = os.environ.get("AVG_PLAIN_PROGRESS")
     os.environ["AVG_PLAIN_PROGRESS"] = "1"  # text progress bars in the executed notebooks and the log
     commit, hw = git_commit(), hardware()
+
+    def record(name: str, status: str, t0: float, started: str) -> None:
+        nonlocal prov
+        row = {
+            "notebook": name,
+            "status": status,
+            "wall_s": round(time.time() - t0, 1),
+            "started_utc": started,
+            "profile": profile_name,
+            "seed": cfg.seed,
+            "git_commit": commit,
+            "hardware": hw,
+        }
+        if len(prov):
+            prov = prov[prov["notebook"] != name]
+        prov = pd.concat([prov, pd.DataFrame([row])], ignore_index=True).sort_values("notebook")
+        atomic_write(prov_path, lambda tmp: prov.to_csv(tmp, index=False))
+        print(f"<== {name}: {status} in {row['wall_s']:.0f}s", flush=True)
+
     try:
+        if cfg.parallel.workers > 1 and not only:  # every model first, in parallel (avg_lib.parallel)
+            print(f"==> every model, {cfg.parallel.workers} processes at once (python -m avg_lib.parallel)", flush=True)
+            t0, started = time.time(), utc_now()
+            rc = subprocess.run([sys.executable, "-m", "avg_lib.parallel", "--profile", profile_name], cwd=REPO_ROOT)
+            record(PARALLEL_STEP, "ok" if rc.returncode == 0 else f"failed: exit {rc.returncode}", t0, started)
+            if rc.returncode != 0:
+                print(f"\nFAILED: parallel training (exit {rc.returncode}); the log names the job", file=sys.stderr)
+                return 1
         for nb in todo:
             params = parameters_for(nb, profile_name)
             print(f"==> {nb.relative_to(REPO_ROOT)}  profile={profile_name}  parameters={params}", flush=True)
@@ -105,21 +135,7 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
                     f"error: {(out_dir / nb.name).relative_to(REPO_ROOT)}\n{e}",
                     file=sys.stderr,
                 )
-            row = {
-                "notebook": nb.name,
-                "status": status,
-                "wall_s": round(time.time() - t0, 1),
-                "started_utc": started,
-                "profile": profile_name,
-                "seed": cfg.seed,
-                "git_commit": commit,
-                "hardware": hw,
-            }
-            if len(prov):
-                prov = prov[prov["notebook"] != nb.name]
-            prov = pd.concat([prov, pd.DataFrame([row])], ignore_index=True).sort_values("notebook")
-            atomic_write(prov_path, lambda tmp: prov.to_csv(tmp, index=False))
-            print(f"<== {nb.name}: {status} in {row['wall_s']:.0f}s", flush=True)
+            record(nb.name, status, t0, started)
             if status != "ok":
                 return 1
     finally:

@@ -48,3 +48,27 @@ def test_key_is_stable_and_order_free():
     assert cache.key({"a": 1}) != cache.key({"a": 2})
     assert len(cache.key([3, {"x": None}])) == 10
     assert json.loads(json.dumps({"k": cache.key(1)}))
+
+
+def test_two_processes_needing_one_artefact_build_it_once(tmp_path):
+    """Parallel training (avg_lib.parallel) and two notebooks at once: the second process waits on the first's
+    lock and then reads its artefact instead of building it again into the same partial folder."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time; from pathlib import Path; from avg_lib import cache\n"
+        "def build(tmp):\n"
+        "    with open(sys.argv[2], 'a') as f: f.write('built\\n')\n"
+        "    time.sleep(1.0); (tmp / 'a.txt').write_text('x')\n"
+        "out = cache.cached(Path(sys.argv[1]), build, {'stage': 't'})\n"
+        "print((out / 'a.txt').read_text())\n"
+    )
+    log = tmp_path / "builds.log"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "stage-1"), str(log)], stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60)[0].decode().strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outs == ["x", "x"]
+    assert log.read_text() == "built\n"

@@ -17,7 +17,7 @@ sections, and each section is a frozen dataclass whose fields are the section's 
     rerank:      {ks: [10, 50, 100], k: 50, ...}                   -> RerankConfig
     visualization, backends, benchmark, main_table, ablations, efficiency: the studies of
                  notebooks 03-08 (their dataclasses are in avg_lib.studies)
-    parallel:    {workers: 2, threads: 0}                          -> parallel.ParallelConfig
+    parallel:    {workers: 2, threads: 0}                          -> ParallelConfig (here)
 
 An unknown section or key, a value of the wrong type, or a ``seed`` inside a section is an error
 that names the profile file and the key. :meth:`RunConfig.to_dict` is what is saved as JSON beside
@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +39,6 @@ import yaml
 
 from .baselines import OneTowerConfig
 from .generator.config import GeneratorConfig
-from .parallel import ParallelConfig
 from .paths import REPO_ROOT
 from .splits import PSEUDO_RECIPES
 from .studies import (
@@ -109,6 +110,20 @@ class RerankConfig:  # the re-ranking stage over AVG's beams (notebook 06)
         unknown = set(self.rerankers) - {"embedding", "cross-encoder"}
         if unknown:
             raise ValueError(f"unknown re-ranker(s) {sorted(unknown)}; expected 'embedding' or 'cross-encoder'")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:  # avg_lib.parallel: training every model first, in worker processes
+    workers: int = 1  # processes training at once before the notebooks run; 1: the notebooks train as they go
+    threads: int = 0  # torch threads per worker; 0: the machine's cores divided by workers
+
+    def __post_init__(self):
+        if self.workers < 1 or self.threads < 0:
+            raise ValueError(f"workers must be at least 1 and threads at least 0, got {self.workers}, {self.threads}")
+
+    def threads_per_worker(self, workers: int | None = None) -> int:
+        """``threads``, or the machine's cores shared among ``workers`` (default: this profile's)."""
+        return self.threads or max(1, (os.cpu_count() or 1) // (workers or self.workers))
 
 
 SECTIONS: dict[str, type] = {
@@ -189,6 +204,20 @@ def merge(base: dict, top: dict) -> dict:
     return out
 
 
+def dropped_by(base: dict, top: dict) -> list[str]:
+    """The settings of ``base`` that merging ``top`` over it loses: a setting whose value is a mapping (such as
+    ``data.kwargs``) is replaced whole, not merged, so keys the new mapping leaves out are gone."""
+    lost = []
+    for sec, values in top.items():
+        if not (isinstance(values, dict) and isinstance(base.get(sec), dict)):
+            continue
+        for key, value in values.items():
+            old = base[sec].get(key)
+            if isinstance(value, dict) and isinstance(old, dict):
+                lost += [f"{sec}.{key}.{k} (was {old[k]!r})" for k in old if k not in value]
+    return lost
+
+
 def load_profile(name: str, _seen: tuple[str, ...] = ()) -> dict:
     """The profile as a plain dict, with ``extends`` resolved (not validated: see :func:`load_config`)."""
     path = profile_path(name)
@@ -211,8 +240,15 @@ def load_config(name: str, overrides: dict | None = None) -> RunConfig:
     profile that extends it)."""
     overrides = dict(overrides or {})
     where = str(profile_path(name)) + (" + overrides" if overrides else "")
-    prof = merge(load_profile(name), overrides)
-    return from_dict(prof, name, where, overrides)
+    base = load_profile(name)
+    lost = dropped_by(base, overrides)
+    if lost:  # the one-level merge: an override's mapping replaces the profile's (what an earlier scale run tripped on)
+        warnings.warn(
+            f"{where}: the overrides replace whole mappings and drop {', '.join(lost)}; "
+            "repeat those keys in the override to keep them",
+            stacklevel=2,
+        )
+    return from_dict(merge(base, overrides), name, where, overrides)
 
 
 def from_dict(prof: dict, name: str = "custom", where: str = "<dict>", overrides: dict | None = None) -> RunConfig:

@@ -1,13 +1,16 @@
 """Train every model a profile's notebooks use before they run, in several worker processes at once.
 
 The notebooks train what they need as they go, one model after another, through the cache
-(:mod:`avg_lib.cache`). On a CPU one small model does not keep every core busy: on the 2-core machine two
-generators trained side by side, one torch thread each, take 1.34x less time than the same two trained one
-after the other with two threads (``docs/run_time.md``). With ``parallel.workers`` > 1, ``run_all.sh`` first
-runs :func:`train_all`: it lists the models of every notebook (:func:`plan`), trains them in a pool of worker
-processes, and the notebooks then load them from the cache. The notebooks stay the source of truth: a model
-the plan missed is trained by its notebook as before, only later. Two processes never build one artefact
-twice (the cache's lock, :func:`avg_lib.cache.building`).
+(:mod:`avg_lib.cache`). With ``parallel.workers`` > 1, ``run_all.sh`` first runs :func:`train_all`: it lists the
+models of every notebook (:func:`plan`), trains them in a pool of worker processes, and the notebooks then load
+them from the cache. The notebooks stay the source of truth: a model the plan missed is trained by its notebook
+as before, only later. Two processes never build one artefact twice (the cache's lock,
+:func:`avg_lib.cache.building`).
+
+Whether it pays depends on the machine. On the 2-core CPU it does not: in a fresh default run, two workers with
+one thread each trained each model 1.6-2.1x slower than one two-thread process trains it alone, so the pool's
+throughput was within about 10% of the notebooks' (``docs/run_time.md``); the default profile keeps one worker.
+``python -m avg_lib.parallel --plan`` lists what a profile trains either way.
 
 The number of torch threads a model trained with changes its floating-point rounding, so the threads per
 worker are a profile setting (``parallel.threads``; 0: the machine's cores divided among the workers) and are
@@ -27,20 +30,6 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .progress import tqdm
-
-
-@dataclass(frozen=True)
-class ParallelConfig:
-    workers: int = 1  # processes training at once before the notebooks run; 1: the notebooks train as they go
-    threads: int = 0  # torch threads per worker; 0: the machine's cores divided by workers
-
-    def __post_init__(self):
-        if self.workers < 1 or self.threads < 0:
-            raise ValueError(f"workers must be at least 1 and threads at least 0, got {self.workers}, {self.threads}")
-
-    def threads_per_worker(self, workers: int | None = None) -> int:
-        """``threads``, or the machine's cores shared among ``workers`` (default: this profile's)."""
-        return self.threads or max(1, (os.cpu_count() or 1) // (workers or self.workers))
 
 
 @dataclass(frozen=True)
@@ -157,12 +146,23 @@ def run_job(run, job: Job) -> None:
 _RUN = None  # the worker process's run
 
 
+def watch_parent(parent: int, poll_s: float = 2.0, exit=os._exit) -> None:
+    """Return only by calling ``exit(1)`` once this process's parent is no longer ``parent``: a worker whose
+    parent was killed stops at once instead of training on for minutes with nobody to collect its result."""
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    exit(1)
+
+
 def _start_worker(cfg, threads: int) -> None:
     global _RUN
+    import threading
+
     import torch
 
     from . import pipeline
 
+    threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
     torch.set_num_threads(threads)
     _RUN = pipeline.Run(cfg, progress=False)
 

@@ -145,3 +145,17 @@ def test_backend_comparison_trains_t5_at_its_own_settings_and_every_backend_gene
     assert t5["backend"] == "t5" and t5["disc_epochs"] == 0
     assert {k: t5[k] for k in ("dropout", "lr", "temperature")} == {"dropout": 0.1, "lr": 0.001, "temperature": 0.5}
     assert t5["patience"] > 0  # until validation stops improving
+
+
+def test_an_override_that_drops_keys_of_a_mapping_setting_warns_naming_them():
+    """Overrides merge section by section, and a mapping-valued setting is replaced whole: the scale runs' override of
+    data.kwargs once dropped the profile's captions_per_image unnoticed. Now it warns, naming what is lost."""
+    with pytest.warns(UserWarning, match=r"data\.kwargs\.captions_per_image \(was 5\)"):
+        cfg = config.load_config("scale", {"data": {"kwargs": {"n_images": 100}}})
+    assert "captions_per_image" not in cfg.data.kwargs  # the merge itself is unchanged
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config.load_config("smoke", {"data": {"kwargs": {"n_images": 50}}})  # nothing lost: no warning
+        config.load_config("default", {"generator": {"epochs": 1}})

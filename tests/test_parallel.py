@@ -62,10 +62,10 @@ def test_plan_follows_the_profile_switches():
 
 def test_parallel_settings_are_checked_and_share_the_cores():
     with pytest.raises(ValueError, match="workers must be at least 1"):
-        parallel.ParallelConfig(workers=0)
+        config.ParallelConfig(workers=0)
     cores = os.cpu_count() or 1
-    assert parallel.ParallelConfig(workers=2).threads_per_worker() == max(1, cores // 2)
-    assert parallel.ParallelConfig(workers=1, threads=3).threads_per_worker(4) == 3
+    assert config.ParallelConfig(workers=2).threads_per_worker() == max(1, cores // 2)
+    assert config.ParallelConfig(workers=1, threads=3).threads_per_worker(4) == 3
     assert config.load_config("smoke").parallel.workers == 1  # nbval and the smoke run train as they go
     with pytest.raises(config.ConfigError, match="parallel"):
         config.load_config("smoke", {"parallel": {"worker": 2}})
@@ -119,3 +119,10 @@ def test_the_pool_trains_what_the_notebooks_then_load(tmp_path, monkeypatch):
     bad = {**over, "generator": {**TINY["generator"], "backend": "decoder", "lm_path": str(tmp_path / "no-lm")}}
     failed = subprocess.run([*cmd, "--overrides", json.dumps(bad)], env=env, capture_output=True, text=True)
     assert failed.returncode != 0 and "parallel training: generator seed 0" in failed.stderr
+
+
+def test_a_worker_stops_when_its_parent_is_gone(monkeypatch):
+    parents, exits = iter([10, 10, 1]), []
+    monkeypatch.setattr(parallel.os, "getppid", lambda: next(parents))
+    parallel.watch_parent(10, poll_s=0.0, exit=exits.append)
+    assert exits == [1]

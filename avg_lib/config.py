@@ -17,7 +17,7 @@ sections, and each section is a frozen dataclass whose fields are the section's 
     rerank:      {ks: [10, 50, 100], k: 50, ...}                   -> RerankConfig
     visualization, backends, benchmark, main_table, ablations, efficiency: the studies of
                  notebooks 03-08 (their dataclasses are in avg_lib.studies)
-    parallel:    {workers: 2, threads: 0}                          -> ParallelConfig (here)
+    parallel:    {workers: 1, threads: 0}                          -> ParallelConfig (here)
 
 An unknown section or key, a value of the wrong type, or a ``seed`` inside a section is an error
 that names the profile file and the key. :meth:`RunConfig.to_dict` is what is saved as JSON beside

@@ -68,8 +68,8 @@ def plan(cfg) -> list[Job]:
     seeds = sorted({cfg.seed, *mt.seeds, *mt.baseline_seeds, *ablation_seeds})
     jobs = [Job("joint", s, 1) for s in seeds]
     jobs += [Job("one_tower", s, 2) for s in mt.seeds]
-    unaligned = {("align_weight", 0.0)}
-    tokenizers = [(s, ()) for s in seeds] + [(s, tuple(unaligned)) for s in {*mt.baseline_seeds, *mt.seeds}]
+    unaligned = sorted({*mt.baseline_seeds, *mt.seeds, *ablation_seeds})  # the unaligned RQ ids' tokenizer
+    tokenizers = [(s, ()) for s in seeds] + [(s, (("align_weight", 0.0),)) for s in unaligned]
     tokenizers += [(s, (("kmeans_init", False),)) for s in ablation_seeds]
     sweep = [(k, tok.levels) for k in ab.codebook_sizes] + [(tok.codebook_size, n) for n in ab.voken_lengths]
     sweep = [kl for kl in dict.fromkeys(sweep) if kl != (tok.codebook_size, tok.levels)]
@@ -177,7 +177,8 @@ def train_all(run, workers: int | None = None, threads: int | None = None) -> pd
     """Train :func:`plan`'s models for ``run`` in ``workers`` processes (default: the profile's), ``threads`` torch
     threads each, phase by phase, longest first. The frozen features are extracted first, here, with every
     core. Returns one row per job (its wall time and worker) and records it as ``training_jobs.csv``. A failed
-    job stops the pool and raises an error naming it; what finished stays cached."""
+    job cancels the jobs not yet started and, once those running have finished, raises an error naming it; what
+    finished stays cached."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 

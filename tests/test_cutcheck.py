@@ -1,0 +1,23 @@
+"""The paired check of a settings change (avg_lib.cutcheck), on the toy run of conftest."""
+
+import pytest
+
+from avg_lib import cutcheck
+
+
+def test_an_unchanged_setting_gives_a_zero_difference_and_no_verdict(run):
+    """Changing a setting to the profile's own value is the same cached model: a difference of exactly zero, a
+    zero-width interval, inconclusive."""
+    runs, claim = cutcheck.check(run, [0], {"num_beams": run.cfg.generator.num_beams})
+    assert runs["setting"].tolist() == ["profile", "changed"] and runs["cache"].nunique() == 1
+    assert claim["difference"] == 0 and claim["low"] == claim["high"] == 0
+    assert claim["verdict"] == "inconclusive" and claim["seeds"] == "0"
+
+
+def test_a_real_change_trains_its_own_model_and_is_named_in_the_claim(run):
+    runs, claim = cutcheck.check(run, [0], {"disc_epochs": 0})
+    assert runs["cache"].nunique() == 2 and (runs["train_seconds"] >= 0).all()
+    assert claim["b"] == "disc_epochs=0" and "disc_epochs=0 beats the profile" in claim["claim"]
+    assert claim["low"] <= claim["difference"] <= claim["high"]
+    with pytest.raises(ValueError, match="nothing to compare"):
+        cutcheck.check(run, [0], {})

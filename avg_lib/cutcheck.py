@@ -9,7 +9,8 @@ images, :func:`avg_lib.claims.compare`) and a verdict; with the training seconds
     python -m avg_lib.cutcheck --profile default --seeds 0 1 2 3 4 5 --changes '{"precision": "bf16"}' \\
         --out results/cuts/bf16
 
-writes ``<out>/runs.csv`` (one row per seed and setting) and ``<out>/claim.csv``, with provenance columns.
+writes ``<out>/runs.csv`` (one row per seed and setting) and ``<out>/claim.csv``, with provenance columns, and
+``<out>/README.md``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import sys
 
 import pandas as pd
 
-from . import claims, experiments
-from .results import write_csv
+from . import claims, experiments, tables
+from .results import write_csv, write_text
 
 
 def check(run, seeds: list[int], changes: dict, pseudo: int = 0) -> tuple[pd.DataFrame, dict]:
@@ -72,9 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     seeds = ",".join(map(str, args.seeds))
     write_csv(runs, f"{args.out}/runs.csv", run.cfg.profile, seeds, run.cfg.to_dict())
     write_csv(pd.DataFrame([claim]), f"{args.out}/claim.csv", run.cfg.profile, seeds)
-    print(runs.drop(columns=["cache"]).round(2).to_string(index=False))
+    table = runs.drop(columns=["cache"]).round(2)
+    command = "python -m avg_lib.cutcheck " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_text(readme(table, claim, command), f"{args.out}/README.md")
+    print(table.to_string(index=False))
     print(claims.sentence(claim))
     return 0
+
+
+def readme(table: pd.DataFrame, claim: dict, command: str) -> str:
+    """``<out>/README.md``: the command, the per-seed table and the claim's sentence."""
+    return (
+        f"# {claim['claim']}\n\nMade by `{command}` (commit and time in the CSVs' provenance columns).\n\n"
+        f"{tables.markdown(table)}\n\n{claims.sentence(claim)}\n"
+    )
 
 
 if __name__ == "__main__":

@@ -21,3 +21,10 @@ def test_a_real_change_trains_its_own_model_and_is_named_in_the_claim(run):
     assert claim["low"] <= claim["difference"] <= claim["high"]
     with pytest.raises(ValueError, match="nothing to compare"):
         cutcheck.check(run, [0], {})
+
+
+def test_the_readme_names_the_command_and_states_the_claim(run):
+    runs, claim = cutcheck.check(run, [0], {"num_beams": run.cfg.generator.num_beams})
+    text = cutcheck.readme(runs.drop(columns=["cache"]), claim, "python -m avg_lib.cutcheck --seeds 0")
+    assert "`python -m avg_lib.cutcheck --seeds 0`" in text and "**inconclusive**" in text
+    assert text.count("| profile") == 1 and text.count("| changed") == 1

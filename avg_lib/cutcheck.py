@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 import pandas as pd
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(runs, f"{args.out}/runs.csv", run.cfg.profile, seeds, run.cfg.to_dict())
     write_csv(pd.DataFrame([claim]), f"{args.out}/claim.csv", run.cfg.profile, seeds)
     table = runs.drop(columns=["cache"]).round(2)
-    command = "python -m avg_lib.cutcheck " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m avg_lib.cutcheck " + shlex.join(argv if argv is not None else sys.argv[1:])
     write_text(readme(table, claim, command), f"{args.out}/README.md")
     print(table.to_string(index=False))
     print(claims.sentence(claim))
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 def readme(table: pd.DataFrame, claim: dict, command: str) -> str:
     """``<out>/README.md``: the command, the per-seed table and the claim's sentence."""
     return (
-        f"# {claim['claim']}\n\nMade by `{command}` (commit and time in the CSVs' provenance columns).\n\n"
+        f"# {claim['claim']}\n\nMade by `{command}` (commit and time in the CSVs' provenance columns). "
+        "`train_seconds` is what each model took when it was trained: a model found in the cache keeps the time "
+        "of the run that trained it.\n\n"
         f"{tables.markdown(table)}\n\n{claims.sentence(claim)}\n"
     )
 

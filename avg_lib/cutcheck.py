@@ -16,6 +16,7 @@ writes ``<out>/runs.csv`` (one row per seed and setting) and ``<out>/claim.csv``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -31,6 +32,10 @@ def check(run, seeds: list[int], changes: dict, pseudo: int = 0) -> tuple[pd.Dat
     (``"profile"``) and with ``changes`` (``"changed"``), and the paired claim that the change beats the profile."""
     if not changes:
         raise ValueError("changes is empty: nothing to compare with the profile's settings")
+    known = {f.name for f in dataclasses.fields(run.cfg.generator)} - {"seed"}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"changes: {', '.join(unknown)} not generator settings (profiles' generator section)")
     ranked, rows = {"profile": {}, "changed": {}}, []
     for seed in seeds:
         r = run.with_seed(seed)

@@ -21,6 +21,8 @@ def test_a_real_change_trains_its_own_model_and_is_named_in_the_claim(run):
     assert claim["low"] <= claim["difference"] <= claim["high"]
     with pytest.raises(ValueError, match="nothing to compare"):
         cutcheck.check(run, [0], {})
+    with pytest.raises(ValueError, match="precison not generator settings"):
+        cutcheck.check(run, [0], {"precison": "bf16"})
 
 
 def test_the_readme_names_the_command_and_states_the_claim(run):

@@ -17,7 +17,7 @@ def test_a_job_trained_with_the_exported_settings_reproduces_the_runs_own_genera
     own = experiments.avg_result(run, 0, return_ranked=True)[1]
     assert np.array_equal(np.load(trained / f"seed{run.cfg.seed}-ranked.npy"), own)
     info = json.loads((trained / f"seed{run.cfg.seed}.json").read_text())
-    assert info["generator"]["backend"] == "minilm" and info["train_seconds"] > 0
+    assert info["generator"]["backend"] == "minilm" and info["train_seconds"] >= 0  # recorded, not timed
 
 
 def test_compare_puts_another_backend_beside_the_runs_generator_with_a_verdict(run, tmp_path):

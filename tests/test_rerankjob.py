@@ -48,7 +48,8 @@ def test_compare_puts_the_lm_beside_avg_and_the_embedding_reranker(run, job, tmp
     lm = str(save_tiny_llama(tmp_path / "llama"))
     trained = rerankjob.train(job, {"lm_path": lm, **SETTINGS}, progress=False)
     info = json.loads((trained / f"seed{run.cfg.seed}.json").read_text())
-    assert info["model"] == "causal LM (llama)" and info["reranker"]["image_token"] and info["train_seconds"] > 0
+    assert info["model"] == "causal LM (llama)" and info["reranker"]["image_token"]
+    assert info["train_seconds"] >= 0  # recorded (a tiny fit may round to 0.0 s: a value, not a timing to test)
     runs, claim = rerankjob.compare(run, job, out=tmp_path / "out")
     assert runs["reranker"].tolist() == ["AVG order", "embedding", "fusion (embedding)", "LM", "fusion (LM)"]
     assert (runs["R@1_low"] <= runs["R@1"]).all() and (runs["R@1"] <= runs["R@1_high"]).all()

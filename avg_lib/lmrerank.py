@@ -38,6 +38,7 @@ class LMRerankConfig:
     lr: float = 1e-4  # the LM's learning rate
     head_lr: float = 1e-3  # the head's and the image projection's
     image_token: bool = True  # also read the candidate's image feature as one soft token after its vokens
+    train_layers: int = 0  # 0: the whole LM trains; k > 0: only its top k layers (the generator's lm_train_layers)
     device: str = "cpu"  # "cuda": train and score on the current CUDA device
     seed: int = 0
 
@@ -64,7 +65,9 @@ class LMReranker:
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("LMRerankConfig.device is 'cuda' but torch sees no CUDA device; set it to 'cpu'")
         self.cfg = cfg
-        gen_cfg = GeneratorConfig(backend="decoder", lm_path=cfg.lm_path, prompt=cfg.prompt, seed=cfg.seed)
+        gen_cfg = GeneratorConfig(
+            backend="decoder", lm_path=cfg.lm_path, prompt=cfg.prompt, lm_train_layers=cfg.train_layers, seed=cfg.seed
+        )
         self.gen = build_generator(codebook_size, depth, gen_cfg, codebooks)  # the LM with voken tokens, its prompts
         d = self.gen.lm.config.hidden_size
         torch.manual_seed(cfg.seed)
@@ -112,7 +115,8 @@ class LMReranker:
             negs = [int(x) for x in items if x >= 0 and x != t][: cfg.negatives] or [int((t + 1) % len(codes))]
             groups[i] = [t, *negs, *[negs[-1]] * (cfg.negatives - len(negs))]
         head = [p for m in (self.head, self.image_proj) if m is not None for p in m.parameters()]
-        params = [{"params": self.gen.parameters(), "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}]
+        lm = [p for p in self.gen.parameters() if p.requires_grad]
+        params = [{"params": lm, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}]
         opt = torch.optim.AdamW(params, foreach=True)
         rng = np.random.default_rng(cfg.seed)
         for m in self._modules():

@@ -224,7 +224,8 @@ def main(argv=None) -> None:
         "--backends",
         default="minilm",
         help="training: generator backends to time, comma-separated (default minilm; minilm,decoder adds a "
-        "random LM of SmolLM2-135M's shape; the first is the baseline)",
+        "random LM of SmolLM2-135M's shape, decoder:6 the same with only its top 6 layers trained; the first is "
+        "the baseline)",
     )
     ap.add_argument(
         "--fraction",
@@ -244,6 +245,13 @@ def main(argv=None) -> None:
         ap.error(f"--fraction must be in (0, 1], not {args.fraction}")
     what = ("decoding", "efficiency") if args.what == "both" else (args.what,)
     backends = tuple(args.backends.split(","))
+    from .trainbench import backend_settings
+
+    for b in backends:
+        try:
+            backend_settings(b)
+        except ValueError as e:
+            ap.error(f"--backends: {e}")
     run(args.profile, args.sizes, args.device, args.out, what, backends, args.fraction, args.settings)
 
 

@@ -10,7 +10,8 @@ discriminative epoch, from the same start; the difference is the discriminative 
 first row (the MiniLM backend in float32 on the CPU), measured in the same run. With ``--backends
 minilm,decoder`` it also times the decoder backend (a random LM of SmolLM2-135M's shape,
 :func:`avg_lib.randomgen.random_smollm2`), on a fraction of the training set (``--fraction``) scaled to the
-whole, since an epoch of it takes minutes on a CPU.
+whole, since an epoch of it takes minutes on a CPU; ``decoder:6`` times it with only its top 6 layers trained
+(``generator.lm_train_layers``).
 
 ``python -m avg_lib.speed --profile gpu --what training`` runs it (on every device it finds) and writes
 ``<results_dir>/training_speed.csv``.
@@ -52,6 +53,15 @@ def synthetic_training_set(
     texts = synthetic_queries(len(owner) + val_captions, seed)
     val = (texts[len(owner) :], val_owner, codes[images:])
     return TrainingSet(texts[: len(owner)], codes[owner], codes[:images], val)
+
+
+def backend_settings(spec: str) -> dict:
+    """The generator settings of one ``--backends`` entry: a backend's name, or ``decoder:<k>`` for the decoder
+    backend with only its top ``k`` layers trained."""
+    name, colon, layers = spec.partition(":")
+    if name not in ("minilm", "t5", "decoder") or (colon and (name != "decoder" or not layers.isdigit())):
+        raise ValueError(f"backend {spec!r}: expected minilm, t5, decoder or decoder:<top layers trained>")
+    return {"backend": name, "lm_train_layers": int(layers or 0)}
 
 
 def _train_seconds(gen_factory, data: TrainingSet, cfg, device: str) -> float:
@@ -100,13 +110,14 @@ def epoch_costs(
     for backend, (device, precision) in ((b, s) for b in backends for s in settings):
         if device == "cuda" and not torch.cuda.is_available():
             continue
-        cfg = dataclasses.replace(gen_cfg, backend=backend, device=device, precision=precision)
+        cfg = dataclasses.replace(gen_cfg, **backend_settings(backend), device=device, precision=precision)
         _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)  # warm-up
         gen_s = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)
         both_s = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=1), device)
         rows.append(
             {
-                "backend": backend,
+                "backend": cfg.backend,
+                "lm_train_layers": cfg.lm_train_layers,
                 "device": device,
                 "precision": precision,
                 "generative_epoch_s": gen_s * scale,

@@ -139,3 +139,49 @@ def test_tables_say_which_model_and_whether_it_is_pretrained():
     assert label(GeneratorConfig(backend="decoder")) == "SmolLM2-135M-Instruct"
     assert label(GeneratorConfig(backend="decoder", lm_path="/m/llama-2-7b")) == "causal LM (llama-2-7b)"
     assert "MiniLM" in label(GeneratorConfig())
+    assert label(GeneratorConfig(backend="decoder", lm_train_layers=6)) == "SmolLM2-135M-Instruct, top 6 layers trained"
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_training_only_the_top_layers_leaves_the_rest_as_it_was(tmp_path, tie):
+    """``lm_train_layers``: the input embeddings (voken rows included) and the lower blocks keep their values and
+    get no gradient at all (nothing below the top blocks is recorded); the top block and the output head train;
+    the untied copy of a tied head starts as the same function; save/load round-trips the ranking."""
+    path = str(save_tiny_llama(tmp_path / "llama", layers=3, tie=tie))
+    book = np.random.default_rng(0).normal(size=(1, K, 16))
+    cfg = GeneratorConfig(backend="decoder", lm_path=path, epochs=1, disc_epochs=1, batch_size=4, num_beams=3)
+    whole, top = (build_generator(K, D, dataclasses.replace(cfg, lm_train_layers=n), book) for n in (0, 1))
+    codes = torch.as_tensor(CODES)
+    with torch.no_grad():
+        assert torch.allclose(
+            whole.sequence_logprob(whole.encode(TEXTS), codes), top.sequence_logprob(top.encode(TEXTS), codes)
+        )
+    assert top.lm.get_output_embeddings().weight is not top.lm.get_input_embeddings().weight
+    frozen = ("lm.model.embed_tokens.", "lm.model.layers.0.", "lm.model.layers.1.")
+    trained = {n for n, p in top.named_parameters() if p.requires_grad}
+    assert trained and not any(n.startswith(frozen) for n in trained)
+    assert {"lm.model.norm.weight", "lm.lm_head.weight"} <= trained and any("layers.2." in n for n in trained)
+    top.train()
+    top.loss(TEXTS, codes).backward()
+    assert all((p.grad is None) == (n not in trained) for n, p in top.named_parameters())
+    top.zero_grad(set_to_none=True)
+    before = {n: p.detach().clone() for n, p in top.named_parameters()}
+    top, _ = generator.train_generator(
+        top, (TEXTS * 2, np.concatenate([CODES] * 2)), (TEXTS, np.arange(6), CODES), train_codes_all=CODES
+    )
+    for n, p in top.named_parameters():
+        assert torch.equal(p, before[n]) == (n not in trained), n
+    trie = VokenTrie(CODES)
+    again = generator.load(generator.save(top, tmp_path / "g"))
+    assert again.retrieve(TEXTS, trie).items.tolist() == top.retrieve(TEXTS, trie).items.tolist()
+    assert torch.equal(again.lm.get_output_embeddings().weight, top.lm.get_output_embeddings().weight)
+
+
+def test_top_layer_settings_are_checked_and_keyed(llama):
+    with pytest.raises(ValueError, match="1 to 2"):
+        build_generator(K, D, GeneratorConfig(backend="decoder", lm_path=llama, lm_train_layers=3))
+    with pytest.raises(ValueError, match="lm_train_layers"):
+        GeneratorConfig(backend="decoder", lm_train_layers=-1)
+    whole = GeneratorConfig(backend="decoder", lm_path=llama)
+    assert "lm_train_layers" not in cache_fields(whole)  # decoder generators trained before it keep their keys
+    assert cache_fields(dataclasses.replace(whole, lm_train_layers=1)) != cache_fields(whole)

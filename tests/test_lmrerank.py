@@ -72,11 +72,21 @@ def test_settings_it_cannot_honour_are_named(llama):
         LMReranker(K, D, None, LMRerankConfig(lm_path=llama, image_token=False, device="tpu"))
 
 
-@pytest.mark.parametrize("image_token", [False, True])
-def test_fit_lowers_the_group_loss_and_reranking_permutes_the_beams(llama, image_token):
+@pytest.mark.parametrize(("image_token", "train_layers"), [(False, 0), (True, 0), (True, 1)])
+def test_fit_lowers_the_group_loss_and_reranking_permutes_the_beams(llama, image_token, train_layers):
+    """Also with only the top layer trained: the input embeddings and the lower layer keep their values."""
     inp, cand = toy()
-    rr = reranker(llama, image_token, negatives=2, epochs=6, batch_size=2, lr=3e-3, head_lr=3e-3).fit(inp, cand)
+    rr = reranker(
+        llama, image_token, negatives=2, epochs=6, batch_size=2, lr=3e-3, head_lr=3e-3, train_layers=train_layers
+    )
+    before = {n: p.detach().clone() for n, p in rr.gen.named_parameters()}
+    rr.fit(inp, cand)
     assert rr.history[-1]["train_loss"] < rr.history[0]["train_loss"]
+    changed = {n for n, p in rr.gen.named_parameters() if not torch.equal(p, before[n])}
+    assert ("lm.model.layers.1.mlp.up_proj.weight" in changed) and (
+        "lm.model.layers.0.mlp.up_proj.weight" in changed
+    ) != bool(train_layers)
+    assert ("lm.model.embed_tokens.weight" in changed) != bool(train_layers)
     order, _ = rerank.rerank(rr, inp, cand)
     for a, b in zip(order, cand.items):
         assert sorted(a.tolist()) == sorted(b.tolist())

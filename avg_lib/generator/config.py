@@ -16,6 +16,10 @@ class GeneratorConfig:
     lm_path: str | None = None  # decoder only: local causal LM directory; None = the offline SmolLM2-135M-Instruct
     prompt: str = "Caption: {text}\nImage:"  # decoder only: the vokens complete this; it ends with the response marker
     lm_lr: float = 1e-4  # decoder only: learning rate of the whole causal LM (generative stage; disc_lr after)
+    # decoder only: 0 = the whole LM trains; k > 0 = only its top k transformer layers and what follows them (final
+    # norm, output head, untied from the input embeddings); the input embeddings and lower layers stay frozen, so
+    # their activations are computed without gradient (about 2x less training time at 6 of SmolLM2's 30 layers)
+    lm_train_layers: int = 0
     d_model: int = 256  # small random T5 only
     layers: int = 2  # small random T5: encoder and decoder layers; minilm: decoder layers
     decoder_width: int | None = 256  # minilm: width of the voken decoder (None = the encoder's, 384); the
@@ -56,12 +60,16 @@ class GeneratorConfig:
             raise ValueError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
+        if self.lm_train_layers < 0:
+            raise ValueError(
+                f"lm_train_layers must be 0 (the whole LM) or a number of top layers, not {self.lm_train_layers}"
+            )
 
 
 # settings only the decoder backend reads: left out of other backends' cache keys, which predate them
-DECODER_ONLY = ("lm_path", "prompt", "lm_lr")
+DECODER_ONLY = ("lm_path", "prompt", "lm_lr", "lm_train_layers")
 # settings added after the cache keys they would change: left out of a key while at this (their neutral) value
-ADDED_LATER = {"patience": 0}
+ADDED_LATER = {"patience": 0, "lm_train_layers": 0}
 
 
 def cache_fields(cfg: GeneratorConfig) -> dict:
@@ -77,7 +85,8 @@ def backend_label(cfg: GeneratorConfig) -> str:
     if cfg.backend == "t5":
         return f"T5 ({Path(cfg.t5_path).name})" if cfg.t5_path else "T5, random init (no pretrained T5 offline)"
     if cfg.backend == "decoder":
-        return f"causal LM ({Path(cfg.lm_path).name})" if cfg.lm_path else "SmolLM2-135M-Instruct"
+        name = f"causal LM ({Path(cfg.lm_path).name})" if cfg.lm_path else "SmolLM2-135M-Instruct"
+        return f"{name}, top {cfg.lm_train_layers} layers trained" if cfg.lm_train_layers else name
     return "MiniLM-L6 (frozen) + voken decoder"
 
 

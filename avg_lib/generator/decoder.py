@@ -120,8 +120,8 @@ class DecoderGenerator(VokenGenerator):
             train_top_layers(self.lm, cfg.lm_train_layers)
 
     def parameter_groups(self):
-        """One group: the whole causal LM (or its top ``lm_train_layers``), voken rows included, at ``lm_lr`` (a
-        pretrained LM's rate)."""
+        """One group at ``lm_lr`` (a pretrained LM's rate): the whole causal LM, voken rows included, or with
+        ``lm_train_layers`` only what :func:`train_top_layers` leaves trainable."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": self.cfg.lm_lr}]
 
     # ---------------------------------------------------------------------------------------- prompts

@@ -78,6 +78,16 @@ def load_job(path: str | Path) -> tuple[dict, dict]:
     return meta, arrays
 
 
+def exported_seeds(job: Path, seeds=None, command: str = "genjob") -> list[Path]:
+    """The ``seed<s>.json`` files of an exported ``job`` (those of ``seeds`` only, if given), with an error naming
+    the export command (``python -m avg_lib.<command> export``) when there are none."""
+    paths = sorted(p for p in Path(job).glob("seed*.json") if p.stem[4:].isdigit())
+    paths = [p for p in paths if seeds is None or int(p.stem[4:]) in seeds]
+    if not paths:
+        raise FileNotFoundError(f"{job}: no seed*.json; run `python -m avg_lib.{command} export` first")
+    return paths
+
+
 def train(
     job: str | Path,
     overrides: dict | None = None,
@@ -96,12 +106,7 @@ def train(
 
     job = Path(job)
     out = Path(out or job / "trained")
-    paths = sorted(job.glob("seed*.json"))
-    if seeds is not None:
-        paths = [p for p in paths if int(p.stem[4:]) in seeds]
-    if not paths:
-        raise FileNotFoundError(f"{job}: no seed*.json; run `python -m avg_lib.genjob export` first")
-    for path in paths:
+    for path in exported_seeds(job, seeds, "genjob"):
         meta, a = load_job(path)
         cfg = generator.GeneratorConfig(**{**meta["generator"], **(overrides or {})})
         device = generator.training_device(cfg)

@@ -96,14 +96,6 @@ def load_job(path: str | Path):
     return meta, inputs, cands, a["codebooks"]
 
 
-def _jobs(job: Path, seeds=None) -> list[Path]:
-    paths = sorted(p for p in job.glob("seed*.json") if p.stem[4:].isdigit())
-    paths = [p for p in paths if seeds is None or int(p.stem[4:]) in seeds]
-    if not paths:
-        raise FileNotFoundError(f"{job}: no seed*.json; run `python -m avg_lib.rerankjob export` first")
-    return paths
-
-
 def settings(overrides: dict | None, seed: int):
     """The re-ranker's settings: :class:`~avg_lib.lmrerank.LMRerankConfig`'s defaults, the job's seed, ``overrides``."""
     from .lmrerank import LMRerankConfig
@@ -120,11 +112,12 @@ def train(job: str | Path, overrides: dict | None = None, out: str | Path | None
     settings, score the validation and test beams, and write ``<out>/seed<s>-scores.npz`` and ``seed<s>.json``
     (settings, losses, times, hardware). ``out`` defaults to ``<job>/trained``."""
     from . import generator, results
+    from .genjob import exported_seeds
     from .lmrerank import LMReranker
 
     job = Path(job)
     out = Path(out or job / "trained")
-    for path in _jobs(job, seeds):
+    for path in exported_seeds(job, seeds, "rerankjob"):
         meta, inputs, cands, codebooks = load_job(path)
         cfg = settings(overrides, meta["seed"])
         width = inputs["train"].image_feats.shape[1]

@@ -105,9 +105,14 @@ class LMReranker:
             return None
         return torch.from_numpy(np.asarray(inputs.image_feats, dtype=np.float32)[np.maximum(items, 0)])
 
-    def fit(self, inputs, cand, targets: np.ndarray | None = None, progress: bool = False) -> LMReranker:
+    def fit(self, inputs, cand, targets: np.ndarray | None = None, progress: bool = False, val=None) -> LMReranker:
         """Train on ``inputs``' queries: each group is the query's image, then the first ``negatives`` other
-        images among its candidates (repeating the last when the beams hold fewer)."""
+        images among its candidates (repeating the last when the beams hold fewer). ``val``: ``(inputs, cand)``
+        of validation queries; after each epoch ``history`` records the R@1 of their re-ranked beams, and the
+        epoch with the best (the earliest of equals) is the one kept."""
+        from .rerank import rerank
+        from .selection import BestState
+
         targets = np.asarray(inputs.targets if targets is None else targets)
         cfg, codes = self.cfg, np.asarray(inputs.gallery_codes)
         groups = np.empty((len(targets), 1 + cfg.negatives), dtype=np.int64)
@@ -121,6 +126,7 @@ class LMReranker:
         rng = np.random.default_rng(cfg.seed)
         for m in self._modules():
             m.train()
+        modules, best = nn.ModuleList(self._modules()), BestState()
         steps = -(-len(targets) // cfg.batch_size)
         bar = tqdm(total=cfg.epochs * steps, desc="LM re-ranker training", disable=not progress)
         for epoch in range(cfg.epochs):
@@ -135,8 +141,19 @@ class LMReranker:
                 opt.step()
                 total += loss.item() * len(b)
                 bar.update(1)
-            self.history.append({"epoch": epoch + 1, "train_loss": total / len(order)})
+            row = {"epoch": epoch + 1, "train_loss": total / len(order)}
+            if val is not None:
+                for m in self._modules():
+                    m.eval()
+                ranked, _ = rerank(self, *val)
+                row["val_R@1"] = 100 * float(np.mean(ranked[:, 0] == np.asarray(val[0].targets)))
+                best.update(modules, row["val_R@1"])
+                for m in self._modules():
+                    m.train()
+            self.history.append(row)
         bar.close()
+        if val is not None:
+            modules.load_state_dict(best.state)
         for m in self._modules():
             m.eval()
         return self

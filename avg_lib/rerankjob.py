@@ -131,9 +131,7 @@ def train(job: str | Path, overrides: dict | None = None, out: str | Path | None
         results.write_file(out / f"{path.stem}-scores.npz", lambda f, a=scores: np.savez(f, **a))
         info = {
             "seed": meta["seed"],
-            "model": generator.backend_label(
-                generator.GeneratorConfig(backend="decoder", lm_path=cfg.lm_path, lm_train_layers=cfg.train_layers)
-            ),
+            "model": generator.backend_label(rr.gen.cfg),
             "reranker": dataclasses.asdict(cfg),
             "k": meta["k"],
             "train_queries": meta["train_queries"],

@@ -58,8 +58,10 @@ def synthetic_training_set(
 def backend_settings(spec: str) -> dict:
     """The generator settings of one ``--backends`` entry: a backend's name, or ``decoder:<k>`` for the decoder
     backend with only its top ``k`` layers trained."""
+    from .generator.config import BACKENDS
+
     name, colon, layers = spec.partition(":")
-    if name not in ("minilm", "t5", "decoder") or (colon and (name != "decoder" or not layers.isdigit())):
+    if name not in BACKENDS or (colon and (name != "decoder" or not layers.isdigit())):
         raise ValueError(f"backend {spec!r}: expected minilm, t5, decoder or decoder:<top layers trained>")
     return {"backend": name, "lm_train_layers": int(layers or 0)}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 # Part of every cache key of trained generators: bump when a change here changes what training produces.
 CACHE_VERSION = 7
+BACKENDS = ("minilm", "t5", "decoder")  # what ``GeneratorConfig.backend`` accepts
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class GeneratorConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.backend not in ("minilm", "t5", "decoder"):
+        if self.backend not in BACKENDS:
             raise ValueError(f"backend must be 'minilm', 't5' or 'decoder', not {self.backend!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")

@@ -2,13 +2,24 @@
 token scores the pair (the paper's Table 1 re-ranker role, SEED-LLaMA-8B + LoRA there, which sees the image as
 visual tokens).
 
-The input is ``prompt(query)``, then the candidate's voken tokens, then (``image_token``) one soft token: the
-candidate's image feature through a trained normalise-and-project map to the LM's width. The voken tokens are added
-to the LM's vocabulary with embeddings initialised from the tokenizer's codebook, as in the decoder generator
-backend (:class:`avg_lib.generator.DecoderGenerator`, whose prompt handling this reuses: the query's prompt runs
-once and its key/value cache is shared by all K candidates). A small MLP on the last position's hidden state gives
-the score. :meth:`LMReranker.fit` trains the LM, the projection and the head on groups of one positive and
-``negatives`` candidates from AVG's beams, with a softmax cross-entropy over each group (the positive first).
+Two ways to score (``scoring``):
+
+* ``"head"`` (the paper's): the input is ``prompt(query)``, then the candidate's voken tokens, then
+  (``image_token``) ``image_tokens`` soft tokens: the candidate's image feature through a trained
+  normalise-and-project map to the LM's width. The voken tokens are added to the LM's vocabulary with embeddings
+  initialised from the tokenizer's codebook, as in the decoder generator backend
+  (:class:`avg_lib.generator.DecoderGenerator`, whose prompt handling this reuses: the query's prompt runs once and
+  its key/value cache is shared by all K candidates). A small MLP on the last position's hidden state gives the
+  score.
+* ``"likelihood"``: the score is ``log P(query | image)``, the LM reading ``caption_prompt`` with the candidate's
+  soft image tokens at ``{image}`` and the query after it (a generative re-ranker in the literal sense).
+
+An LM that has never seen images cannot read the soft tokens at first (the paper's SEED-LLaMA was pretrained on
+its visual tokens). ``align_epochs`` first trains the projection alone, the LM frozen, to caption the training
+images (``-log P(caption | image)``, LLaVA's first stage), keeping the epoch with the lowest validation caption loss.
+:meth:`LMReranker.fit` then trains the LM, the projection and the head (``epochs``) on groups of one positive and
+``negatives`` candidates from AVG's beams, with a softmax cross-entropy over each group's scores (the positive
+first).
 
 What it learns from is the caller's choice; :mod:`avg_lib.rerankjob` gives it a sample of *training* captions with
 AVG's beams over the training gallery (AVG has memorised those captions, so their beams hold the right image plus
@@ -26,6 +37,7 @@ from torch import nn
 
 from .generator import GeneratorConfig, build_generator
 from .progress import tqdm
+from .selection import BestState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +49,12 @@ class LMRerankConfig:
     batch_size: int = 8  # queries per step (each with 1 + negatives candidates)
     lr: float = 1e-4  # the LM's learning rate
     head_lr: float = 1e-3  # the head's and the image projection's
-    image_token: bool = True  # also read the candidate's image feature as one soft token after its vokens
+    image_token: bool = True  # also read the candidate's image feature as soft tokens after its vokens
+    image_tokens: int = 1  # soft tokens the image feature becomes
+    scoring: str = "head"  # "head": an MLP on the last token; "likelihood": log P(query | image) (see the module)
+    caption_prompt: str = "Image:{image}\nCaption:"  # likelihood scoring and alignment; the query follows it
+    align_epochs: int = 0  # first train only the image projection to caption the training images, the LM frozen
+    align_lr: float = 3e-3
     train_layers: int = 0  # 0: the whole LM trains; k > 0: only its top k layers (the generator's lm_train_layers)
     device: str = "cpu"  # "cuda": train and score on the current CUDA device
     seed: int = 0
@@ -58,8 +75,14 @@ class LMReranker:
     ):
         """``image_dim``: the width of the image features it will read (``RerankInputs.image_feats``); required
         with ``cfg.image_token``."""
+        if cfg.scoring not in ("head", "likelihood"):
+            raise ValueError(f"LMRerankConfig.scoring must be 'head' or 'likelihood', not {cfg.scoring!r}")
+        if (cfg.scoring == "likelihood" or cfg.align_epochs) and not cfg.image_token:
+            raise ValueError("LMRerankConfig: likelihood scoring and align_epochs read the image; set image_token")
         if cfg.image_token and not image_dim:
             raise ValueError("LMRerankConfig.image_token needs image_dim, the width of the candidates' image features")
+        if cfg.image_tokens < 1 or cfg.caption_prompt.count("{image}") != 1:
+            raise ValueError("LMRerankConfig: image_tokens must be >= 1 and caption_prompt must hold '{image}' once")
         if cfg.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {cfg.device!r}")
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -74,11 +97,15 @@ class LMReranker:
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
         self.image_proj = None
         if cfg.image_token:  # normalised features -> the LM's width, at the scale of its token embeddings
-            proj = nn.Linear(image_dim, d)
+            proj = nn.Linear(image_dim, d * cfg.image_tokens)
             std = float(self.gen.lm.get_input_embeddings().weight.detach()[: self.gen.voken_offset].std())
             nn.init.normal_(proj.weight, std=std / image_dim**0.5)
             nn.init.zeros_(proj.bias)
             self.image_proj = nn.Sequential(nn.LayerNorm(image_dim), proj)
+        tok = self.gen.tokenizer
+        pre, post = cfg.caption_prompt.split("{image}")
+        self._pre = torch.as_tensor(tok(pre)["input_ids"], dtype=torch.long)  # with the LM's start token, if any
+        self._post = torch.as_tensor(tok(post, add_special_tokens=False)["input_ids"], dtype=torch.long)
         self.device = torch.device(cfg.device)
         for m in self._modules():
             m.to(self.device).eval()  # training mode only inside fit
@@ -87,18 +114,86 @@ class LMReranker:
     def _modules(self):
         return [m for m in (self.gen, self.head, self.image_proj) if m is not None]
 
+    def _soft(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, image_tokens, width)`` soft tokens of ``N`` image features (any leading shape, flattened)."""
+        soft = self.image_proj(images.reshape(-1, images.shape[-1]).to(self.device, torch.float32))
+        return soft.reshape(len(soft), self.cfg.image_tokens, -1)
+
     def _scores(self, texts: list[str], codes: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         """``(len(texts), G)`` scores of the ``G`` candidates of each query: identifiers ``codes`` (len(texts), G, D)
         and, with the image token, their image features ``images`` (len(texts), G, image_dim)."""
         gen = self.gen
         n, group, depth = codes.shape
+        if self.cfg.scoring == "likelihood":  # in chunks: the LM's logits over its whole vocabulary are large
+            pairs, soft = [t for t in texts for _ in range(group)], self._soft(images)
+            parts = [self.log_likelihood(pairs[i : i + 64], soft[i : i + 64]) for i in range(0, len(pairs), 64)]
+            return torch.cat(parts).reshape(n, group)
         ctx = gen.repeat(gen.encode(texts), group)
         x = gen.lm.get_input_embeddings()(codes.reshape(n * group, depth).to(self.device) + gen.voken_offset)
         if self.image_proj is not None:
-            soft = self.image_proj(images.reshape(n * group, -1).to(self.device, torch.float32))
-            x = torch.cat([x, soft.unsqueeze(1).to(x.dtype)], dim=1)
+            x = torch.cat([x, self._soft(images).to(x.dtype)], dim=1)
         out = gen.after_prompts(ctx, x, model=gen.lm.base_model)
         return self.head(out.last_hidden_state[:, -1]).reshape(n, group)
+
+    def log_likelihood(self, texts: list[str], soft: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` ``log P(text + end-of-sequence | caption_prompt with soft[i] at {image})`` for each of ``N``
+        texts and soft image tokens ``soft`` (N, image_tokens, width): one sequence per pair, texts padded on the
+        right after the fixed-length prefix, so every pair's positions are its own."""
+        gen, n = self.gen, len(texts)
+        tok, emb = gen.tokenizer, gen.lm.get_input_embeddings()
+        ids = [tok(" " + t, add_special_tokens=False)["input_ids"][: gen.cfg.max_text_len] for t in texts]
+        width = max(map(len, ids)) + 1
+        cap, mask = torch.full((n, width), gen.eos_id), torch.zeros(n, width, dtype=torch.long)
+        for i, x in enumerate(ids):
+            cap[i, : len(x) + 1], mask[i, : len(x) + 1] = torch.as_tensor([*x, gen.eos_id]), 1
+        cap, mask = cap.to(self.device), mask.to(self.device)
+        pre, post = self._pre.to(self.device), self._post.to(self.device)
+        after = emb(torch.cat([post.expand(n, -1), cap], 1))
+        x = torch.cat([emb(pre).expand(n, -1, -1), soft.to(after.dtype), after], 1)
+        attention = torch.cat([torch.ones(n, x.shape[1] - width, dtype=torch.long, device=self.device), mask], 1)
+        logits = gen.lm(inputs_embeds=x, attention_mask=attention, logits_to_keep=width + 1).logits[:, :-1]
+        lp = -F.cross_entropy(logits.float().transpose(1, 2), cap, reduction="none")
+        return (lp * mask).sum(1)
+
+    def _align(self, inputs, targets, val, progress: bool) -> None:
+        """``align_epochs`` of captioning: only the image projection trains (see the module)."""
+        cfg, lm = self.cfg, [p for p in self.gen.parameters() if p.requires_grad]
+        for p in lm:
+            p.requires_grad_(False)
+        opt = torch.optim.AdamW(self.image_proj.parameters(), lr=cfg.align_lr)
+        feats = torch.from_numpy(np.asarray(inputs.image_feats, dtype=np.float32))
+        rng, best, steps = np.random.default_rng(cfg.seed), BestState(), -(-len(targets) // cfg.batch_size)
+        bar = tqdm(total=cfg.align_epochs * steps, desc="LM re-ranker alignment", disable=not progress)
+        for epoch in range(cfg.align_epochs):
+            order, total = rng.permutation(len(targets)), 0.0
+            for s in range(0, len(order), cfg.batch_size):
+                b = order[s : s + cfg.batch_size]
+                loss = -self.log_likelihood([inputs.texts[i] for i in b], self._soft(feats[targets[b]])).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(b)
+                bar.update(1)
+            row = {"stage": "align", "epoch": epoch + 1, "train_nll": total / len(order)}
+            if val is not None:
+                row["val_nll"] = self.caption_nll(val[0])
+                best.update(self.image_proj, -row["val_nll"])
+            self.history.append(row)
+        bar.close()
+        if best.state is not None:
+            self.image_proj.load_state_dict(best.state)
+        for p in lm:
+            p.requires_grad_(True)
+
+    @torch.no_grad()
+    def caption_nll(self, inputs, batch_size: int = 64) -> float:
+        """Mean ``-log P(caption | its own image)`` over ``inputs``' queries (each with its target image)."""
+        feats = torch.from_numpy(np.asarray(inputs.image_feats, dtype=np.float32)[np.asarray(inputs.targets)])
+        total = 0.0
+        for s in range(0, len(feats), batch_size):
+            soft = self._soft(feats[s : s + batch_size])
+            total -= float(self.log_likelihood(inputs.texts[s : s + batch_size], soft).sum())
+        return total / len(feats)
 
     def _images(self, inputs, items: np.ndarray) -> torch.Tensor | None:
         if self.image_proj is None:
@@ -106,14 +201,16 @@ class LMReranker:
         return torch.from_numpy(np.asarray(inputs.image_feats, dtype=np.float32)[np.maximum(items, 0)])
 
     def fit(self, inputs, cand, targets: np.ndarray | None = None, progress: bool = False, val=None) -> LMReranker:
-        """Train on ``inputs``' queries: each group is the query's image, then the first ``negatives`` other
-        images among its candidates (repeating the last when the beams hold fewer). ``val``: ``(inputs, cand)``
-        of validation queries; after each epoch ``history`` records the R@1 of their re-ranked beams, and the
-        epoch with the best (the earliest of equals) is the one kept."""
+        """Train on ``inputs``' queries: first ``align_epochs`` of captioning (see the module), then ``epochs`` on
+        groups: the query's image, then the first ``negatives`` other images among its candidates (repeating the
+        last when the beams hold fewer). ``val``: ``(inputs, cand)`` of validation queries; after each epoch
+        ``history`` records the validation caption loss (alignment) or the R@1 of the re-ranked validation beams,
+        and the epoch with the best (the earliest of equals) is the one kept."""
         from .rerank import rerank
-        from .selection import BestState
 
         targets = np.asarray(inputs.targets if targets is None else targets)
+        if self.cfg.align_epochs:
+            self._align(inputs, targets, val, progress)
         cfg, codes = self.cfg, np.asarray(inputs.gallery_codes)
         groups = np.empty((len(targets), 1 + cfg.negatives), dtype=np.int64)
         for i, (items, t) in enumerate(zip(cand.items, targets)):
@@ -152,7 +249,7 @@ class LMReranker:
                     m.train()
             self.history.append(row)
         bar.close()
-        if val is not None:
+        if best.state is not None:
             modules.load_state_dict(best.state)
         for m in self._modules():
             m.eval()

@@ -221,12 +221,10 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
         "",
         *[f"- {claims.sentence(r)}" for _, r in claim.iterrows()],
         "",
-        f"The {model} re-ranker read each query's prompt, the candidate's vokens and "
-        + ("its joint-space image embedding as one soft token" if info["reranker"]["image_token"] else "nothing else")
-        + f"; it learned from {info['train_queries']} training captions with AVG's beams "
-        + f"({info['reranker']['epochs']} epoch(s), {info['reranker']['negatives']} negatives per caption) in "
-        + f"{info['train_seconds']:.0f} s on {info['hardware']} (seed {info['seed']}). Fusion weights were chosen "
-        + "on validation. `rerank_ms` is the re-ranking time per query (the LM's on that machine).",
+        f"The {model} re-ranker {_reads_text(info['reranker'])}; it learned from {info['train_queries']} training "
+        + f"captions with AVG's beams ({_training_text(info['reranker'])}) in {info['train_seconds']:.0f} s on "
+        + f"{info['hardware']} (seed {info['seed']}). Fusion weights were chosen on validation. `rerank_ms` is the "
+        + "re-ranking time per query (the LM's on that machine).",
         "",
         "Its training, per epoch (`val_R@1`: its re-ranked validation beams, where recorded; the best epoch is "
         + f"kept): {'; '.join(_epoch_text(h) for h in info['history'])} (seed {info['seed']}).",
@@ -240,7 +238,25 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
     return runs, claim
 
 
+def _reads_text(r: dict) -> str:
+    """What the re-ranker of settings ``r`` (an ``LMRerankConfig`` as a dict) read and how it scored."""
+    soft = f"{r.get('image_tokens', 1)} soft token(s)"
+    if r.get("scoring", "head") == "likelihood":
+        return f"scored each candidate by log P(query | its joint-space image embedding as {soft})"
+    image = f" and its joint-space image embedding as {soft}" if r["image_token"] else " and nothing else"
+    return f"read each query's prompt, the candidate's vokens{image}, and scored them with a head on the last token"
+
+
+def _training_text(r: dict) -> str:
+    align = r.get("align_epochs", 0)
+    first = f"{align} epoch(s) captioning the training images with the LM frozen, then " if align else ""
+    return first + f"{r['epochs']} epoch(s) on groups, {r['negatives']} negatives per caption"
+
+
 def _epoch_text(row: dict) -> str:
+    if row.get("stage") == "align":
+        val = f", validation {row['val_nll']:.2f}" if "val_nll" in row else ""
+        return f"alignment epoch {row['epoch']}: caption loss {row['train_nll']:.2f}{val}"
     val = f", val_R@1 {row['val_R@1']:.2f}" if "val_R@1" in row else ""
     return f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}{val}"
 

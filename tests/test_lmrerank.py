@@ -35,11 +35,12 @@ def reranker(llama, image_token, codebooks=None, **settings):
     return LMReranker(K, D, codebooks, cfg, image_dim=IMAGES.shape[1] if image_token else None)
 
 
-@pytest.mark.parametrize("image_token", [False, True])
-def test_shared_prompt_scores_equal_each_pair_scored_alone(llama, image_token):
+@pytest.mark.parametrize(("image_token", "image_tokens"), [(False, 1), (True, 1), (True, 2)])
+def test_shared_prompt_scores_equal_each_pair_scored_alone(llama, image_token, image_tokens):
     """The query's prompt runs once for its K candidates (left-padded beside longer queries): each score equals
-    the head on the last hidden state of that one (prompt + vokens [+ image token]) sequence, run whole."""
-    rr = reranker(llama, image_token, np.random.default_rng(0).normal(size=(1, K, 16)))
+    the head on the last hidden state of that one (prompt + vokens [+ image tokens]) sequence, run whole."""
+    codebooks = np.random.default_rng(0).normal(size=(1, K, 16))
+    rr = reranker(llama, image_token, codebooks, image_tokens=image_tokens)
     inp, cand = toy()
     got = rr.score(inp, cand, batch_size=3)
     assert got.shape == cand.items.shape and np.isfinite(got).all()
@@ -52,7 +53,8 @@ def test_shared_prompt_scores_equal_each_pair_scored_alone(llama, image_token):
                 vok = torch.as_tensor(CODES[item]).unsqueeze(0) + gen.voken_offset
                 x = gen.lm.get_input_embeddings()(torch.cat([ids, vok], 1))
                 if image_token:
-                    x = torch.cat([x, rr.image_proj(torch.from_numpy(IMAGES[item]))[None, None]], 1)
+                    soft = rr.image_proj(torch.from_numpy(IMAGES[item])).reshape(1, image_tokens, -1)
+                    x = torch.cat([x, soft], 1)
                 h = gen.lm.base_model(inputs_embeds=x).last_hidden_state[:, -1]
                 assert float(rr.head(h)) == pytest.approx(got[q, j], abs=1e-4)
 
@@ -70,14 +72,73 @@ def test_settings_it_cannot_honour_are_named(llama):
         LMReranker(K, D, None, LMRerankConfig(lm_path=llama))
     with pytest.raises(ValueError, match="device"):
         LMReranker(K, D, None, LMRerankConfig(lm_path=llama, image_token=False, device="tpu"))
+    with pytest.raises(ValueError, match="scoring"):
+        reranker(llama, True, scoring="dot")
+    for bad in ({"scoring": "likelihood"}, {"align_epochs": 1}):
+        with pytest.raises(ValueError, match="set image_token"):
+            reranker(llama, False, **bad)
+    for bad in ({"image_tokens": 0}, {"caption_prompt": "Caption:"}):
+        with pytest.raises(ValueError, match="caption_prompt must hold"):
+            reranker(llama, True, **bad)
 
 
-@pytest.mark.parametrize(("image_token", "train_layers"), [(False, 0), (True, 0), (True, 1)])
-def test_fit_lowers_the_group_loss_and_reranking_permutes_the_beams(llama, image_token, train_layers):
-    """Also with only the top layer trained: the input embeddings and the lower layer keep their values."""
+def test_likelihood_scores_are_each_querys_log_probability_given_the_candidates_image(llama):
+    """Batched and right-padded beside longer queries, each score equals log P(query + end | prompt with the
+    image's soft tokens) of that one sequence run whole, summed over the query's tokens."""
+    rr = reranker(llama, True, scoring="likelihood", image_tokens=2)
+    inp, cand = toy()
+    got = rr.score(inp, cand, batch_size=3)
+    assert got.shape == cand.items.shape and (got < 0).all()
+    gen, emb = rr.gen, rr.gen.lm.get_input_embeddings()
+    pre, post = rr.cfg.caption_prompt.split("{image}")
+    with torch.no_grad():
+        for q in (0, 1):
+            for j in (0, 2):
+                item = max(cand.items[q, j], 0)
+                first = gen.tokenizer(pre, return_tensors="pt")["input_ids"]
+                words = gen.tokenizer(" " + TEXTS[q], add_special_tokens=False)["input_ids"] + [gen.eos_id]
+                rest = gen.tokenizer(post, add_special_tokens=False)["input_ids"] + words
+                soft = rr.image_proj(torch.from_numpy(IMAGES[item])).reshape(1, 2, -1)
+                x = torch.cat([emb(first), soft, emb(torch.tensor([rest]))], 1)
+                logp = torch.log_softmax(gen.lm(inputs_embeds=x).logits[0], -1)
+                start = x.shape[1] - len(words)
+                want = sum(float(logp[start - 1 + i, w]) for i, w in enumerate(words))
+                assert want == pytest.approx(got[q, j], abs=1e-3)
+
+
+def test_alignment_trains_only_the_image_projection_and_keeps_its_best_validation_epoch(llama):
+    inp, cand = toy()
+    rr = reranker(llama, True, scoring="likelihood", align_epochs=4, epochs=0, batch_size=2, align_lr=3e-2)
+    before = {n: p.detach().clone() for n, p in rr.gen.named_parameters()}
+    proj = [p.detach().clone() for p in rr.image_proj.parameters()]
+    val = toy()
+    rr.fit(inp, cand, val=val)
+    rows = rr.history
+    assert [r["stage"] for r in rows] == ["align"] * 4 and rows[-1]["train_nll"] < rows[0]["train_nll"]
+    assert all(torch.equal(p, before[n]) for n, p in rr.gen.named_parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(proj, rr.image_proj.parameters()))
+    assert rr.caption_nll(val[0]) == pytest.approx(min(r["val_nll"] for r in rows), rel=1e-5)
+    assert all(p.requires_grad for p in rr.gen.parameters())  # the LM is trainable again for the group epochs
+
+
+@pytest.mark.parametrize(
+    ("image_token", "train_layers", "scoring"),
+    [(False, 0, "head"), (True, 0, "head"), (True, 1, "head"), (True, 0, "likelihood")],
+)
+def test_fit_lowers_the_group_loss_and_reranking_permutes_the_beams(llama, image_token, train_layers, scoring):
+    """Also with only the top layer trained: the input embeddings and the lower layer keep their values; and
+    with likelihood scores, where the softmax over each group's log-likelihoods is the loss."""
     inp, cand = toy()
     rr = reranker(
-        llama, image_token, negatives=2, epochs=6, batch_size=2, lr=3e-3, head_lr=3e-3, train_layers=train_layers
+        llama,
+        image_token,
+        negatives=2,
+        epochs=6,
+        batch_size=2,
+        lr=3e-3,
+        head_lr=3e-3,
+        train_layers=train_layers,
+        scoring=scoring,
     )
     before = {n: p.detach().clone() for n, p in rr.gen.named_parameters()}
     rr.fit(inp, cand)

@@ -44,9 +44,13 @@ def test_export_holds_avgs_beams_a_seeded_training_sample_and_every_test_query(r
     assert again["train"].texts == inputs["train"].texts  # the sample is drawn with the seed
 
 
-def test_compare_puts_the_lm_beside_avg_and_the_embedding_reranker(run, job, tmp_path):
+ALIGNED = {"scoring": "likelihood", "align_epochs": 2, "epochs": 0, "image_tokens": 2}
+
+
+@pytest.mark.parametrize("recipe", [{}, ALIGNED], ids=["head", "aligned likelihood"])
+def test_compare_puts_the_lm_beside_avg_and_the_embedding_reranker(run, job, tmp_path, recipe):
     lm = str(save_tiny_llama(tmp_path / "llama"))
-    trained = rerankjob.train(job, {"lm_path": lm, **SETTINGS}, progress=False)
+    trained = rerankjob.train(job, {"lm_path": lm, **SETTINGS, **recipe}, progress=False)
     info = json.loads((trained / f"seed{run.cfg.seed}.json").read_text())
     assert info["model"] == "causal LM (llama)" and info["reranker"]["image_token"]
     assert info["train_seconds"] >= 0  # recorded (a tiny fit may round to 0.0 s: a value, not a timing to test)
@@ -64,6 +68,12 @@ def test_compare_puts_the_lm_beside_avg_and_the_embedding_reranker(run, job, tmp
     assert ((claim["low"] <= claim["difference"]) & (claim["difference"] <= claim["high"])).all()
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "causal LM (llama)" in readme and "12 training captions" in readme
+    if recipe:  # what it read, how it trained, and each alignment epoch's caption loss
+        assert "log P(query | its joint-space image embedding as 2 soft token(s))" in readme
+        assert "2 epoch(s) captioning the training images with the LM frozen, then 0 epoch(s)" in readme
+        assert "alignment epoch 2: caption loss" in readme and ", validation " in readme
+    else:
+        assert "the candidate's vokens and its joint-space image embedding as 1 soft token(s)" in readme
     assert {"rerank_runs.csv", "rerank_claims.csv", "README.md"} <= {p.name for p in (tmp_path / "out").iterdir()}
 
 

@@ -170,9 +170,10 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
     trained = Path(trained or job / "trained")
     out = Path(out or Path(run.cfg.results_dir) / "lm_rerank")
     grid = [i / run.cfg.rerank.fusion_steps for i in range(run.cfg.rerank.fusion_steps + 1)]
-    rows, ranked, targets, info = [], {}, None, None
+    rows, ranked, targets, infos = [], {}, None, []
     for info_path in sorted(trained.glob("seed*.json")):
         info = json.loads(info_path.read_text())
+        infos.append(info)
         meta, inputs, cands, _ = load_job(job / info_path.name)
         r = run.with_seed(meta["seed"])
         own = {s: rerank.inputs(r.js, r.split(s)) for s in ("val", "test")}
@@ -197,7 +198,7 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
                 row["fusion_weight"] = getattr(v, "weight", float("nan"))
                 row["rerank_ms"] = info["score_ms_per_query"] if base is lm else ms
                 rows.append(row)
-    if info is None:
+    if not infos:
         raise FileNotFoundError(f"{trained}: no trained seed*.json; run `python -m avg_lib.rerankjob train` first")
     model = info["model"]
     checks = [
@@ -212,6 +213,8 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
     seeds = ",".join(map(str, sorted(ranked["LM"])))
     results.write_csv(runs, out / "rerank_runs.csv", run.cfg.profile, "per row", conf)
     results.write_csv(claim, out / "rerank_claims.csv", run.cfg.profile, seeds, conf)
+    times = ", ".join(f"{i['train_seconds']:.0f}" for i in infos)
+    hardware = ", ".join(sorted({i["hardware"] for i in infos}))
     mean = runs.groupby("reranker", sort=False)[["ceiling", "R@1", "R@5", "R@10", "fusion_weight", "rerank_ms"]].mean()
     lines = [
         f"# The LM re-ranker on AVG's top {info['k']} beams: profile `{run.cfg.profile}`",
@@ -222,12 +225,12 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
         *[f"- {claims.sentence(r)}" for _, r in claim.iterrows()],
         "",
         f"The {model} re-ranker {_reads_text(info['reranker'])}; it learned from {info['train_queries']} training "
-        + f"captions with AVG's beams ({_training_text(info['reranker'])}) in {info['train_seconds']:.0f} s on "
-        + f"{info['hardware']} (seed {info['seed']}). Fusion weights were chosen on validation. `rerank_ms` is the "
-        + "re-ranking time per query (the LM's on that machine).",
+        + f"captions ({_training_text(info['reranker'])}) in {times} s (seeds {seeds}) on {hardware}. Fusion weights "
+        + "were chosen on validation. `rerank_ms` is the re-ranking time per query (the LM's on that machine).",
         "",
-        "Its training, per epoch (`val_R@1`: its re-ranked validation beams, where recorded; the best epoch is "
-        + f"kept): {'; '.join(_epoch_text(h) for h in info['history'])} (seed {info['seed']}).",
+        "Its training, per epoch (`val_R@1`: its re-ranked validation beams, where recorded; the best epoch is kept):",
+        "",
+        *[f"- seed {i['seed']}: {'; '.join(_epoch_text(h) for h in i['history'])}" for i in infos],
         "",
         f"Mean over seeds {seeds}:",
         "",
@@ -248,9 +251,12 @@ def _reads_text(r: dict) -> str:
 
 
 def _training_text(r: dict) -> str:
-    align = r.get("align_epochs", 0)
-    first = f"{align} epoch(s) captioning the training images with the LM frozen, then " if align else ""
-    return first + f"{r['epochs']} epoch(s) on groups, {r['negatives']} negatives per caption"
+    align, epochs = r.get("align_epochs", 0), r["epochs"]
+    groups = f"{epochs} epoch(s) on groups from AVG's beams, {r['negatives']} negatives per caption"
+    if not align:
+        return groups
+    first = f"{align} epoch(s) captioning their images with the LM frozen"
+    return f"{first}, then {groups}" if epochs else f"{first}; none on AVG's beams"
 
 
 def _epoch_text(row: dict) -> str:

@@ -70,10 +70,14 @@ def test_compare_puts_the_lm_beside_avg_and_the_embedding_reranker(run, job, tmp
     assert "causal LM (llama)" in readme and "12 training captions" in readme
     if recipe:  # what it read, how it trained, and each alignment epoch's caption loss
         assert "log P(query | its joint-space image embedding as 2 soft token(s))" in readme
-        assert "2 epoch(s) captioning the training images with the LM frozen, then 0 epoch(s)" in readme
-        assert "alignment epoch 2: caption loss" in readme and ", validation " in readme
+        assert "(2 epoch(s) captioning their images with the LM frozen; none on AVG's beams)" in readme
+        assert (
+            f"- seed {run.cfg.seed}: alignment epoch 1: caption loss" in readme
+            and "alignment epoch 2: caption" in readme
+        )
     else:
         assert "the candidate's vokens and its joint-space image embedding as 1 soft token(s)" in readme
+        assert "(1 epoch(s) on groups from AVG's beams, 2 negatives per caption)" in readme
     assert {"rerank_runs.csv", "rerank_claims.csv", "README.md"} <= {p.name for p in (tmp_path / "out").iterdir()}
 
 

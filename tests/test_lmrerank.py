@@ -173,3 +173,13 @@ def test_fit_with_validation_keeps_the_epoch_with_the_best_validation_recall(lla
     assert [h["val_R@1"] for h in rr.history] == [25.0, 100.0, 0.0]
     assert not torch.equal(seen[1], seen[2])
     assert torch.equal(rr.head[0].weight, seen[1])
+
+
+def test_alignment_then_group_epochs_train_the_lm_with_the_head(llama):
+    """The paper's head scoring after an alignment stage: the LM is frozen only while aligning."""
+    inp, cand = toy()
+    rr = reranker(llama, True, align_epochs=1, negatives=2, epochs=2, batch_size=2, lr=3e-3, head_lr=3e-3)
+    before = {n: p.detach().clone() for n, p in rr.gen.named_parameters()}
+    rr.fit(inp, cand)
+    assert [r.get("stage", "groups") for r in rr.history] == ["align", "groups", "groups"]
+    assert not torch.equal(rr.gen.lm.model.layers[0].mlp.up_proj.weight, before["lm.model.layers.0.mlp.up_proj.weight"])

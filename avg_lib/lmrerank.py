@@ -124,10 +124,8 @@ class LMReranker:
         and, with the image token, their image features ``images`` (len(texts), G, image_dim)."""
         gen = self.gen
         n, group, depth = codes.shape
-        if self.cfg.scoring == "likelihood":  # in chunks: the LM's logits over its whole vocabulary are large
-            pairs, soft = [t for t in texts for _ in range(group)], self._soft(images)
-            parts = [self.log_likelihood(pairs[i : i + 64], soft[i : i + 64]) for i in range(0, len(pairs), 64)]
-            return torch.cat(parts).reshape(n, group)
+        if self.cfg.scoring == "likelihood":
+            return self.log_likelihood([t for t in texts for _ in range(group)], self._soft(images)).reshape(n, group)
         ctx = gen.repeat(gen.encode(texts), group)
         x = gen.lm.get_input_embeddings()(codes.reshape(n * group, depth).to(self.device) + gen.voken_offset)
         if self.image_proj is not None:
@@ -135,10 +133,16 @@ class LMReranker:
         out = gen.after_prompts(ctx, x, model=gen.lm.base_model)
         return self.head(out.last_hidden_state[:, -1]).reshape(n, group)
 
-    def log_likelihood(self, texts: list[str], soft: torch.Tensor) -> torch.Tensor:
+    def log_likelihood(self, texts: list[str], soft: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """``(N,)`` ``log P(text + end-of-sequence | caption_prompt with soft[i] at {image})`` for each of ``N``
         texts and soft image tokens ``soft`` (N, image_tokens, width): one sequence per pair, texts padded on the
-        right after the fixed-length prefix, so every pair's positions are its own."""
+        right after the fixed-length prefix, so every pair's positions are its own. Run ``chunk`` sequences at a
+        time: the LM's logits over its whole vocabulary are large."""
+        if len(texts) > chunk:
+            parts = [
+                self.log_likelihood(texts[i : i + chunk], soft[i : i + chunk]) for i in range(0, len(texts), chunk)
+            ]
+            return torch.cat(parts)
         gen, n = self.gen, len(texts)
         tok, emb = gen.tokenizer, gen.lm.get_input_embeddings()
         ids = [tok(" " + t, add_special_tokens=False)["input_ids"][: gen.cfg.max_text_len] for t in texts]
@@ -161,20 +165,16 @@ class LMReranker:
         for p in lm:
             p.requires_grad_(False)
         opt = torch.optim.AdamW(self.image_proj.parameters(), lr=cfg.align_lr)
-        feats = torch.from_numpy(np.asarray(inputs.image_feats, dtype=np.float32))
         rng, best, steps = np.random.default_rng(cfg.seed), BestState(), -(-len(targets) // cfg.batch_size)
         bar = tqdm(total=cfg.align_epochs * steps, desc="LM re-ranker alignment", disable=not progress)
+
+        def loss_of(b):
+            return -self.log_likelihood(
+                [inputs.texts[i] for i in b], self._soft(self._images(inputs, targets[b]))
+            ).mean()
+
         for epoch in range(cfg.align_epochs):
-            order, total = rng.permutation(len(targets)), 0.0
-            for s in range(0, len(order), cfg.batch_size):
-                b = order[s : s + cfg.batch_size]
-                loss = -self.log_likelihood([inputs.texts[i] for i in b], self._soft(feats[targets[b]])).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(b)
-                bar.update(1)
-            row = {"stage": "align", "epoch": epoch + 1, "train_nll": total / len(order)}
+            row = {"stage": "align", "epoch": epoch + 1, "train_nll": self._epoch(opt, len(targets), loss_of, rng, bar)}
             if val is not None:
                 row["val_nll"] = self.caption_nll(val[0])
                 best.update(self.image_proj, -row["val_nll"])
@@ -186,14 +186,24 @@ class LMReranker:
             p.requires_grad_(True)
 
     @torch.no_grad()
-    def caption_nll(self, inputs, batch_size: int = 64) -> float:
+    def caption_nll(self, inputs) -> float:
         """Mean ``-log P(caption | its own image)`` over ``inputs``' queries (each with its target image)."""
-        feats = torch.from_numpy(np.asarray(inputs.image_feats, dtype=np.float32)[np.asarray(inputs.targets)])
-        total = 0.0
-        for s in range(0, len(feats), batch_size):
-            soft = self._soft(feats[s : s + batch_size])
-            total -= float(self.log_likelihood(inputs.texts[s : s + batch_size], soft).sum())
-        return total / len(feats)
+        soft = self._soft(self._images(inputs, np.asarray(inputs.targets)))
+        return -float(self.log_likelihood(list(inputs.texts), soft).mean())
+
+    def _epoch(self, opt, n: int, loss_of, rng, bar) -> float:
+        """One optimiser pass over ``n`` training queries in ``rng``'s order, ``batch_size`` at a time (``loss_of``:
+        a batch's indices -> its mean loss); returns the mean loss."""
+        order, total = rng.permutation(n), 0.0
+        for s in range(0, n, self.cfg.batch_size):
+            b = order[s : s + self.cfg.batch_size]
+            loss = loss_of(b)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(b)
+            bar.update(1)
+        return total / n
 
     def _images(self, inputs, items: np.ndarray) -> torch.Tensor | None:
         if self.image_proj is None:
@@ -226,19 +236,14 @@ class LMReranker:
         modules, best = nn.ModuleList(self._modules()), BestState()
         steps = -(-len(targets) // cfg.batch_size)
         bar = tqdm(total=cfg.epochs * steps, desc="LM re-ranker training", disable=not progress)
+
+        def loss_of(b):
+            codes_b, images = torch.from_numpy(codes[groups[b]]), self._images(inputs, groups[b])
+            scores = self._scores([inputs.texts[i] for i in b], codes_b, images)
+            return F.cross_entropy(scores, torch.zeros(len(b), dtype=torch.long, device=scores.device))
+
         for epoch in range(cfg.epochs):
-            order, total = rng.permutation(len(targets)), 0.0
-            for s in range(0, len(order), cfg.batch_size):
-                b = order[s : s + cfg.batch_size]
-                texts = [inputs.texts[i] for i in b]
-                scores = self._scores(texts, torch.from_numpy(codes[groups[b]]), self._images(inputs, groups[b]))
-                loss = F.cross_entropy(scores, torch.zeros(len(b), dtype=torch.long, device=scores.device))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(b)
-                bar.update(1)
-            row = {"epoch": epoch + 1, "train_loss": total / len(order)}
+            row = {"epoch": epoch + 1, "train_loss": self._epoch(opt, len(targets), loss_of, rng, bar)}
             if val is not None:
                 for m in self._modules():
                     m.eval()

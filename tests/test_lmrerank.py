@@ -104,6 +104,10 @@ def test_likelihood_scores_are_each_querys_log_probability_given_the_candidates_
                 start = x.shape[1] - len(words)
                 want = sum(float(logp[start - 1 + i, w]) for i, w in enumerate(words))
                 assert want == pytest.approx(got[q, j], abs=1e-3)
+        soft = rr._soft(torch.from_numpy(IMAGES))
+        whole = rr.log_likelihood([TEXTS[i % 4] for i in range(len(IMAGES))], soft)
+        chunked = rr.log_likelihood([TEXTS[i % 4] for i in range(len(IMAGES))], soft, chunk=4)
+        assert torch.allclose(whole, chunked, atol=1e-4)  # run in chunks, the same scores
 
 
 def test_alignment_trains_only_the_image_projection_and_keeps_its_best_validation_epoch(llama):

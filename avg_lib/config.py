@@ -15,8 +15,8 @@ sections, and each section is a frozen dataclass whose fields are the section's 
     one_tower:   {epochs: 15, ...}                                 -> baselines.OneTowerConfig
     retrieval:   {pseudo_per_image: 2, pseudo_recipe: composed, ...} -> RetrievalConfig
     rerank:      {ks: [10, 50, 100], k: 50, ...}                   -> RerankConfig
-    visualization, backends, benchmark, main_table, ablations, efficiency: the studies of
-                 notebooks 03-08 (their dataclasses are in avg_lib.studies)
+    visualization, backends, benchmark, main_table, ablations, efficiency, language_models: the
+                 studies of notebooks 03-09 (their dataclasses are in avg_lib.studies)
     parallel:    {workers: 1, threads: 0}                          -> ParallelConfig (here)
 
 An unknown section or key, a value of the wrong type, or a ``seed`` inside a section is an error
@@ -46,6 +46,7 @@ from .studies import (
     BackendsConfig,
     BenchmarkConfig,
     EfficiencyConfig,
+    LanguageModelsConfig,
     MainTableConfig,
     VisualizationConfig,
 )
@@ -141,6 +142,7 @@ SECTIONS: dict[str, type] = {
     "main_table": MainTableConfig,
     "ablations": AblationsConfig,
     "efficiency": EfficiencyConfig,
+    "language_models": LanguageModelsConfig,
     "parallel": ParallelConfig,
 }
 SEEDED = (
@@ -172,6 +174,7 @@ class RunConfig:
     main_table: MainTableConfig
     ablations: AblationsConfig
     efficiency: EfficiencyConfig
+    language_models: LanguageModelsConfig
     parallel: ParallelConfig
     overrides: dict = field(default_factory=dict)  # applied on top of the profile (papermill `overrides`)
 

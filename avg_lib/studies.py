@@ -87,3 +87,36 @@ class EfficiencyConfig:  # notebook 08
             raise ValueError(f"unknown approximate index(es) {sorted(unknown)}; expected 'hnsw' or 'ivfpq'")
         if not 0 < self.target_recall <= 1:
             raise ValueError(f"target_recall must be in (0, 1], not {self.target_recall}")
+
+
+# the LM re-ranker's settings (avg_lib.lmrerank.LMRerankConfig), named here so a profile is checked without torch
+LM_RERANK_SETTINGS = (
+    "prompt", "negatives", "epochs", "batch_size", "lr", "head_lr", "image_token", "image_tokens", "scoring",
+    "caption_prompt", "align_epochs", "align_lr", "train_layers",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LanguageModelsConfig:  # notebook 09 (avg_lib.lmstage): a pretrained causal LM as generator and as re-ranker
+    enabled: bool = False  # hours on a 2-core CPU, so the default run leaves it off; profiles lm and lm-gpu turn it on
+    seeds: tuple[int, ...] = (0, 1, 2)  # the LM rows and the profile's own generator, paired on these seeds
+    lm: str = "smollm2"  # "smollm2" (offline, `setup.sh --lm`) | "tiny-random" (a random 2-layer Llama) | a directory
+    device: str = "cpu"  # "cuda": both LMs train and score on the GPU
+    generator: dict = field(default_factory=dict)  # generator settings over the profile's, backend decoder implied
+    reranker: dict = field(default_factory=dict)  # LM re-ranker settings (avg_lib.lmrerank.LMRerankConfig)
+    rerank_k: int = 10  # AVG's beams the LM re-ranks (likelihood scoring reads each as a sequence of its own)
+    train_queries: int = 2000  # training captions the re-ranker learns from (with AVG's beams for each)
+
+    def __post_init__(self):
+        for name, given, known in (
+            ("generator", self.generator, {f.name for f in dataclasses.fields(GeneratorConfig)} - {"seed"}),
+            ("reranker", self.reranker, set(LM_RERANK_SETTINGS)),
+        ):
+            unknown = sorted(set(given) - known)
+            if unknown:
+                raise ValueError(f"{name}: {', '.join(unknown)} not settings of the LM {name} here")
+        if {"device", "lm_path", "backend"} & set(self.generator):
+            raise ValueError("generator: set the LM with `lm` and the device with `device`, not inside `generator`")
+        if self.rerank_k < 2 or self.train_queries < 1 or not self.seeds:
+            raise ValueError(f"rerank_k must be at least 2, train_queries at least 1, seeds not empty; got "
+                             f"{self.rerank_k}, {self.train_queries}, {list(self.seeds)}")  # fmt: skip

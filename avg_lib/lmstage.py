@@ -1,0 +1,201 @@
+"""Notebook 09: a pretrained causal LM in the paper's two LM roles, inside ``run_all.sh``.
+
+The paper's LLaMA generator (prompt → vokens) and its SEED-LLaMA re-ranker are both pretrained causal LMs. This
+stage trains both on the profile's own chain (data, joint space, voken tokenizer, AVG's generator) with the
+settings of the profile section ``language_models``, at the seeds it names, and compares them with the profile's
+generator on the same seeds and test queries, with the statistics of notebook 06 (95% intervals over test
+images, paired differences and their verdicts).
+
+It reuses the jobs that do the same work across machines (:mod:`avg_lib.genjob`, :mod:`avg_lib.rerankjob`):
+export what each LM learns from into a work directory under the data cache, train one LM per seed, then
+compare. The work directory's name carries a key of everything that changes it, and a seed is trained only when
+its outputs are missing, so an interrupted run resumes at the seed it was training. The comparisons are written
+to ``<results_dir>/lm/`` (generator) and ``<results_dir>/lm_rerank/`` (re-ranker), each with its README;
+:func:`table` gathers every row in the main table's form (mean and spread over seeds).
+
+``language_models.lm``: ``smollm2`` (SmolLM2-135M-Instruct, offline after ``bash scripts/setup.sh --lm``), a
+local ``AutoModelForCausalLM`` directory, or ``tiny-random`` (a random 2-layer Llama built on the spot, what the
+smoke profile and the tests run: the same code path in seconds, numbers meaningless).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .paths import data_dir, repo_path
+
+TINY = "tiny-random"
+CHAIN = ("data", "encoder", "two_tower", "tokenizer", "generator", "retrieval")  # what the exported jobs hold
+
+
+def tiny_random_lm(directory: str | Path, hidden: int = 32, layers: int = 2, tie: bool = True) -> Path:
+    """Save a random-weight ``LlamaForCausalLM`` (SmolLM2's architecture, grouped-query attention included) with
+    MiniLM's WordPiece tokenizer (its separator doubling as end of sequence) like a pretrained checkpoint."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from .generator.config import minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    tok.eos_token = tok.sep_token
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        LlamaForCausalLM(cfg).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def lm_path(lm: str) -> str | None:
+    """The ``lm_path`` both LMs load: ``None`` for SmolLM2, the tiny random Llama's directory (built once), or the
+    named directory, which must exist."""
+    if lm == "smollm2":
+        return None
+    if lm == TINY:
+        directory = data_dir() / "lm" / "tiny-random-llama"
+        return str(directory if (directory / "config.json").is_file() else tiny_random_lm(directory))
+    path = repo_path(lm)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"language_models.lm = {lm!r}: {path} holds no causal LM (no config.json); "
+            f"name a saved AutoModelForCausalLM directory, 'smollm2' or '{TINY}'"
+        )
+    return str(path)
+
+
+def overrides(run) -> tuple[dict, dict]:
+    """The settings the LM generator and the LM re-ranker train with, over the job's: the section's own, the LM
+    and the device."""
+    lmc = run.cfg.language_models
+    where = {"lm_path": lm_path(lmc.lm), "device": lmc.device}
+    return {**lmc.generator, "backend": "decoder", **where}, {**lmc.reranker, **where}
+
+
+def work_dirs(run) -> dict[str, tuple[Path, Path]]:
+    """``{role: (job, trained)}``: where each role's job is exported and its LMs trained, named by keys of what
+    changes them (the chain for the job; the LM, its settings and the seeds for the trained models)."""
+    from .cache import key
+
+    lmc, conf = run.cfg.language_models, run.cfg.to_dict()
+    chain = {s: conf[s] for s in CHAIN}
+    trained = {"lm": lmc.lm, "device": lmc.device, "seeds": sorted(lmc.seeds)}
+    root = data_dir() / "lm" / run.cfg.data.dataset
+    gen = root / f"generator-{key(chain)}"
+    rr = root / f"reranker-{key({**chain, 'k': lmc.rerank_k, 'train_queries': lmc.train_queries})}"
+    return {
+        "generator": (gen, gen / f"trained-{key({**trained, 'settings': lmc.generator})}"),
+        "reranker": (rr, rr / f"trained-{key({**trained, 'settings': lmc.reranker})}"),
+    }
+
+
+def missing(directory: Path, seeds) -> list[int]:
+    """The seeds without a finished ``seed<s>.json`` in ``directory`` (each job writes it last)."""
+    return [s for s in seeds if not (directory / f"seed{s}.json").is_file()]
+
+
+def generator_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The LM generator against the profile's own at ``language_models.seeds``: ``(runs, claims)``, also written
+    to ``<results_dir>/lm/``."""
+    from . import genjob
+
+    lmc, (job, trained) = run.cfg.language_models, work_dirs(run)["generator"]
+    if missing(job, lmc.seeds):
+        genjob.export(run, missing(job, lmc.seeds), job)
+    gen, _ = overrides(run)
+    if missing(trained, lmc.seeds):
+        genjob.train(job, gen, trained, progress=progress, seeds=missing(trained, lmc.seeds))
+    return genjob.compare(run, job, trained, repo_path(run.cfg.results_dir) / "lm")
+
+
+def reranker_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The LM re-ranker on AVG's top ``rerank_k`` beams beside AVG's order and the embedding re-ranker, alone and
+    fused, at ``language_models.seeds``: ``(runs, claims)``, also written to ``<results_dir>/lm_rerank/``."""
+    from . import rerankjob
+
+    lmc, (job, trained) = run.cfg.language_models, work_dirs(run)["reranker"]
+    if missing(job, lmc.seeds):
+        rerankjob.export(run, missing(job, lmc.seeds), job, k=lmc.rerank_k, train_queries=lmc.train_queries)
+    _, rr = overrides(run)
+    if missing(trained, lmc.seeds):
+        rerankjob.train(job, rr, trained, progress=progress, seeds=missing(trained, lmc.seeds))
+    return rerankjob.compare(run, job, trained, repo_path(run.cfg.results_dir) / "lm_rerank")
+
+
+def table(gen_runs: pd.DataFrame, rr_runs: pd.DataFrame) -> pd.DataFrame:
+    """Every row of both comparisons in the main table's form: per system the mean recall over seeds, the spread
+    of R@1 across seeds, the mean of the per-seed 95% interval bounds and the seeds."""
+    rr = rr_runs.assign(model=rr_runs["reranker"].map(_rerank_label(rr_runs)))
+    rows = []
+    for role, runs in (("generator", gen_runs), ("re-ranker", rr)):
+        for model, g in runs.groupby("model", sort=False):
+            rows.append(
+                {
+                    "system": f"generator: {model}" if role == "generator" else model,
+                    "role": role,
+                    **{m: g[m].mean() for m in ("R@1", "R@1_low", "R@1_high", "R@5", "R@10")},
+                    "R@1_std": g["R@1"].std(ddof=1) if len(g) > 1 else float("nan"),
+                    "n_seeds": len(g),
+                    "seeds": ",".join(map(str, sorted(g["seed"]))),
+                    **({"ceiling": g["ceiling"].mean()} if "ceiling" in g else {}),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _rerank_label(rr_runs: pd.DataFrame) -> dict[str, str]:
+    k = int(rr_runs["k"].iloc[0])
+    names = {"AVG order": f"AVG's top {k}, its own order", "LM": f"AVG + LM re-ranker (top {k})"}
+    names |= {"fusion (LM)": f"AVG + LM re-ranker fused with AVG (top {k})"}
+    names |= {"embedding": f"AVG + embedding re-ranker (top {k})"}
+    names |= {"fusion (embedding)": f"AVG + embedding re-ranker fused with AVG (top {k})"}
+    return {r: names.get(r, r) for r in rr_runs["reranker"].unique()}
+
+
+def figure(lm_table: pd.DataFrame, title: str):
+    """Test R@1 of every row (bars, generators blue, re-ranked lists orange) with its mean 95% interval."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(lm_table) + 1.2))
+    y = range(len(lm_table))[::-1]
+    err = [lm_table["R@1"] - lm_table["R@1_low"], lm_table["R@1_high"] - lm_table["R@1"]]
+    colours = ["tab:blue" if r == "generator" else "tab:orange" for r in lm_table["role"]]
+    ax.barh(list(y), lm_table["R@1"], xerr=err, color=colours, capsize=3)
+    ax.set_yticks(list(y), lm_table["system"], fontsize=8)
+    ax.set_xlabel("test R@1 (%), mean over seeds (whiskers: 95% interval over test images)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def settings_text(run) -> str:
+    """One paragraph: what this profile's stage trains, on what, or that it is switched off."""
+    lmc = run.cfg.language_models
+    if not lmc.enabled:
+        return (
+            f"language_models.enabled is false in profile {run.cfg.profile!r}: nothing to do here. "
+            "`./run_all.sh --profile lm` runs this stage (hours on a 2-core CPU); see the README."
+        )
+    gen, rr = overrides(run)
+    shown = {k: v for k, v in gen.items() if k != "lm_path"}, {k: v for k, v in rr.items() if k != "lm_path"}
+    return (
+        f"LM {lmc.lm!r} on {lmc.device}, seeds {list(lmc.seeds)}. Generator settings over the profile's: {shown[0]}. "
+        f"Re-ranker settings: {shown[1]}, on AVG's top {lmc.rerank_k} beams, learning from {lmc.train_queries} "
+        f"training captions. Work directories: "
+        + ", ".join(f"{role}: {dirs[1]}" for role, dirs in work_dirs(run).items())
+    )

@@ -1,0 +1,153 @@
+"""Notebook 09's stage: the profile section, the LM it loads, its resumable work directories and its table."""
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from avg_lib import config, genjob, lmstage, rerankjob
+from avg_lib.lmrerank import LMRerankConfig
+from avg_lib.studies import LM_RERANK_SETTINGS, LanguageModelsConfig
+
+TINY = {
+    "lm": "tiny-random",
+    "generator": {"epochs": 1, "disc_epochs": 0},
+    "reranker": {"negatives": 2, "epochs": 1, "batch_size": 8},
+    "rerank_k": 4,
+    "train_queries": 10,
+}
+
+
+def test_the_section_names_exactly_the_reranker_settings_a_profile_may_set():
+    fields = {f.name for f in dataclasses.fields(LMRerankConfig)}
+    assert set(LM_RERANK_SETTINGS) == fields - {"device", "lm_path", "seed"}  # the stage sets those three
+
+
+@pytest.mark.filterwarnings("ignore:.*replace whole mappings")
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"reranker": {"scorin": "head"}}, "reranker: scorin not settings of the LM reranker"),
+        ({"generator": {"epoch": 2}}, "generator: epoch not settings"),
+        ({"generator": {"backend": "t5"}}, "set the LM with `lm`"),
+        ({"rerank_k": 1}, "rerank_k must be at least 2"),
+        ({"seeds": []}, "seeds not empty"),
+    ],
+)
+def test_bad_settings_are_named_with_the_profile(section, message):
+    with pytest.raises(config.ConfigError, match="language_models") as e:
+        config.load_config("smoke", {"language_models": section})
+    assert message in str(e.value)
+
+
+def test_the_profiles_switch_the_stage_on_only_where_it_fits():
+    assert not config.load_config("default").language_models.enabled  # hours on a 2-core CPU
+    lm, gpu = config.load_config("lm").language_models, config.load_config("lm-gpu").language_models
+    assert lm.enabled and lm.lm == "smollm2" and lm.device == "cpu" and lm.generator == {"lm_train_layers": 6}
+    assert gpu.enabled and gpu.device == "cuda" and gpu.generator == {}  # the whole LM on a GPU
+    assert gpu.reranker == lm.reranker == config.load_config("default").language_models.reranker
+    assert config.load_config("smoke").language_models.lm == "tiny-random"
+    assert LanguageModelsConfig().enabled is False
+
+
+def test_lm_path_builds_the_tiny_llama_once_and_names_a_missing_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVG_DATA_DIR", str(tmp_path))
+    assert lmstage.lm_path("smollm2") is None  # the generator and the re-ranker load SmolLM2 themselves
+    first = lmstage.lm_path("tiny-random")
+    stamp = (tmp_path / "lm" / "tiny-random-llama" / "config.json").stat().st_mtime_ns
+    assert lmstage.lm_path("tiny-random") == first
+    assert (tmp_path / "lm" / "tiny-random-llama" / "config.json").stat().st_mtime_ns == stamp
+    with pytest.raises(FileNotFoundError, match="nowhere holds no causal LM"):
+        lmstage.lm_path(str(tmp_path / "nowhere"))
+
+
+def test_the_tiny_llama_is_the_same_model_every_time(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    a, b = (AutoModelForCausalLM.from_pretrained(lmstage.tiny_random_lm(tmp_path / n)) for n in "ab")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_work_directories_change_with_what_changes_them(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("AVG_DATA_DIR", str(tmp_path))
+    base = lmstage.work_dirs(run)
+
+    def dirs(**section):
+        cfg = dataclasses.replace(run.cfg.language_models, **section)
+        return lmstage.work_dirs(SimpleNamespace(cfg=dataclasses.replace(run.cfg, language_models=cfg)))
+
+    more = dirs(reranker={"scoring": "head"})
+    assert more["reranker"][0] == base["reranker"][0] and more["reranker"][1] != base["reranker"][1]
+    assert more["generator"] == base["generator"]  # the re-ranker's settings leave the generator alone
+    assert dirs(rerank_k=20)["reranker"][0] != base["reranker"][0]  # another export
+    assert dirs(seeds=(0, 1))["generator"][1] != base["generator"][1]
+    assert dirs(generator={"epochs": 5})["generator"][0] == base["generator"][0]  # same job, other training
+
+
+@pytest.fixture()
+def lm_run(run, tmp_path, monkeypatch):
+    """The toy run (a random two-tower head over its joint space, as the re-ranker jobs' tests use) with the stage
+    switched on for its seed, a tiny random Llama and its data cache in ``tmp_path``."""
+    import torch
+
+    from avg_lib.two_tower import TwoTower, TwoTowerConfig
+
+    monkeypatch.setenv("AVG_DATA_DIR", str(tmp_path / "data"))
+    torch.manual_seed(0)
+    run.js = dataclasses.replace(run.js, model=TwoTower(16, 16, TwoTowerConfig(dim=8, dropout=0.0)))
+    section = LanguageModelsConfig(enabled=True, seeds=(run.cfg.seed,), **TINY)
+    run.cfg = dataclasses.replace(run.cfg, language_models=section)
+    return run
+
+
+def test_the_stage_trains_both_lms_writes_their_comparisons_and_resumes(lm_run, monkeypatch):
+    gen_runs, gen_claims = lmstage.generator_rows(lm_run, progress=False)
+    rr_runs, rr_claims = lmstage.reranker_rows(lm_run, progress=False)
+    out = lmstage.repo_path(lm_run.cfg.results_dir) / "lm"
+    assert {"backend_runs.csv", "backend_claims.csv", "README.md"} <= {p.name for p in out.iterdir()}
+    assert (out.parent / "lm_rerank" / "rerank_claims.csv").is_file()
+    assert gen_runs["model"].tolist() == ["MiniLM-L6 (frozen) + voken decoder", "causal LM (tiny-random-llama)"]
+    assert (rr_runs["k"] == 4).all() and "LM" in set(rr_runs["reranker"])
+    assert len(gen_claims) == 1 and len(rr_claims) == 3  # the paired tests of both comparisons
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished seed was trained again")
+
+    monkeypatch.setattr(genjob, "train", no_training)
+    monkeypatch.setattr(rerankjob, "train", no_training)
+    pd.testing.assert_frame_equal(lmstage.generator_rows(lm_run, progress=False)[0], gen_runs)
+    again = lmstage.reranker_rows(lm_run, progress=False)[0]  # the embedding re-ranker is timed again
+    pd.testing.assert_frame_equal(again.drop(columns="rerank_ms"), rr_runs.drop(columns="rerank_ms"))
+
+    _, trained = lmstage.work_dirs(lm_run)["reranker"]
+    (trained / f"seed{lm_run.cfg.seed}.json").unlink()  # an interrupted seed: only it is trained again
+    calls = []
+    monkeypatch.setattr(rerankjob, "train", lambda job, rr, out, progress, seeds: calls.append(seeds) or out)
+    with pytest.raises(FileNotFoundError):  # the stand-in trained nothing, so compare finds no seed
+        lmstage.reranker_rows(lm_run, progress=False)
+    assert calls == [[lm_run.cfg.seed]]
+
+    table = lmstage.table(gen_runs, rr_runs)
+    assert table["role"].tolist() == ["generator"] * 2 + ["re-ranker"] * 5
+    assert "AVG + LM re-ranker (top 4)" in set(table["system"])
+    lmstage.figure(table, "t")
+
+
+def test_the_table_averages_each_system_over_its_seeds():
+    gen = pd.DataFrame(
+        {"model": ["A", "B", "A", "B"], "seed": [0, 0, 1, 1], "R@1": [10.0, 4.0, 14.0, 6.0], "R@5": [20.0] * 4}
+        | {"R@10": [30.0] * 4, "R@1_low": [8.0, 2.0, 12.0, 4.0], "R@1_high": [12.0, 6.0, 16.0, 8.0]}
+    )
+    rr = pd.DataFrame(
+        {"reranker": ["AVG order", "LM"], "seed": [0, 0], "k": [10, 10], "ceiling": [40.0, 40.0]}
+        | {"R@1": [12.0, 9.0], "R@5": [1.0, 1.0], "R@10": [2.0, 2.0], "R@1_low": [0.0, 0.0], "R@1_high": [20.0] * 2}
+    )
+    table = lmstage.table(gen, rr).set_index("system")
+    a, b = table.loc["generator: A"], table.loc["generator: B"]
+    assert a["R@1"] == 12.0 and a["R@1_low"] == 10.0 and b["seeds"] == "0,1" and b["R@1"] == 5.0
+    assert a["R@1_std"] == pytest.approx(np.std([10.0, 14.0], ddof=1))
+    assert table.loc["AVG + LM re-ranker (top 10)", "n_seeds"] == 1 and np.isnan(a["ceiling"])
+    assert np.isnan(table.loc["AVG's top 10, its own order", "R@1_std"])  # one seed: no spread

@@ -78,11 +78,19 @@ def load_job(path: str | Path) -> tuple[dict, dict]:
     return meta, arrays
 
 
+def seed_files(directory: Path, seeds=None) -> list[Path]:
+    """The ``seed<s>.json`` files in ``directory`` (an exported job, or what was trained on it), in seed order;
+    those of ``seeds`` only, if given."""
+    paths = sorted(
+        (p for p in Path(directory).glob("seed*.json") if p.stem[4:].isdigit()), key=lambda p: int(p.stem[4:])
+    )
+    return [p for p in paths if seeds is None or int(p.stem[4:]) in seeds]
+
+
 def exported_seeds(job: Path, seeds=None, command: str = "genjob") -> list[Path]:
     """The ``seed<s>.json`` files of an exported ``job`` (those of ``seeds`` only, if given), with an error naming
     the export command (``python -m avg_lib.<command> export``) when there are none."""
-    paths = sorted(p for p in Path(job).glob("seed*.json") if p.stem[4:].isdigit())
-    paths = [p for p in paths if seeds is None or int(p.stem[4:]) in seeds]
+    paths = seed_files(job, seeds)
     if not paths:
         raise FileNotFoundError(f"{job}: no seed*.json; run `python -m avg_lib.{command} export` first")
     return paths
@@ -145,16 +153,16 @@ def train(
     return out
 
 
-def compare(run, job: str | Path, trained: str | Path | None = None, out: str | Path | None = None):
-    """The trained generators of ``job`` against ``run``'s own generator at the same seeds: ``(runs, claim)``
-    tables, written to ``<out>/backend_runs.csv`` and ``backend_claims.csv`` (default: the run's results dir), with
-    the trained generators' epochs in ``backend_history.csv`` and a generated ``README.md``."""
+def compare(run, job: str | Path, trained: str | Path | None = None, out: str | Path | None = None, seeds=None):
+    """The trained generators of ``job`` (those of ``seeds``, if given) against ``run``'s own generator at the same
+    seeds: ``(runs, claim)`` tables, written to ``<out>/backend_runs.csv`` and ``backend_claims.csv`` (default: the
+    run's results dir), with the trained generators' epochs in ``backend_history.csv`` and a generated README."""
     from . import claims, experiments, generator, results, stats, tables
 
     job, trained = Path(job), Path(trained or Path(job) / "trained")
     out = Path(out or run.cfg.results_dir)
     ranked_a, ranked_b, rows, targets, name_b, notes = {}, {}, [], None, None, []
-    for info_path in sorted(trained.glob("seed*.json")):
+    for info_path in seed_files(trained, seeds):
         info = json.loads(info_path.read_text())
         meta, a = load_job(job / info_path.name)
         s = meta["seed"]
@@ -189,6 +197,7 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
     histories = [
         pd.read_csv(p).assign(model=name_b, seed=int(p.name[4:].split("-")[0]))
         for p in sorted(trained.glob("seed*-history.csv"))
+        if p.with_name(f"{p.name.split('-')[0]}.json") in seed_files(trained, seeds)
     ]
     if histories:  # the trained generators' epochs: losses and validation recall
         results.write_csv(pd.concat(histories), out / "backend_history.csv", run.cfg.profile, "per row", conf)

@@ -89,12 +89,13 @@ def overrides(run) -> tuple[dict, dict]:
 
 def work_dirs(run) -> dict[str, tuple[Path, Path]]:
     """``{role: (job, trained)}``: where each role's job is exported and its LMs trained, named by keys of what
-    changes them (the chain for the job; the LM, its settings and the seeds for the trained models)."""
+    changes them (the chain for the job; the LM, its device and settings for the trained models: one directory
+    holds every seed, so adding a seed trains only that one)."""
     from .cache import key
 
     lmc, conf = run.cfg.language_models, run.cfg.to_dict()
     chain = {s: conf[s] for s in CHAIN}
-    trained = {"lm": lmc.lm, "device": lmc.device, "seeds": sorted(lmc.seeds)}
+    trained = {"lm": lmc.lm, "device": lmc.device}
     root = data_dir() / "lm" / run.cfg.data.dataset
     gen = root / f"generator-{key(chain)}"
     rr = root / f"reranker-{key({**chain, 'k': lmc.rerank_k, 'train_queries': lmc.train_queries})}"
@@ -120,7 +121,7 @@ def generator_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFra
     gen, _ = overrides(run)
     if missing(trained, lmc.seeds):
         genjob.train(job, gen, trained, progress=progress, seeds=missing(trained, lmc.seeds))
-    return genjob.compare(run, job, trained, repo_path(run.cfg.results_dir) / "lm")
+    return genjob.compare(run, job, trained, repo_path(run.cfg.results_dir) / "lm", seeds=lmc.seeds)
 
 
 def reranker_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -134,7 +135,7 @@ def reranker_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFram
     _, rr = overrides(run)
     if missing(trained, lmc.seeds):
         rerankjob.train(job, rr, trained, progress=progress, seeds=missing(trained, lmc.seeds))
-    return rerankjob.compare(run, job, trained, repo_path(run.cfg.results_dir) / "lm_rerank")
+    return rerankjob.compare(run, job, trained, repo_path(run.cfg.results_dir) / "lm_rerank", seeds=lmc.seeds)
 
 
 def table(gen_runs: pd.DataFrame, rr_runs: pd.DataFrame) -> pd.DataFrame:

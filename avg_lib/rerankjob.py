@@ -160,18 +160,19 @@ class _Given:
         raise KeyError(f"{self.name}: no scores for these beams")
 
 
-def compare(run, job: str | Path, trained: str | Path | None = None, out: str | Path | None = None):
-    """The trained LM re-rankers of ``job`` beside AVG's order and the embedding re-ranker, alone and fused, on the
-    same beams: ``(runs, claims)`` tables, written to ``<out>/rerank_runs.csv`` and ``rerank_claims.csv`` (default:
-    the run's results dir ``/lm_rerank``) with a generated ``README.md``."""
+def compare(run, job: str | Path, trained: str | Path | None = None, out: str | Path | None = None, seeds=None):
+    """The trained LM re-rankers of ``job`` (those of ``seeds``, if given) beside AVG's order and the embedding
+    re-ranker, alone and fused, on the same beams: ``(runs, claims)`` tables, written to ``<out>/rerank_runs.csv``
+    and ``rerank_claims.csv`` (default: the run's results dir ``/lm_rerank``) with a generated ``README.md``."""
     from . import claims, rerank, results, stats, tables
+    from .genjob import seed_files
 
     job = Path(job)
     trained = Path(trained or job / "trained")
     out = Path(out or Path(run.cfg.results_dir) / "lm_rerank")
     grid = [i / run.cfg.rerank.fusion_steps for i in range(run.cfg.rerank.fusion_steps + 1)]
     rows, ranked, targets, infos = [], {}, None, []
-    for info_path in sorted(trained.glob("seed*.json")):
+    for info_path in seed_files(trained, seeds):
         info = json.loads(info_path.read_text())
         infos.append(info)
         meta, inputs, cands, _ = load_job(job / info_path.name)

@@ -83,7 +83,7 @@ def test_work_directories_change_with_what_changes_them(run, tmp_path, monkeypat
     assert more["reranker"][0] == base["reranker"][0] and more["reranker"][1] != base["reranker"][1]
     assert more["generator"] == base["generator"]  # the re-ranker's settings leave the generator alone
     assert dirs(rerank_k=20)["reranker"][0] != base["reranker"][0]  # another export
-    assert dirs(seeds=(0, 1))["generator"][1] != base["generator"][1]
+    assert dirs(seeds=(0, 1)) == base  # one directory holds every seed: another seed trains only itself
     assert dirs(generator={"epochs": 5})["generator"][0] == base["generator"][0]  # same job, other training
 
 
@@ -112,6 +112,10 @@ def test_the_stage_trains_both_lms_writes_their_comparisons_and_resumes(lm_run, 
     assert gen_runs["model"].tolist() == ["MiniLM-L6 (frozen) + voken decoder", "causal LM (tiny-random-llama)"]
     assert (rr_runs["k"] == 4).all() and "LM" in set(rr_runs["reranker"])
     assert len(gen_claims) == 1 and len(rr_claims) == 3  # the paired tests of both comparisons
+
+    job, trained = lmstage.work_dirs(lm_run)["generator"]
+    with pytest.raises(FileNotFoundError, match="no trained"):  # compare reads the profile's seeds only
+        genjob.compare(lm_run, job, trained, out, seeds=[lm_run.cfg.seed + 1])
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished seed was trained again")

@@ -147,8 +147,8 @@ SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance
         None,
     ),
     ("generator_training.csv", "Generator training (notebook 04)", ["generator_training.png"], None),
-    ("lm_table.csv", "Language models as generator and re-ranker (notebook 09)", ["lm_recall.png"], None),
     ("generator_backends.csv", "Generator backends (notebook 04)", [], None),
+    ("lm_table.csv", "Language models as generator and re-ranker (notebook 09)", ["lm_recall.png"], None),
     ("evaluation.csv", "AVG against two-tower at the profile seed (notebook 05)", ["evaluation_recall.png"], None),
     (
         "decoding_benchmark.csv",

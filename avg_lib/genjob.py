@@ -162,7 +162,8 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
     job, trained = Path(job), Path(trained or Path(job) / "trained")
     out = Path(out or run.cfg.results_dir)
     ranked_a, ranked_b, rows, targets, name_b, notes = {}, {}, [], None, None, []
-    for info_path in seed_files(trained, seeds):
+    infos = seed_files(trained, seeds)
+    for info_path in infos:
         info = json.loads(info_path.read_text())
         meta, a = load_job(job / info_path.name)
         s = meta["seed"]
@@ -195,9 +196,9 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
     results.write_csv(runs, out / "backend_runs.csv", run.cfg.profile, "per row", conf)
     results.write_csv(claim, out / "backend_claims.csv", run.cfg.profile, ",".join(map(str, sorted(ranked_b))), conf)
     histories = [
-        pd.read_csv(p).assign(model=name_b, seed=int(p.name[4:].split("-")[0]))
-        for p in sorted(trained.glob("seed*-history.csv"))
-        if p.with_name(f"{p.name.split('-')[0]}.json") in seed_files(trained, seeds)
+        pd.read_csv(h).assign(model=name_b, seed=int(p.stem[4:]))
+        for p in infos
+        if (h := p.with_name(f"{p.stem}-history.csv")).is_file()
     ]
     if histories:  # the trained generators' epochs: losses and validation recall
         results.write_csv(pd.concat(histories), out / "backend_history.csv", run.cfg.profile, "per row", conf)

@@ -110,18 +110,25 @@ def missing(directory: Path, seeds) -> list[int]:
     return [s for s in seeds if not (directory / f"seed{s}.json").is_file()]
 
 
+def _job_rows(run, role: str, job_module, settings: dict, out: str, progress: bool, **export_kwargs):
+    """Export ``role``'s job for the seeds it lacks, train the seeds without a trained model, then compare the
+    profile's seeds into ``<results_dir>/<out>/`` (``job_module``: :mod:`avg_lib.genjob` or ``rerankjob``)."""
+    lmc, (job, trained) = run.cfg.language_models, work_dirs(run)[role]
+    todo = missing(job, lmc.seeds)
+    if todo:
+        job_module.export(run, todo, job, **export_kwargs)
+    todo = missing(trained, lmc.seeds)
+    if todo:
+        job_module.train(job, settings, trained, progress=progress, seeds=todo)
+    return job_module.compare(run, job, trained, repo_path(run.cfg.results_dir) / out, seeds=lmc.seeds)
+
+
 def generator_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The LM generator against the profile's own at ``language_models.seeds``: ``(runs, claims)``, also written
     to ``<results_dir>/lm/``."""
     from . import genjob
 
-    lmc, (job, trained) = run.cfg.language_models, work_dirs(run)["generator"]
-    if missing(job, lmc.seeds):
-        genjob.export(run, missing(job, lmc.seeds), job)
-    gen, _ = overrides(run)
-    if missing(trained, lmc.seeds):
-        genjob.train(job, gen, trained, progress=progress, seeds=missing(trained, lmc.seeds))
-    return genjob.compare(run, job, trained, repo_path(run.cfg.results_dir) / "lm", seeds=lmc.seeds)
+    return _job_rows(run, "generator", genjob, overrides(run)[0], "lm", progress)
 
 
 def reranker_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -129,13 +136,11 @@ def reranker_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFram
     fused, at ``language_models.seeds``: ``(runs, claims)``, also written to ``<results_dir>/lm_rerank/``."""
     from . import rerankjob
 
-    lmc, (job, trained) = run.cfg.language_models, work_dirs(run)["reranker"]
-    if missing(job, lmc.seeds):
-        rerankjob.export(run, missing(job, lmc.seeds), job, k=lmc.rerank_k, train_queries=lmc.train_queries)
-    _, rr = overrides(run)
-    if missing(trained, lmc.seeds):
-        rerankjob.train(job, rr, trained, progress=progress, seeds=missing(trained, lmc.seeds))
-    return rerankjob.compare(run, job, trained, repo_path(run.cfg.results_dir) / "lm_rerank", seeds=lmc.seeds)
+    lmc = run.cfg.language_models
+    settings = overrides(run)[1]
+    return _job_rows(
+        run, "reranker", rerankjob, settings, "lm_rerank", progress, k=lmc.rerank_k, train_queries=lmc.train_queries
+    )
 
 
 def table(gen_runs: pd.DataFrame, rr_runs: pd.DataFrame) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import claims as paired_claims
-from .results import write_text
+from .results import environment_note, write_text
 from .tables import markdown
 
 # The best public anchor for the paper's numbers (docs/paper.md: an independent re-run of the
@@ -287,7 +287,7 @@ def write_results_readme(results_dir: str | Path, profile: str) -> Path:
             markdown(prov),
             f"Sum of the wall times above: {prov['wall_s'].sum() / 60:.1f} min. "
             "A notebook rerun with cached models (`run_all.sh --from NN`) is much faster than in a fresh run; "
-            "`provenance.csv` keeps the latest run of each notebook.",
+            "`provenance.csv` keeps the latest run of each notebook. " + environment_note(prov),
             "",
         ]
     lines += ["## The paper's claims, checked on this run", ""]

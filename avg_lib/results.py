@@ -4,12 +4,15 @@ Every CSV row carries ``profile``, ``seed`` (the row's own, for tables with one 
 ``git_commit`` (``+dirty`` when tracked files outside ``results/`` had uncommitted changes) and
 ``created_utc``, and the run configuration that produced a table is saved beside it
 (``config/<name>.json``); :mod:`avg_lib.runner` adds the wall time of each notebook to
-``<results_dir>/provenance.csv``.
+``<results_dir>/provenance.csv``, with a short hash of the installed packages (:func:`environment`, listed in
+``<results_dir>/environment.csv``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -61,6 +64,34 @@ def hardware(device: str | None = None) -> str:
         return f"{props.name}, {props.total_memory / 2**30:.0f} GiB (torch {torch.__version__}, CUDA)"
     cpu = platform.processor() or platform.machine()
     return f"{cpu} CPU, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
+
+
+def environment() -> pd.DataFrame:
+    """The software a run used: Python and every installed distribution with its version, sorted by name.
+    Two runs whose listings differ may differ in their numbers even at the same commit and seed (a package
+    that changes float rounding moves every trained model after it); :func:`environment_hash` names it."""
+    rows = {"python": platform.python_version()}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            rows.setdefault(name.lower().replace("_", "-"), dist.version)
+    return pd.DataFrame(sorted(rows.items()), columns=["package", "version"])
+
+
+def environment_hash(env: pd.DataFrame | None = None) -> str:
+    """12 hex digits identifying an :func:`environment` listing (the same listing gives the same hash)."""
+    env = environment() if env is None else env
+    text = "\n".join(f"{p}=={v}" for p, v in zip(env["package"], env["version"]))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def environment_note(prov: pd.DataFrame) -> str:
+    """One sentence on the installed packages that the notebooks of ``provenance.csv`` (its rows: ``prov``) ran
+    with, for ``results/README.md``; ``environment.csv`` lists the latest."""
+    envs = prov["environment"] if "environment" in prov else pd.Series([None])
+    if envs.notna().all() and envs.nunique() == 1:
+        return f"Every notebook ran with the same installed packages (`environment.csv`, hash `{envs.iloc[0]}`)."
+    return "**The notebooks did not all run with one recorded set of installed packages**: compare with care."
 
 
 def atomic_write(path: Path, write) -> Path:

@@ -6,8 +6,9 @@ builds everything else from it (:func:`avg_lib.pipeline.setup`). The profile is 
 anything runs (:mod:`avg_lib.config`). The run stops at the first failing notebook and exits
 non-zero, naming it. With ``parallel.workers`` > 1 (and no ``--only``) every model is first trained in that
 many processes (:mod:`avg_lib.parallel`), a step of its own. ``<results_dir>/provenance.csv`` gets one row per
-notebook and step (status, wall time, commit, profile, seed, hardware), and after the notebooks it ran the
-runner rewrites ``<results_dir>/README.md`` from the tables and figures then in that directory
+notebook and step (status, wall time, commit, profile, seed, hardware, and ``environment``: the hash of the installed
+packages, listed in ``<results_dir>/environment.csv``, :func:`avg_lib.results.environment`), and after the
+notebooks it ran the runner rewrites ``<results_dir>/README.md`` from the tables and figures then in that directory
 (:mod:`avg_lib.report`), so ``--only`` and ``--from`` leave it true.
 """
 
@@ -24,7 +25,7 @@ import pandas as pd
 
 from . import config, report
 from .paths import REPO_ROOT, repo_path
-from .results import atomic_write, git_commit, hardware, utc_now
+from .results import atomic_write, environment, environment_hash, git_commit, hardware, utc_now
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PARALLEL_STEP = "00_parallel_training"  # its provenance row (before the notebooks; profiles with parallel.workers > 1)
@@ -85,7 +86,9 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
     prov = pd.read_csv(prov_path) if prov_path.exists() else pd.DataFrame()
     env_before = os.environ.get("AVG_PLAIN_PROGRESS")
     os.environ["AVG_PLAIN_PROGRESS"] = "1"  # text progress bars in the executed notebooks and the log
-    commit, hw = git_commit(), hardware()
+    commit, hw, env = git_commit(), hardware(), environment()
+    env_id = environment_hash(env)
+    atomic_write(results_dir / "environment.csv", lambda tmp: env.to_csv(tmp, index=False))
 
     def record(name: str, status: str, t0: float, started: str) -> None:
         nonlocal prov
@@ -98,6 +101,7 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
             "seed": cfg.seed,
             "git_commit": commit,
             "hardware": hw,
+            "environment": env_id,
         }
         if len(prov):
             prov = prov[prov["notebook"] != name]

@@ -27,3 +27,17 @@ def test_ci_runs_the_readme_test_command():
     m = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\s*\n(.+?)\n```", readme, re.S)
     assert m, "README must mark its test command with <!-- test-command -->"
     assert m.group(1).strip() in [line.strip() for line in ci]
+
+
+def test_the_constraints_agree_with_every_pin():
+    """constraints.txt (the whole environment, for scripts/setup.sh) pins each requirement at its own version."""
+    lock = dict(line.split("==") for line in _pins((REPO_ROOT / "constraints.txt").read_text().splitlines()))
+    lock = {name.lower().replace("_", "-"): version for name, version in lock.items()}
+    assert "torch" not in lock, "torch is installed on its own (the CPU build), before the constraints apply"
+    for req in ("requirements.txt", "requirements-lm.txt"):
+        for pin in _pins((REPO_ROOT / req).read_text().splitlines()):
+            name, version = pin.split("==")
+            if name != "torch":
+                assert lock.get(name.lower().replace("_", "-")) == version, f"{req}: {pin} against constraints.txt"
+    setup = (REPO_ROOT / "scripts" / "setup.sh").read_text()
+    assert setup.count("-c constraints.txt") == 2

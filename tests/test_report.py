@@ -244,3 +244,17 @@ def test_notebook_09s_claims_and_table_appear_only_when_it_ran(tmp_path):
     text = report.write_results_readme(tmp_path, "t").read_text()
     assert "## Language models as generator and re-ranker (notebook 09)" in text
     assert "The claims of notebook 09: not checked (`lm_claims.csv` is missing; rerun notebook 09)." in text
+
+
+def test_the_readme_says_whether_the_notebooks_ran_with_one_set_of_packages(tmp_path):
+    row = {"notebook": "01_a.ipynb", "status": "ok", "wall_s": 1.0, "profile": "t", "seed": 0, "git_commit": "abc"}
+    pd.DataFrame([row, row | {"notebook": "02_b.ipynb"}]).to_csv(tmp_path / "provenance.csv", index=False)
+    text = report.write_results_readme(tmp_path, "t").read_text()  # an older provenance.csv: nothing recorded
+    assert "did not all run with one recorded set of installed packages" in text
+    rows = [row | {"environment": "aaa"}, row | {"notebook": "02_b.ipynb", "environment": "aaa"}]
+    pd.DataFrame(rows).to_csv(tmp_path / "provenance.csv", index=False)
+    text = report.write_results_readme(tmp_path, "t").read_text()
+    assert "Every notebook ran with the same installed packages (`environment.csv`, hash `aaa`)." in text
+    rows[1]["environment"] = "bbb"
+    pd.DataFrame(rows).to_csv(tmp_path / "provenance.csv", index=False)
+    assert "did not all run with one" in report.write_results_readme(tmp_path, "t").read_text()

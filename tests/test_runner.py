@@ -4,7 +4,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from avg_lib import config, runner
+from avg_lib import config, results, runner
 
 
 def _nb(path, params_src, body="x = 1"):
@@ -58,6 +58,9 @@ def test_failing_notebook_stops_the_run_and_is_named(sandbox, capsys):
     assert prov["notebook"].tolist() == ["01_ok.ipynb", "02_boom.ipynb"]
     assert prov["status"].tolist()[0] == "ok" and prov["status"].tolist()[1].startswith("failed")
     assert set(prov["profile"]) == {"t"} and set(prov["seed"]) == {3} and (prov["wall_s"] >= 0).all()
+    env = pd.read_csv(sandbox / "res" / "environment.csv", dtype=str)  # the packages the run used, named by a hash
+    assert {"python", "torch", "pandas"} <= set(env["package"]) and env["package"].is_unique
+    assert set(prov["environment"]) == {results.environment_hash(env)}
     # resume from the failed notebook: only 02 and 03 are attempted
     (nbdir / "02_boom.ipynb").unlink()
     _nb(nbdir / "02_boom.ipynb", 'profile = "smoke"', "pass")
@@ -125,3 +128,12 @@ def test_a_profile_with_workers_trains_first_and_records_the_step(sandbox, monke
     code[0] = 3
     assert runner.main(["--profile", "t", "--quiet"]) == 1
     assert "FAILED: parallel training" in capsys.readouterr().err and not (sandbox / "ran_01").exists()
+
+
+def test_the_environment_hash_names_the_listing():
+    env = pd.DataFrame({"package": ["numpy", "python", "torch"], "version": ["2.4.6", "3.12.1", "2.13.0"]})
+    same = env.copy()
+    moved = env.assign(version=["2.4.7", "3.12.1", "2.13.0"])
+    assert results.environment_hash(env) == results.environment_hash(same)
+    assert results.environment_hash(env) != results.environment_hash(moved)
+    assert len(results.environment_hash(env)) == 12

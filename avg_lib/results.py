@@ -62,8 +62,21 @@ def hardware(device: str | None = None) -> str:
     if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
         props = torch.cuda.get_device_properties(0)
         return f"{props.name}, {props.total_memory / 2**30:.0f} GiB (torch {torch.__version__}, CUDA)"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu} CPU, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
+    # the CPU model and the instruction set torch dispatches to: kernels differ between them, and so does float
+    # rounding, so the same code and packages can train slightly different models on another CPU
+    cap = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu_model()} CPU ({cap}), {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def environment() -> pd.DataFrame:

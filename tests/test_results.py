@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avg_lib import config
+from avg_lib import config, results
 from avg_lib.paths import REPO_ROOT
 from avg_lib.runner import PARALLEL_STEP, notebooks
 
@@ -89,6 +89,12 @@ def test_provenance_covers_every_notebook():
     assert sorted(prov["notebook"]) == steps + [p.name for p in notebooks()]
     assert set(prov["status"]) == {"ok"} and (prov["wall_s"] > 0).all()
     assert set(prov["profile"]) == {"default"}
+
+
+def test_every_notebook_ran_with_the_listed_packages():
+    """One set of installed packages for the whole committed run, the one environment.csv lists."""
+    prov, env = read("provenance"), pd.read_csv(RESULTS / "environment.csv", dtype=str)
+    assert set(prov["environment"]) == {results.environment_hash(env)}
 
 
 @pytest.mark.parametrize("name", RECALL_TABLES)

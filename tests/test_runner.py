@@ -61,6 +61,7 @@ def test_failing_notebook_stops_the_run_and_is_named(sandbox, capsys):
     env = pd.read_csv(sandbox / "res" / "environment.csv", dtype=str)  # the packages the run used, named by a hash
     assert {"python", "torch", "pandas"} <= set(env["package"]) and env["package"].is_unique
     assert set(prov["environment"]) == {results.environment_hash(env)}
+    assert prov["hardware"].str.fullmatch(r".+ CPU \(\w+\), \d+ cores, torch \d+ threads").all()
     # resume from the failed notebook: only 02 and 03 are attempted
     (nbdir / "02_boom.ipynb").unlink()
     _nb(nbdir / "02_boom.ipynb", 'profile = "smoke"', "pass")

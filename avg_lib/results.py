@@ -91,9 +91,8 @@ def environment() -> pd.DataFrame:
     return pd.DataFrame(sorted(rows.items()), columns=["package", "version"])
 
 
-def environment_hash(env: pd.DataFrame | None = None) -> str:
+def environment_hash(env: pd.DataFrame) -> str:
     """12 hex digits identifying an :func:`environment` listing (the same listing gives the same hash)."""
-    env = environment() if env is None else env
     text = "\n".join(f"{p}=={v}" for p, v in zip(env["package"], env["version"]))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -101,8 +100,8 @@ def environment_hash(env: pd.DataFrame | None = None) -> str:
 def environment_note(prov: pd.DataFrame) -> str:
     """One sentence on the installed packages that the notebooks of ``provenance.csv`` (its rows: ``prov``) ran
     with, for ``results/README.md``; ``environment.csv`` lists the latest."""
-    envs = prov["environment"] if "environment" in prov else pd.Series([None])
-    if envs.notna().all() and envs.nunique() == 1:
+    envs = prov.get("environment")
+    if envs is not None and envs.notna().all() and envs.nunique() == 1:
         return f"Every notebook ran with the same installed packages (`environment.csv`, hash `{envs.iloc[0]}`)."
     return "**The notebooks did not all run with one recorded set of installed packages**: compare with care."
 

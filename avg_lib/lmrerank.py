@@ -155,8 +155,10 @@ class LMReranker:
         after = emb(torch.cat([post.expand(n, -1), cap], 1))
         x = torch.cat([emb(pre).expand(n, -1, -1), soft.to(after.dtype), after], 1)
         attention = torch.cat([torch.ones(n, x.shape[1] - width, dtype=torch.long, device=self.device), mask], 1)
-        logits = gen.lm(inputs_embeds=x, attention_mask=attention, logits_to_keep=width + 1).logits[:, :-1]
-        lp = -F.cross_entropy(logits.float().transpose(1, 2), cap, reduction="none")
+        logits = gen.lm(inputs_embeds=x, attention_mask=attention, logits_to_keep=width + 1).logits[:, :-1].float()
+        # log-softmax at the caption's own tokens, over the vocabulary in its contiguous last dimension
+        # (cross_entropy over a transposed (N, vocab, width) view took two thirds of a scoring pass on the CPU)
+        lp = logits.gather(2, cap.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
         return (lp * mask).sum(1)
 
     def _align(self, inputs, targets, val, progress: bool) -> None:

@@ -140,7 +140,7 @@ def train(job: str | Path, overrides: dict | None = None, out: str | Path | None
             "history": rr.history,
             "hardware": results.hardware(cfg.device),
             "git_commit": results.git_commit(),
-        }
+        } | results.environment_record()
         results.write_text(json.dumps(info, indent=1) + "\n", out / f"{path.stem}.json")
         if progress:
             print(f"seed {meta['seed']}: trained in {train_s:.0f} s, {score_ms:.1f} ms per query on {info['hardware']}")

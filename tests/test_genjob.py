@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers import save_tiny_llama
 
 from avg_lib import experiments, genjob
@@ -18,6 +19,7 @@ def test_a_job_trained_with_the_exported_settings_reproduces_the_runs_own_genera
     assert np.array_equal(np.load(trained / f"seed{run.cfg.seed}-ranked.npy"), own)
     info = json.loads((trained / f"seed{run.cfg.seed}.json").read_text())
     assert info["generator"]["backend"] == "minilm" and info["train_seconds"] >= 0  # recorded, not timed
+    assert info["packages"]["torch"] == torch.__version__ and len(info["environment"]) == 12  # what it ran on
 
 
 def test_compare_puts_another_backend_beside_the_runs_generator_with_a_verdict(run, tmp_path):

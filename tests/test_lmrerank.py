@@ -187,3 +187,18 @@ def test_alignment_then_group_epochs_train_the_lm_with_the_head(llama):
     rr.fit(inp, cand)
     assert [r.get("stage", "groups") for r in rr.history] == ["align", "groups", "groups"]
     assert not torch.equal(rr.gen.lm.model.layers[0].mlp.up_proj.weight, before["lm.model.layers.0.mlp.up_proj.weight"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("scoring", ["head", "likelihood"])
+def test_on_cuda_it_scores_as_on_the_cpu_and_trains(llama, scoring):
+    """The same seed builds the same re-ranker on either device: its scores agree (to float tolerance across
+    devices), and alignment plus a group epoch run on CUDA and give finite scores."""
+    inp, cand = toy()
+    settings = {"scoring": scoring, "image_tokens": 2}
+    on_cpu, on_gpu = reranker(llama, True, **settings), reranker(llama, True, device="cuda", **settings)
+    assert np.allclose(on_cpu.score(inp, cand), on_gpu.score(inp, cand), atol=1e-3, rtol=1e-4)
+    trained = reranker(llama, True, device="cuda", align_epochs=1, negatives=2, epochs=1, batch_size=2, **settings)
+    trained.fit(inp, cand, val=(inp, cand))
+    assert [r.get("stage", "groups") for r in trained.history] == ["align", "groups"]
+    assert np.isfinite(trained.score(inp, cand)).all()

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers import save_tiny_llama
 
 from avg_lib import experiments, rerankjob
@@ -53,6 +54,7 @@ def test_compare_puts_the_lm_beside_avg_and_the_embedding_reranker(run, job, tmp
     trained = rerankjob.train(job, {"lm_path": lm, **SETTINGS, **recipe}, progress=False)
     info = json.loads((trained / f"seed{run.cfg.seed}.json").read_text())
     assert info["model"] == "causal LM (llama)" and info["reranker"]["image_token"]
+    assert info["packages"]["torch"] == torch.__version__ and len(info["environment"]) == 12  # what it ran on
     assert info["train_seconds"] >= 0  # recorded (a tiny fit may round to 0.0 s: a value, not a timing to test)
     runs, claim = rerankjob.compare(run, job, out=tmp_path / "out")
     assert runs["reranker"].tolist() == ["AVG order", "embedding", "fusion (embedding)", "LM", "fusion (LM)"]

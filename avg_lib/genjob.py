@@ -222,11 +222,7 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
         *([""] if notes else []),
         tables.markdown(runs),
         "",
-        *[
-            f"- [`{p.parent.name}/`]({p.parent.name}/README.md): {p.read_text().splitlines()[0][2:]}"
-            for p in sorted(out.glob("*/README.md"))
-        ],
-        "",
+        *results.study_index(out),
     ]
     results.write_text("\n".join(lines), out / "README.md")
     return runs, claim

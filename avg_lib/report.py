@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import claims as paired_claims
-from .results import environment_note, write_text
+from .results import environment_note, study_index, write_text
 from .tables import markdown
 
 # The best public anchor for the paper's numbers (docs/paper.md: an independent re-run of the
@@ -309,14 +309,7 @@ def write_results_readme(results_dir: str | Path, profile: str) -> Path:
         lines += table or []
     if missing:
         lines += ["## Not produced in this run", "", ", ".join(f"`{m}`" for m in missing), ""]
-    others = sorted(p.parent for p in d.glob("*/README.md") if p.parent.name not in ("notebooks", "smoke"))
-    if others:  # studies made by other commands (timing, GPU, scale, language models), each with its README
-        lines += ["## Other studies in this folder", ""]
-        lines += [
-            f"- [`{o.name}/`]({o.name}/README.md): {o.joinpath('README.md').read_text().splitlines()[0][2:]}"
-            for o in others
-        ]
-        lines += [""]
+    lines += study_index(d)  # studies made by other commands (timing, GPU, scale, language models)
     return write_text("\n".join(lines), d / "README.md")
 
 

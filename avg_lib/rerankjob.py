@@ -239,6 +239,7 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
         "",
     ]
     results.write_text("\n".join(lines), out / "README.md")
+    results.refresh_study_index(out.parent / "README.md")  # the folder's generated README links the new study
     return runs, claim
 
 

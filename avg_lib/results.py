@@ -162,6 +162,35 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     return write_file(path, lambda f: f.write(text), mode="w")
 
 
+INDEX_HEADING = "## Other studies in this folder"
+
+
+def study_index(d: str | os.PathLike, skip=("notebooks", "smoke")) -> list[str]:
+    """README lines linking each subfolder of ``d`` that holds a README (a study made by another command: timing,
+    GPU, scale, language models) with that README's title; none where there is none."""
+    subs = sorted(p.parent for p in Path(d).glob("*/README.md") if p.parent.name not in skip)
+    if not subs:
+        return []
+    title = {s: s.joinpath("README.md").read_text().splitlines()[0].removeprefix("# ") for s in subs}
+    return [INDEX_HEADING, "", *[f"- [`{s.name}/`]({s.name}/README.md): {title[s]}" for s in subs], ""]
+
+
+def refresh_study_index(readme: str | os.PathLike) -> Path | None:
+    """Rewrite the :func:`study_index` at the end of a generated ``readme`` after another command added a study
+    beside it (an index written before it had its heading: the trailing run of links). Nothing where ``readme``
+    does not exist or was not generated (it does not say "do not edit by hand": a hand-written README is left as
+    it is)."""
+    readme = Path(readme)
+    if not readme.exists() or "do not edit by hand" not in readme.read_text():
+        return None
+    lines = readme.read_text().splitlines()
+    if INDEX_HEADING in lines:
+        lines = lines[: lines.index(INDEX_HEADING)]
+    while lines and (not lines[-1].strip() or lines[-1].startswith("- [`")):
+        lines.pop()
+    return write_text("\n".join([*lines, "", *study_index(readme.parent)]), readme)
+
+
 def write_file(path: str | os.PathLike, save, mode: str = "wb") -> Path:
     """``save(file)`` into ``path``, opened with ``mode``, atomically (no partial file on an interruption): e.g.
     ``write_file(p, lambda f: np.savez(f, **arrays))``."""

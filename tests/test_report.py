@@ -258,3 +258,25 @@ def test_the_readme_says_whether_the_notebooks_ran_with_one_set_of_packages(tmp_
     rows[1]["environment"] = "bbb"
     pd.DataFrame(rows).to_csv(tmp_path / "provenance.csv", index=False)
     assert "did not all run with one" in report.write_results_readme(tmp_path, "t").read_text()
+
+
+def test_a_new_study_is_linked_from_the_generated_readme_beside_it_and_nothing_else_changes(tmp_path):
+    """``refresh_study_index`` rewrites only the index at the end of a generated README (also one written before
+    the index had its heading), and leaves a hand-written README alone."""
+    from avg_lib.results import refresh_study_index
+
+    for name, title in (("gpu", "Timing studies"), ("new", "A new study")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "README.md").write_text(f"# {title}\n\nbody\n")
+    body = "# Results\n\nGenerated; do not edit by hand.\n\n| a |\n|---|\n| 1 |\n"
+    for old_index in ("\n- [`gpu/`](gpu/README.md): Timing studies\n", "\n## Other studies in this folder\n\n- x\n"):
+        readme = tmp_path / "README.md"
+        readme.write_text(body + old_index)
+        refresh_study_index(readme)
+        assert readme.read_text() == body + (
+            "\n## Other studies in this folder\n\n"
+            "- [`gpu/`](gpu/README.md): Timing studies\n- [`new/`](new/README.md): A new study\n"
+        )
+    hand = tmp_path / "new" / "README.md"
+    assert refresh_study_index(hand) is None and hand.read_text() == "# A new study\n\nbody\n"
+    assert refresh_study_index(tmp_path / "missing.md") is None

@@ -58,7 +58,8 @@ def test_compare_puts_the_lm_beside_avg_and_the_embedding_reranker(run, job, tmp
     assert info["train_seconds"] >= 0  # recorded (a tiny fit may round to 0.0 s: a value, not a timing to test)
     (tmp_path / "README.md").write_text("# Studies\n\nGenerated; do not edit by hand.\n")
     runs, claim = rerankjob.compare(run, job, out=tmp_path / "out")
-    assert "- [`out/`](out/README.md): The LM re-ranker on AVG's top" in (tmp_path / "README.md").read_text()
+    title = f"The LM re-ranker on AVG's top 5 beams ({'likelihood' if recipe else 'head'} scoring, "
+    assert f"- [`out/`](out/README.md): {title}" in (tmp_path / "README.md").read_text()  # linked, by its recipe
     assert runs["reranker"].tolist() == ["AVG order", "embedding", "fusion (embedding)", "LM", "fusion (LM)"]
     assert (runs["R@1_low"] <= runs["R@1"]).all() and (runs["R@1"] <= runs["R@1_high"]).all()
     assert (runs["R@10"] <= runs["ceiling"] + 1e-9).all()  # nothing outside the 5 beams enters the list

@@ -4,16 +4,21 @@
 # wrote here, and packs the trained outputs into one archive under $OUT (a run returns at most 8 files).
 #
 #   bash scripts/gpu_lm.sh stage PART...            # append GGUF parts (in order) and install carried wheels
-#   bash scripts/gpu_lm.sh generator JOB [SEED...]  # genjob train on CUDA -> $OUT/JOB-trained.tar.gz
-#   bash scripts/gpu_lm.sh reranker JOB [SEED...]   # rerankjob train on CUDA -> $OUT/JOB-trained.tar.gz
+#   bash scripts/gpu_lm.sh generator JOB [SEED...]  # genjob train on CUDA -> $OUT/JOB-trained[-seedS].tar.gz
+#   bash scripts/gpu_lm.sh reranker JOB [SEED...]   # rerankjob train on CUDA -> $OUT/JOB-trained[-seedS].tar.gz
+#
+# Seeds named: one process per seed, all sharing the GPU (three re-rankers kept an H200 at 100 % utilisation),
+# each with its own archive and log ($OUT/JOB-seedS.log); none named: every exported seed in one process
+# ($OUT/JOB.log). Unpack here with `tar -xzf ARCHIVE -C JOB`.
 #
 # SmolLM2's GGUF (94 MiB) is larger than what one call carries (64 MiB), and files carried by one call are gone
 # in the next; /tmp on the machine stays while it is warm. So, here, once:
 #   echo /.lm/ >> .git/info/exclude && mkdir -p .lm/whl
-#   split -b 40M "$(.venv/bin/python -c 'import avg_lib.generator.decoder as d; print(d.smollm2_dir())')/SmolLM2-135M-Instruct.Q4_1.gguf" .lm/gguf.
+#   split -b 52M "$(.venv/bin/python -c 'import avg_lib.generator.decoder as d; print(d.smollm2_dir())')/SmolLM2-135M-Instruct.Q4_1.gguf" .lm/gguf.
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: -d .lm/whl gguf==0.19.0
-# then one call per part (carry [".lm/gguf.aa", ".lm/whl"], then [".lm/gguf.ab"], ...) runs `stage`, and the
-# call that trains carries the job folder (a few MB). AVG_LM_OVERRIDES adds settings to the job's (JSON members,
+# then two calls, the second within the machine's 30 s warm window: one carries [".lm/gguf.aa", ".lm/whl"] and
+# runs `stage .lm/gguf.aa`; the other carries [".lm/gguf.ab", JOB] (the job folder: a few MB; add the job to
+# .git/info/exclude too, else it travels in both) and runs `stage .lm/gguf.ab`, then the training. AVG_LM_OVERRIDES adds settings to the job's (JSON members,
 # e.g. '"epochs": 2'); AVG_LM_DEVICE=cpu tries the same commands here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,17 +43,34 @@ stage)
 generator | reranker)
   job=${1:?usage: bash scripts/gpu_lm.sh $what JOB [SEED...]}
   shift
-  seeds=()
-  [ $# -gt 0 ] && seeds=(--seeds "$@")
-  if [ "$what" = generator ]; then
-    "$PY" -m avg_lib.genjob train "$job" "${seeds[@]}" \
-      --overrides "{\"backend\": \"decoder\", \"device\": \"$DEVICE\"${AVG_LM_OVERRIDES:+, $AVG_LM_OVERRIDES}}"
-  else
-    "$PY" -m avg_lib.rerankjob train "$job" "${seeds[@]}" --overrides "{\"device\": \"$DEVICE\"${AVG_LM_OVERRIDES:+, $AVG_LM_OVERRIDES}}"
-  fi
   out=${OUT:-.}
-  tar -czf "$out/$(basename "$job")-trained.tar.gz" -C "$job" trained
-  ls -l "$out/$(basename "$job")-trained.tar.gz"
+  name=$(basename "$job")
+  [ $# -gt 0 ] || set -- all # no seeds named: every exported seed, in one process
+  [ $# -gt 1 ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} # one process per seed, sharing the GPU
+  pids=()
+  for seed in "$@"; do
+    if [ "$seed" = all ]; then args=() tag="" files=(trained); else args=(--seeds "$seed") tag="-seed$seed"; fi
+    (
+      if [ "$what" = generator ]; then
+        "$PY" -m avg_lib.genjob train "$job" "${args[@]}" \
+          --overrides "{\"backend\": \"decoder\", \"device\": \"$DEVICE\"${AVG_LM_OVERRIDES:+, $AVG_LM_OVERRIDES}}"
+      else
+        "$PY" -m avg_lib.rerankjob train "$job" "${args[@]}" \
+          --overrides "{\"device\": \"$DEVICE\"${AVG_LM_OVERRIDES:+, $AVG_LM_OVERRIDES}}"
+      fi
+      if [ "$seed" != all ]; then
+        files=("$job"/trained/seed"$seed"[.-]*)
+        files=("${files[@]#"$job"/}")
+      fi
+      tar -czf "$out/$name-trained$tag.tar.gz" -C "$job" "${files[@]}"
+    ) >"$out/$name$tag.log" 2>&1 &
+    pids+=($!)
+  done
+  rc=0
+  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+  tail -n 3 "$out/$name"*.log
+  ls -l "$out/$name"-trained*.tar.gz
+  exit $rc
   ;;
 *)
   sed -n '2,/^set -euo/p' "$0" | grep '^#'

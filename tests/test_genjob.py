@@ -23,9 +23,32 @@ def test_a_job_trained_with_the_exported_settings_reproduces_the_runs_own_genera
 
 
 def test_compare_puts_another_backend_beside_the_runs_generator_with_a_verdict(run, tmp_path):
+    """Trained by scripts/gpu_lm.sh as a lent GPU runs it (here on the CPU, the seed named: its own process,
+    archive and log), unpacked into the job, compared with the run's own generator."""
+    import os
+    import subprocess
+    import tarfile
+
+    from avg_lib.paths import REPO_ROOT
+
     genjob.export(run, [run.cfg.seed], tmp_path / "job")
     lm = str(save_tiny_llama(tmp_path / "llama"))
-    genjob.train(tmp_path / "job", {"backend": "decoder", "lm_path": lm, "disc_epochs": 0}, progress=False)
+    out, seed = tmp_path / "device", run.cfg.seed
+    out.mkdir()
+    env = {
+        **os.environ,
+        "AVG_LM_DEVICE": "cpu",
+        "OUT": str(out),
+        "AVG_LM_OVERRIDES": f'"lm_path": "{lm}", "disc_epochs": 0',
+    }
+    script = str(REPO_ROOT / "scripts" / "gpu_lm.sh")
+    subprocess.run(
+        ["bash", script, "generator", str(tmp_path / "job"), str(seed)], env=env, check=True, capture_output=True
+    )
+    with tarfile.open(out / f"job-trained-seed{seed}.tar.gz") as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path / "job", filter="data")
+    assert names == {f"trained/seed{seed}{end}" for end in (".json", "-ranked.npy", "-history.csv")}
     runs, claim = genjob.compare(run, tmp_path / "job", out=tmp_path / "out")
     assert runs["model"].tolist() == ["MiniLM-L6 (frozen) + voken decoder", "causal LM (llama)"]
     assert (runs["R@1_low"] <= runs["R@1"]).all() and (runs["R@1"] <= runs["R@1_high"]).all()

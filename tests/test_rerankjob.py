@@ -124,6 +124,13 @@ def test_the_gpu_script_stages_a_split_model_and_packs_what_it_trained(run, job,
     assert staged.read_bytes() == b"first half, second half"
     lm = save_tiny_llama(tmp_path / "llama")
     env["AVG_LM_OVERRIDES"] = json.dumps({"lm_path": str(lm), **SETTINGS})[1:-1]
+    want = {f"trained/seed{run.cfg.seed}-scores.npz", f"trained/seed{run.cfg.seed}.json"}
     subprocess.run(["bash", script, "reranker", str(job)], env=env, check=True, capture_output=True)
     with tarfile.open(tmp_path / "job-trained.tar.gz") as tar:
-        assert {f"trained/seed{run.cfg.seed}-scores.npz", f"trained/seed{run.cfg.seed}.json"} <= set(tar.getnames())
+        assert want <= set(tar.getnames())
+    # seeds named: one process per seed, each with its own archive (that seed's files only) and log
+    (job / "trained" / "seed99.json").write_text("{}")  # another seed's output, not to be packed
+    subprocess.run(["bash", script, "reranker", str(job), str(run.cfg.seed)], env=env, check=True, capture_output=True)
+    with tarfile.open(tmp_path / f"job-trained-seed{run.cfg.seed}.tar.gz") as tar:
+        assert set(tar.getnames()) == want
+    assert f"seed {run.cfg.seed}: trained in" in (tmp_path / f"job-seed{run.cfg.seed}.log").read_text()

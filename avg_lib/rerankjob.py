@@ -163,7 +163,8 @@ class _Given:
 def compare(run, job: str | Path, trained: str | Path | None = None, out: str | Path | None = None, seeds=None):
     """The trained LM re-rankers of ``job`` (those of ``seeds``, if given) beside AVG's order and the embedding
     re-ranker, alone and fused, on the same beams: ``(runs, claims)`` tables, written to ``<out>/rerank_runs.csv``
-    and ``rerank_claims.csv`` (default: the run's results dir ``/lm_rerank``) with a generated ``README.md``."""
+    and ``rerank_claims.csv`` (default: the run's results dir ``/lm_rerank``) with a generated ``README.md`` and
+    each re-ranker's training record (``trained/seed<s>.json``)."""
     from . import claims, rerank, results, stats, tables
     from .genjob import seed_files
 
@@ -238,6 +239,8 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
         tables.markdown(mean.reset_index().round(2)),
         "",
     ]
+    for i in infos:  # each re-ranker's own record (settings, history, machine, commit, packages) beside the tables
+        results.write_text(json.dumps(i, indent=1) + "\n", out / "trained" / f"seed{i['seed']}.json")
     results.write_text("\n".join(lines), out / "README.md")
     results.refresh_study_index(out.parent / "README.md")  # the folder's generated README links the new study
     return runs, claim

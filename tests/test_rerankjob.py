@@ -60,6 +60,7 @@ def test_compare_puts_the_lm_beside_avg_and_the_embedding_reranker(run, job, tmp
     runs, claim = rerankjob.compare(run, job, out=tmp_path / "out")
     title = f"The LM re-ranker on AVG's top 5 beams ({'likelihood' if recipe else 'head'} scoring, "
     assert f"- [`out/`](out/README.md): {title}" in (tmp_path / "README.md").read_text()  # linked, by its recipe
+    assert json.loads((tmp_path / "out" / "trained" / f"seed{run.cfg.seed}.json").read_text()) == info  # its record
     assert runs["reranker"].tolist() == ["AVG order", "embedding", "fusion (embedding)", "LM", "fusion (LM)"]
     assert (runs["R@1_low"] <= runs["R@1"]).all() and (runs["R@1"] <= runs["R@1_high"]).all()
     assert (runs["R@10"] <= runs["ceiling"] + 1e-9).all()  # nothing outside the 5 beams enters the list

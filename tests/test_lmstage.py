@@ -47,7 +47,9 @@ def test_the_profiles_switch_the_stage_on_only_where_it_fits():
     lm, gpu = config.load_config("lm").language_models, config.load_config("lm-gpu").language_models
     assert lm.enabled and lm.lm == "smollm2" and lm.device == "cpu" and lm.generator == {"lm_train_layers": 6}
     assert gpu.enabled and gpu.device == "cuda" and gpu.generator == {}  # the whole LM on a GPU
-    assert gpu.reranker == lm.reranker == config.load_config("default").language_models.reranker
+    assert lm.reranker == config.load_config("default").language_models.reranker  # aligned only, on the CPU
+    # on a GPU the recipe of results/lm/rerank_gpu: alignment, then group epochs on AVG's top 20 beams
+    assert gpu.reranker == {**lm.reranker, "align_epochs": 8, "epochs": 3} and gpu.rerank_k == 20
     assert config.load_config("smoke").language_models.lm == "tiny-random"
     assert LanguageModelsConfig().enabled is False
 

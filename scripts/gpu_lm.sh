@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The language-model jobs on a lent GPU machine, which has neither the data nor SmolLM2: it trains what
 # `python -m avg_lib.genjob export` (decoder generators) or `python -m avg_lib.rerankjob export` (LM re-rankers)
-# wrote here, and packs the trained outputs into one archive under $OUT (a run returns at most 8 files).
+# wrote here, and packs the trained outputs into archives under $OUT (a run returns at most 8 files).
 #
 #   bash scripts/gpu_lm.sh stage PART...            # append GGUF parts (in order) and install carried wheels
 #   bash scripts/gpu_lm.sh generator JOB [SEED...]  # genjob train on CUDA -> $OUT/JOB-trained[-seedS].tar.gz

@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 [ -d .venv ] || "$PY" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
+python -m pip install -q --upgrade pip==26.3  # pinned too: environment.csv lists pip, so its hash would move with it
 python -m pip install -q torch==2.13.0
 python -m pip install -q -r requirements.txt -c constraints.txt
 python -m pip install -q --no-deps -e .

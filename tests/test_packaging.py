@@ -41,3 +41,4 @@ def test_the_constraints_agree_with_every_pin():
                 assert lock.get(name.lower().replace("_", "-")) == version, f"{req}: {pin} against constraints.txt"
     setup = (REPO_ROOT / "scripts" / "setup.sh").read_text()
     assert setup.count("-c constraints.txt") == 2
+    assert "--upgrade pip==" in setup  # pip itself pinned: it is in every run's environment.csv

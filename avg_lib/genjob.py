@@ -114,6 +114,7 @@ def train(
 
     job = Path(job)
     out = Path(out or job / "trained")
+    software = results.environment_record()  # the same for every seed of this process
     for path in exported_seeds(job, seeds, "genjob"):
         meta, a = load_job(path)
         cfg = generator.GeneratorConfig(**{**meta["generator"], **(overrides or {})})
@@ -146,7 +147,7 @@ def train(
             "test": {k: float(v) for k, v in recall_at_k(ranked, a["test_targets"]).items()},
             "hardware": results.hardware(device.type),
             "git_commit": results.git_commit(),
-        } | results.environment_record()
+        } | software
         results.write_text(json.dumps(info, indent=1) + "\n", stem.with_suffix(".json"))
         if progress:
             print(f"seed {meta['seed']}: test R@1 {info['test']['R@1']:.2f} in {seconds:.0f} s on {info['hardware']}")

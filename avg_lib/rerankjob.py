@@ -118,6 +118,7 @@ def train(job: str | Path, overrides: dict | None = None, out: str | Path | None
 
     job = Path(job)
     out = Path(out or job / "trained")
+    software = results.environment_record()  # the same for every seed of this process
     for path in exported_seeds(job, seeds, "rerankjob"):
         meta, inputs, cands, codebooks = load_job(path)
         cfg = settings(overrides, meta["seed"])
@@ -140,7 +141,7 @@ def train(job: str | Path, overrides: dict | None = None, out: str | Path | None
             "history": rr.history,
             "hardware": results.hardware(cfg.device),
             "git_commit": results.git_commit(),
-        } | results.environment_record()
+        } | software
         results.write_text(json.dumps(info, indent=1) + "\n", out / f"{path.stem}.json")
         if progress:
             print(f"seed {meta['seed']}: trained in {train_s:.0f} s, {score_ms:.1f} ms per query on {info['hardware']}")

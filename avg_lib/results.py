@@ -181,9 +181,10 @@ def refresh_study_index(readme: str | os.PathLike) -> Path | None:
     does not exist or was not generated (it does not say "do not edit by hand": a hand-written README is left as
     it is)."""
     readme = Path(readme)
-    if not readme.exists() or "do not edit by hand" not in readme.read_text():
+    text = readme.read_text() if readme.exists() else ""
+    if "do not edit by hand" not in text:
         return None
-    lines = readme.read_text().splitlines()
+    lines = text.splitlines()
     if INDEX_HEADING in lines:
         lines = lines[: lines.index(INDEX_HEADING)]
     while lines and (not lines[-1].strip() or lines[-1].startswith("- [`")):

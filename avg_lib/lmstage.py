@@ -28,6 +28,9 @@ from .paths import data_dir, repo_path
 
 TINY = "tiny-random"
 CHAIN = ("data", "encoder", "two_tower", "tokenizer", "generator", "retrieval")  # what the exported jobs hold
+# generator settings added after the work directories' keys: left out of them at this (their neutral) value, so
+# that directories made before keep their names
+KEYED_LATER = {"lm_cache_frozen": False}
 
 
 def tiny_random_lm(directory: str | Path, hidden: int = 32, layers: int = 2, tie: bool = True) -> Path:
@@ -95,6 +98,7 @@ def work_dirs(run) -> dict[str, tuple[Path, Path]]:
 
     lmc, conf = run.cfg.language_models, run.cfg.to_dict()
     chain = {s: conf[s] for s in CHAIN}
+    chain["generator"] = {k: v for k, v in chain["generator"].items() if k not in KEYED_LATER or KEYED_LATER[k] != v}
     trained = {"lm": lmc.lm, "device": lmc.device}
     root = data_dir() / "lm" / run.cfg.data.dataset
     gen = root / f"generator-{key(chain)}"

@@ -11,7 +11,8 @@ first row (the MiniLM backend in float32 on the CPU), measured in the same run. 
 minilm,decoder`` it also times the decoder backend (a random LM of SmolLM2-135M's shape,
 :func:`avg_lib.randomgen.random_smollm2`), on a fraction of the training set (``--fraction``) scaled to the
 whole, since an epoch of it takes minutes on a CPU; ``decoder:6`` times it with only its top 6 layers trained
-(``generator.lm_train_layers``).
+(``generator.lm_train_layers``), and ``decoder:6:cached`` also with its frozen lower layers run once
+(``generator.lm_cache_frozen``; a generative epoch then includes a share of that once-only pass).
 
 ``python -m avg_lib.speed --profile gpu --what training`` runs it (on every device it finds) and writes
 ``<results_dir>/training_speed.csv``.
@@ -56,14 +57,16 @@ def synthetic_training_set(
 
 
 def backend_settings(spec: str) -> dict:
-    """The generator settings of one ``--backends`` entry: a backend's name, or ``decoder:<k>`` for the decoder
-    backend with only its top ``k`` layers trained."""
+    """The generator settings of one ``--backends`` entry: a backend's name, ``decoder:<k>`` for the decoder
+    backend with only its top ``k`` layers trained, or ``decoder:<k>:cached`` with its frozen lower layers run
+    once (``lm_cache_frozen``)."""
     from .generator.config import BACKENDS
 
-    name, colon, layers = spec.partition(":")
-    if name not in BACKENDS or (colon and (name != "decoder" or not layers.isdigit())):
-        raise ValueError(f"backend {spec!r}: expected minilm, t5, decoder or decoder:<top layers trained>")
-    return {"backend": name, "lm_train_layers": int(layers or 0)}
+    name, colon, rest = spec.partition(":")
+    layers, _, cached = rest.partition(":")
+    if name not in BACKENDS or (colon and (name != "decoder" or not layers.isdigit() or cached not in ("", "cached"))):
+        raise ValueError(f"backend {spec!r}: expected minilm, t5, decoder or decoder:<top layers trained>[:cached]")
+    return {"backend": name, "lm_train_layers": int(layers or 0), "lm_cache_frozen": cached == "cached"}
 
 
 def _train_seconds(gen_factory, data: TrainingSet, cfg, device: str) -> float:
@@ -120,6 +123,7 @@ def epoch_costs(
             {
                 "backend": cfg.backend,
                 "lm_train_layers": cfg.lm_train_layers,
+                "lm_cache_frozen": cfg.lm_cache_frozen,
                 "device": device,
                 "precision": precision,
                 "generative_epoch_s": gen_s * scale,

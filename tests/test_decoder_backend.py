@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import save_tiny_llama
@@ -185,3 +186,55 @@ def test_top_layer_settings_are_checked_and_keyed(llama):
     whole = GeneratorConfig(backend="decoder", lm_path=llama)
     assert "lm_train_layers" not in cache_fields(whole)  # decoder generators trained before it keep their keys
     assert cache_fields(dataclasses.replace(whole, lm_train_layers=1)) != cache_fields(whole)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_cached_frozen_layers_score_and_train_as_the_whole_model(tmp_path, tie):
+    """``lm_cache_frozen``: the positives' log-probabilities from the kept lower-layer states (captions of
+    different lengths, padded on the left) and their gradients equal the whole model's prompt + voken passes,
+    and two generative epochs train to the same weights and validation recall up to float rounding."""
+    path = str(save_tiny_llama(tmp_path / "llama", layers=3, tie=tie))
+    cfg = GeneratorConfig(backend="decoder", lm_path=path, epochs=2, batch_size=4, num_beams=3, lm_train_layers=1)
+    book = np.random.default_rng(0).normal(size=(1, K, 16))
+    codes = torch.as_tensor(CODES)
+    gens = [build_generator(K, D, dataclasses.replace(cfg, lm_cache_frozen=c), book) for c in (False, True)]
+    gens[1].load_state_dict(gens[0].state_dict())
+    frozen = gens[1].frozen_positives(TEXTS, CODES)
+    assert gens[0].frozen_positives(TEXTS, CODES) is None and len(frozen.states) == len(TEXTS)
+    rows = [5, 1, 2]  # the long caption beside short ones
+    whole = gens[0].sequence_logprob(gens[0].encode([TEXTS[i] for i in rows]), codes[rows])
+    cached = frozen.sequence_logprob(rows)
+    assert torch.allclose(whole, cached, atol=1e-5)
+    whole.sum().backward()
+    cached.sum().backward()
+    grads = [{n: p.grad for n, p in g.named_parameters() if p.grad is not None} for g in gens]
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n, g in grads[0].items():
+        assert torch.allclose(g, grads[1][n], atol=1e-5), n
+    trained = [
+        generator.train_generator(
+            build_generator(K, D, g.cfg, book), (TEXTS * 2, np.concatenate([CODES] * 2)), (TEXTS, np.arange(6), CODES)
+        )
+        for g in gens
+    ]
+    histories = [pd.DataFrame(h) for _, h in trained]
+    assert np.allclose(histories[0]["train_gen_loss"], histories[1]["train_gen_loss"], atol=1e-5)
+    assert histories[0]["val_R@1"].tolist() == histories[1]["val_R@1"].tolist()
+    for (n, a), b in zip(trained[0][0].state_dict().items(), trained[1][0].state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), n
+
+
+def test_cached_frozen_layers_are_refused_where_they_would_not_repeat(llama, tmp_path):
+    with pytest.raises(ValueError, match="lm_train_layers > 0"):
+        GeneratorConfig(backend="decoder", lm_cache_frozen=True)
+    with pytest.raises(ValueError, match="frozen lower layers"):  # every layer trains: nothing below to keep
+        make(llama, lm_train_layers=2, lm_cache_frozen=True).frozen_positives(TEXTS, CODES)
+    drop = save_tiny_llama(tmp_path / "drop")
+    conf = (drop / "config.json").read_text()
+    (drop / "config.json").write_text(conf.replace('"attention_dropout": 0.0', '"attention_dropout": 0.1'))
+    with pytest.raises(ValueError, match="attention_dropout"):
+        make(str(drop), lm_train_layers=1, lm_cache_frozen=True).frozen_positives(TEXTS, CODES)
+    whole = GeneratorConfig(backend="decoder", lm_path=llama, lm_train_layers=1)
+    assert "lm_cache_frozen" not in cache_fields(whole)  # decoder generators trained before it keep their keys
+    assert cache_fields(dataclasses.replace(whole, lm_cache_frozen=True)) != cache_fields(whole)
+    assert "lm_cache_frozen" not in cache_fields(GeneratorConfig())

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avg_lib import config, genjob, lmstage, rerankjob
+from avg_lib import cache, config, genjob, lmstage, rerankjob
 from avg_lib.lmrerank import LMRerankConfig
 from avg_lib.studies import LM_RERANK_SETTINGS, LanguageModelsConfig
 
@@ -87,6 +87,16 @@ def test_work_directories_change_with_what_changes_them(run, tmp_path, monkeypat
     assert dirs(rerank_k=20)["reranker"][0] != base["reranker"][0]  # another export
     assert dirs(seeds=(0, 1)) == base  # one directory holds every seed: another seed trains only itself
     assert dirs(generator={"epochs": 5})["generator"][0] == base["generator"][0]  # same job, other training
+
+    def chain_generator(**settings):  # the profile's own generator, whose beams and settings the jobs hold
+        cfg = dataclasses.replace(run.cfg, generator=dataclasses.replace(run.cfg.generator, **settings))
+        return lmstage.work_dirs(SimpleNamespace(cfg=cfg))
+
+    for later, neutral in lmstage.KEYED_LATER.items():  # a setting added later leaves existing jobs' names alone
+        plain = {s: v for s, v in dataclasses.asdict(run.cfg.generator).items() if s != later}
+        key = cache.key({**{s: run.cfg.to_dict()[s] for s in lmstage.CHAIN}, "generator": plain})
+        assert base["generator"][0].name == f"generator-{key}" and getattr(run.cfg.generator, later) == neutral
+    assert chain_generator(patience=3)["generator"][0] != base["generator"][0]
 
 
 @pytest.fixture()

@@ -75,20 +75,23 @@ def test_epoch_costs_time_each_backend_and_scale_a_fraction_to_the_whole(tmp_pat
     tiny_lm = dict(randomgen.SMOLLM2_SHAPE, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
     monkeypatch.setattr(randomgen, "SMOLLM2_SHAPE", dict(tiny_lm, num_attention_heads=4, num_key_value_heads=2))
     data = trainbench.synthetic_training_set(8, 2, 4, 6, depth=2, vocab=8)
-    backends = ("minilm", "decoder", "decoder:1")
+    backends = ("minilm", "decoder", "decoder:1", "decoder:1:cached")
     table = trainbench.epoch_costs(
         TINY, data, tmp_path, settings=(("cpu", "fp32"),), epochs=2, backends=backends, full_pairs=64
     )
-    assert table["backend"].tolist() == ["minilm", "decoder", "decoder"]
-    assert table["lm_train_layers"].tolist() == [0, 0, 1]
+    assert table["backend"].tolist() == ["minilm", "decoder", "decoder", "decoder"]
+    assert table["lm_train_layers"].tolist() == [0, 0, 1, 1]
+    assert table["lm_cache_frozen"].tolist() == [False, False, False, True]
     assert (table["train_pairs"] == 64).all() and (table["measured_pairs"] == 16).all()
     row = table.iloc[1]
     assert row["generative_epoch_s"] == pytest.approx(4 * row["generative_ms_per_pair"] * 16 / 1000)
     assert row["speedup"] == pytest.approx(table["generator_s"].iloc[0] / row["generator_s"])
 
 
-@pytest.mark.parametrize("spec", ["decoder:x", "minilm:2", "gpt"])
+@pytest.mark.parametrize("spec", ["decoder:x", "minilm:2", "gpt", "decoder:2:kept", "decoder::cached"])
 def test_a_backend_entry_that_is_not_one_is_named(spec):
     with pytest.raises(ValueError, match=spec):
         trainbench.backend_settings(spec)
-    assert trainbench.backend_settings("decoder:6") == {"backend": "decoder", "lm_train_layers": 6}
+    expected = {"backend": "decoder", "lm_train_layers": 6, "lm_cache_frozen": False}
+    assert trainbench.backend_settings("decoder:6") == expected
+    assert trainbench.backend_settings("decoder:6:cached")["lm_cache_frozen"]

@@ -58,6 +58,12 @@ class VokenGenerator(nn.Module):
         """Work a deployment does once per text collection, outside query latency (nothing by default;
         the MiniLM backend with a frozen encoder caches the text states, like the two-tower features)."""
 
+    def frozen_positives(self, texts: list[str], codes, progress: bool = False):
+        """What the generative stage computes once for its training pairs: ``None`` (every step runs the whole
+        model; the default), or an object whose ``sequence_logprob(rows)`` scores the pairs ``rows`` from it
+        (the decoder backend with ``lm_cache_frozen``, :class:`avg_lib.generator.frozen.FrozenBottom`)."""
+        return None
+
     def parameter_groups(self) -> list[dict]:
         """The optimizer's groups: a fine-tuned pretrained encoder (``encoder.*``) at ``encoder_lr``, the rest at
         ``lr``."""

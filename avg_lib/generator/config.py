@@ -22,6 +22,9 @@ class GeneratorConfig:
     # their activations are computed without gradient (a generator 1.73x faster at 6 of SmolLM2's 30 layers on a
     # CPU, results/lm/cpu)
     lm_train_layers: int = 0
+    # decoder only, with lm_train_layers > 0: run the frozen lower layers over every training pair once and train
+    # the generative stage on their kept states (avg_lib.generator.frozen; the same loss up to float rounding)
+    lm_cache_frozen: bool = False
     d_model: int = 256  # small random T5 only
     layers: int = 2  # small random T5: encoder and decoder layers; minilm: decoder layers
     decoder_width: int | None = 256  # minilm: width of the voken decoder (None = the encoder's, 384); the
@@ -66,12 +69,14 @@ class GeneratorConfig:
             raise ValueError(
                 f"lm_train_layers must be 0 (the whole LM) or a number of top layers, not {self.lm_train_layers}"
             )
+        if self.lm_cache_frozen and not self.lm_train_layers:
+            raise ValueError("lm_cache_frozen needs lm_train_layers > 0: with the whole LM training, nothing is frozen")
 
 
 # settings only the decoder backend reads: left out of other backends' cache keys, which predate them
-DECODER_ONLY = ("lm_path", "prompt", "lm_lr", "lm_train_layers")
+DECODER_ONLY = ("lm_path", "prompt", "lm_lr", "lm_train_layers", "lm_cache_frozen")
 # settings added after the cache keys they would change: left out of a key while at this (their neutral) value
-ADDED_LATER = {"patience": 0, "lm_train_layers": 0}
+ADDED_LATER = {"patience": 0, "lm_train_layers": 0, "lm_cache_frozen": False}
 
 
 def cache_fields(cfg: GeneratorConfig) -> dict:

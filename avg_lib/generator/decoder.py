@@ -119,6 +119,15 @@ class DecoderGenerator(VokenGenerator):
         if cfg.lm_train_layers:
             train_top_layers(self.lm, cfg.lm_train_layers)
 
+    def frozen_positives(self, texts, codes, progress: bool = False):
+        """With ``lm_cache_frozen``: the frozen lower layers run once over the training pairs
+        (:class:`~avg_lib.generator.frozen.FrozenBottom`); otherwise ``None``."""
+        if not self.cfg.lm_cache_frozen:
+            return None
+        from .frozen import FrozenBottom
+
+        return FrozenBottom(self, texts, codes, self.cfg.batch_size, progress)
+
     def parameter_groups(self):
         """One group at ``lm_lr`` (a pretrained LM's rate): the whole causal LM, voken rows included, or with
         ``lm_train_layers`` only what :func:`train_top_layers` leaves trainable."""

@@ -150,6 +150,8 @@ def train_generator(
     if neg_trie is not None:  # item index of each training pair's image within train_codes_all
         lookup = {tuple(c): i for i, c in enumerate(np.asarray(train_codes_all).tolist())}
         pos_item = np.array([lookup.get(tuple(c), -1) for c in np.asarray(train[1]).tolist()])
+    with amp:  # the backend's once-only work for the generative stage, if any (``lm_cache_frozen``)
+        frozen = gen.frozen_positives(texts, codes, progress) if cfg.epochs else None
     bar = tqdm(range(total), desc=f"generator ({cfg.backend})", disable=not progress)
     stopped = False  # the generative stage stopped early (``patience``)
     for epoch in bar:
@@ -180,8 +182,11 @@ def train_generator(
                 ).to(device)
                 gen.train()
             with amp:
-                ctx = gen.encode(bt)
-                pos = gen.sequence_logprob(ctx, bc).float()
+                if frozen is not None and not disc:
+                    pos = frozen.sequence_logprob(b).float()
+                else:
+                    ctx = gen.encode(bt)
+                    pos = gen.sequence_logprob(ctx, bc).float()
                 if disc:
                     n = negs.shape[1]
                     neg = gen.sequence_logprob(gen.repeat(ctx, n), negs.reshape(-1, gen.depth)).reshape(len(b), n)

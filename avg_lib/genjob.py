@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +104,9 @@ def train(
 ):
     """Train one generator per exported seed of ``job`` (or of ``seeds``) with its settings and ``overrides``
     (e.g. another backend or ``device: cuda``), score its test split, and write ``<out>/seed<s>-ranked.npy``,
-    ``-history.csv`` and ``.json`` (settings, time, hardware). ``out`` defaults to ``<job>/trained``."""
+    ``-history.csv`` and ``.json`` (settings, time, hardware). ``out`` defaults to ``<job>/trained``. Each seed's
+    training keeps ``<out>/seed<s>-checkpoint.pt`` after every epoch until it ends, so an interrupted seed
+    resumes at its last finished epoch."""
     import torch
 
     from . import generator, results
@@ -114,21 +115,22 @@ def train(
 
     job = Path(job)
     out = Path(out or job / "trained")
+    out.mkdir(parents=True, exist_ok=True)
     software = results.environment_record()  # the same for every seed of this process
     for path in exported_seeds(job, seeds, "genjob"):
         meta, a = load_job(path)
         cfg = generator.GeneratorConfig(**{**meta["generator"], **(overrides or {})})
         device = generator.training_device(cfg)
         gen = generator.build_generator(meta["codebook_size"], meta["depth"], cfg, a["codebooks"]).to(device)
-        t0 = time.perf_counter()
         gen, history = generator.train_generator(
             gen,
             (meta["train_texts"], a["train_codes"]),
             (meta["val_texts"], a["val_targets"], a["val_codes"]),
             train_codes_all=a["train_codes_all"],
             progress=progress,
+            checkpoint=out / f"{path.stem}-checkpoint.pt",  # an interrupted seed resumes at its last epoch
         )
-        seconds = time.perf_counter() - t0
+        seconds = gen.train_seconds  # summed over the pieces of a resumed training
         with torch.no_grad():
             res = gen.retrieve(meta["test_texts"], VokenTrie(a["test_codes"]).to(device), batch_size=64)
         ranked = res.items.cpu().numpy()

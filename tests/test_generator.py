@@ -247,3 +247,46 @@ def test_patience_stops_the_generative_stage_and_the_discriminative_stage_follow
 def test_patience_keys_the_cache_only_when_set():
     assert "patience" not in generator.cache_fields(SMALL)
     assert generator.cache_fields(dataclasses.replace(SMALL, patience=3))["patience"] == 3
+
+
+@pytest.mark.parametrize(("backend", "done"), [("minilm", 1), ("minilm", 4), ("decoder", 2)])
+def test_an_interrupted_training_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(
+    backend, done, tiny_llama, tmp_path, monkeypatch
+):
+    """Stopped after ``done`` epochs (in the generative stage, or in the discriminative one), a second call with
+    the same checkpoint continues there: same weights, generative state and history, bit for bit, as one
+    uninterrupted call (dropout draws included); the checkpoint is gone afterwards. Other settings are refused.
+    The MiniLM generators share one text-state cache: states encoded in other batches differ by float rounding."""
+    settings = {"decoder": {"lm_path": tiny_llama, "lm_train_layers": 1, "lm_cache_frozen": True}}.get(backend, {})
+    cfg = dataclasses.replace(SMALL, backend=backend, epochs=3, disc_epochs=2, disc_negatives=2, **settings)
+    book = np.random.default_rng(0).normal(size=(1, K, 16))
+    train, val = (TEXTS * 2, np.concatenate([CODES] * 2)), (TEXTS, np.arange(6), CODES)
+    states = generator.TextStateCache()
+
+    def run(c=cfg, checkpoint=None):
+        gen = build_generator(K, D, c, book, text_states=states)
+        return generator.train_generator(gen, train, val, CODES, progress=False, checkpoint=checkpoint)
+
+    ckpt = tmp_path / "ckpt.pt"
+    want, want_history = run()
+    evaluate, calls = generator.training.evaluate, []
+
+    def stop_after(*args, **kw):
+        calls.append(1)
+        if len(calls) > done:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kw)
+
+    monkeypatch.setattr(generator.training, "evaluate", stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint=ckpt)
+    monkeypatch.setattr(generator.training, "evaluate", evaluate)
+    assert torch.load(ckpt, weights_only=False)["epoch"] == done
+    with pytest.raises(ValueError, match=f"{ckpt.name}: a checkpoint of other generator settings \\(lr\\)"):
+        run(dataclasses.replace(cfg, lr=0.5), ckpt)
+    got, history = run(checkpoint=ckpt)
+    untimed = [[{k: v for k, v in row.items() if k != "val_latency_ms"} for row in h] for h in (history, want_history)]
+    assert untimed[0] == untimed[1] and not ckpt.exists() and got.train_seconds > 0
+    for (name, a), b in zip(want.state_dict().items(), got.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert all(torch.equal(want.generative_state[k], got.generative_state[k]) for k in want.generative_state)

@@ -85,6 +85,11 @@ def test_epoch_costs_time_each_backend_and_scale_a_fraction_to_the_whole(tmp_pat
     assert (table["train_pairs"] == 64).all() and (table["measured_pairs"] == 16).all()
     row = table.iloc[1]
     assert row["generative_epoch_s"] == pytest.approx(4 * row["generative_ms_per_pair"] * 16 / 1000)
+    assert (table["once_s"] > 0).tolist() == [False, False, False, True]  # only the cached pass does work once
+    assert all(
+        r["generator_s"] == pytest.approx(r["once_s"] + 2 * r["generative_epoch_s"] + 2 * r["discriminative_epoch_s"])
+        for _, r in table.iterrows()
+    )
     assert row["speedup"] == pytest.approx(table["generator_s"].iloc[0] / row["generator_s"])
 
 

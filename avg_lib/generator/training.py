@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -119,6 +120,7 @@ def train_generator(
     val: tuple[list[str], np.ndarray, np.ndarray],
     train_codes_all: np.ndarray | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ):
     """Generative training, then (``disc_epochs`` > 0) the discriminative stage, which starts from the
     generative epoch with the best validation R@1 (at ``disc_lr``); overall selection on validation R@1.
@@ -130,7 +132,12 @@ def train_generator(
     Returns ``(gen with the best state, history)``. With a discriminative stage, ``gen.generative_state``
     is the state dict of the best generative epoch: exactly what the same call with ``disc_epochs=0``
     would return (same seed, same batches), so the "without discriminative training" ablation needs no
-    second run.
+    second run. ``gen.train_seconds`` is the wall time of the training, summed over resumed pieces.
+
+    ``checkpoint``: a file written after every epoch but the last (:func:`save_checkpoint`); a call that finds it
+    continues after its epoch, with the model, optimizer, random states, selection and history as they were, so
+    an interrupted training resumes where it stopped and ends as the uninterrupted one would. The file is
+    removed when training ends.
     """
     cfg = gen.cfg
     torch.manual_seed(cfg.seed)
@@ -152,8 +159,11 @@ def train_generator(
         pos_item = np.array([lookup.get(tuple(c), -1) for c in np.asarray(train[1]).tolist()])
     with amp:  # the backend's once-only work for the generative stage, if any (``lm_cache_frozen``)
         frozen = gen.frozen_positives(texts, codes, progress) if cfg.epochs else None
-    bar = tqdm(range(total), desc=f"generator ({cfg.backend})", disable=not progress)
     stopped = False  # the generative stage stopped early (``patience``)
+    start, before, t0 = 0, 0.0, time.perf_counter()
+    if checkpoint is not None and os.path.isfile(checkpoint):
+        start, before, stopped, generative_state = load_checkpoint(checkpoint, gen, opt, rng, best, history)
+    bar = tqdm(range(start, total), desc=f"generator ({cfg.backend})", disable=not progress, initial=start, total=total)
     for epoch in bar:
         disc = epoch >= cfg.epochs and neg_trie is not None
         if stopped and not disc:
@@ -218,6 +228,54 @@ def train_generator(
             stopped = stopped or (not disc and 0 < cfg.patience <= best.since)
             bar.set_postfix(loss=f"{row['train_gen_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", refresh=False)
         history.append(row)
+        if checkpoint is not None and epoch < total - 1 and rank == 0:
+            state = (stopped, generative_state, before + time.perf_counter() - t0)
+            save_checkpoint(checkpoint, epoch + 1, gen, opt, rng, best, history, state)
+    gen.train_seconds = before + time.perf_counter() - t0
+    if checkpoint is not None and rank == 0 and os.path.isfile(checkpoint):
+        os.remove(checkpoint)
     gen.load_state_dict(best.state)
     gen.generative_state = generative_state if cfg.epochs and neg_trie is not None else best.state
     return gen.eval(), history
+
+
+def save_checkpoint(path, epoch: int, gen, opt, rng, best: BestState, history: list, state: tuple) -> None:
+    """Everything :func:`train_generator` needs to continue at ``epoch``, written to a temporary file first so
+    that an interruption never leaves half a checkpoint. ``state``: (stopped early, generative state, seconds)."""
+    stopped, generative_state, seconds = state
+    device = next(gen.parameters()).device
+    blob = {
+        "epoch": epoch,
+        "config": dataclasses.asdict(gen.cfg),
+        "model": gen.state_dict(),
+        "optimizer": opt.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "best": (best.key, best.state, best.since),
+        "history": history,
+        "stopped": stopped,
+        "generative_state": generative_state,
+        "seconds": seconds,
+    }
+    tmp = f"{path}.partial"
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, gen, opt, rng, best: BestState, history: list) -> tuple[int, float, bool, dict | None]:
+    """Restore a :func:`save_checkpoint` file into the objects of a fresh :func:`train_generator` call: ``(next
+    epoch, seconds so far, stopped early, generative state)``; an error naming the file if its settings differ."""
+    blob = torch.load(path, map_location=next(gen.parameters()).device, weights_only=False)
+    if blob["config"] != dataclasses.asdict(gen.cfg):
+        changed = sorted(k for k, v in dataclasses.asdict(gen.cfg).items() if blob["config"].get(k) != v)
+        raise ValueError(f"{path}: a checkpoint of other generator settings ({', '.join(changed)}); remove it")
+    gen.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["optimizer"])
+    rng.bit_generator.state = blob["numpy_rng"]
+    torch.set_rng_state(blob["torch_rng"].cpu())
+    if blob["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(blob["cuda_rng"].cpu(), next(gen.parameters()).device)
+    best.key, best.state, best.since = blob["best"]
+    history[:] = blob["history"]
+    return blob["epoch"], blob["seconds"], blob["stopped"], blob["generative_state"]

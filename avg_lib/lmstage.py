@@ -9,7 +9,8 @@ images, paired differences and their verdicts).
 It reuses the jobs that do the same work across machines (:mod:`avg_lib.genjob`, :mod:`avg_lib.rerankjob`):
 export what each LM learns from into a work directory under the data cache, train one LM per seed, then
 compare. The work directory's name carries a key of everything that changes it, and a seed is trained only when
-its outputs are missing, so an interrupted run resumes at the seed it was training. The comparisons are written
+its outputs are missing, so an interrupted run resumes at the seed it was training (a generator within it, at its
+last finished epoch: :func:`avg_lib.genjob.train` keeps a checkpoint). The comparisons are written
 to ``<results_dir>/lm/`` (generator) and ``<results_dir>/lm_rerank/`` (re-ranker), each with its README;
 :func:`table` gathers every row in the main table's form (mean and spread over seeds).
 

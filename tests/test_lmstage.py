@@ -45,7 +45,8 @@ def test_bad_settings_are_named_with_the_profile(section, message):
 def test_the_profiles_switch_the_stage_on_only_where_it_fits():
     assert not config.load_config("default").language_models.enabled  # hours on a 2-core CPU
     lm, gpu = config.load_config("lm").language_models, config.load_config("lm-gpu").language_models
-    assert lm.enabled and lm.lm == "smollm2" and lm.device == "cpu" and lm.generator == {"lm_train_layers": 6}
+    assert lm.enabled and lm.lm == "smollm2" and lm.device == "cpu"
+    assert lm.generator == {"lm_train_layers": 6, "lm_cache_frozen": True}
     assert gpu.enabled and gpu.device == "cuda" and gpu.generator == {}  # the whole LM on a GPU
     assert lm.reranker == config.load_config("default").language_models.reranker  # aligned only, on the CPU
     # on a GPU the recipe of results/lm/rerank_gpu: alignment, then group epochs on AVG's top 20 beams

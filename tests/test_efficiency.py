@@ -127,12 +127,15 @@ def test_study_times_every_method_with_memory_build_time_and_recall():
 
 
 def test_speed_command_writes_both_studies_with_provenance(tmp_path, capsys):
-    """`python -m avg_lib.speed` (what scripts/gpu_efficiency.sh runs on a GPU) on a tiny gallery, on the CPU."""
+    """`python -m avg_lib.speed` (what scripts/gpu_efficiency.sh runs on a GPU) on a tiny gallery, on the CPU; the
+    generated README of the folder above links the new study."""
     from avg_lib import speed
 
     with pytest.raises(SystemExit) as e:
         speed.main(["--help"])
     assert e.value.code == 0 and "random-weight generator" in capsys.readouterr().out
+    (tmp_path / "README.md").write_text("# Results\n\nGenerated; do not edit by hand.\n")
+    parent, tmp_path = tmp_path, tmp_path / "timing"
     speed.main(["--profile", "smoke", "--sizes", "300", "--device", "cpu", "--out", str(tmp_path)])
     bench = pd.read_csv(tmp_path / "decoding_benchmark.csv")
     assert (bench["identical_rankings"] == 1.0).all() and set(bench["batch_size"]) == {1, 64}
@@ -145,6 +148,7 @@ def test_speed_command_writes_both_studies_with_provenance(tmp_path, capsys):
     readme = (tmp_path / "README.md").read_text()
     assert "# Timing studies: profile `smoke`" in readme and "Our trie decoding is at least 10" in readme
     assert "`efficiency_crossovers.csv`" in readme and "![efficiency.png](figures/efficiency.png)" in readme
+    assert "- [`timing/`](timing/README.md): Timing studies: profile `smoke`" in (parent / "README.md").read_text()
 
 
 def test_decode_profile_counts_operations_per_query_at_each_batch_size():

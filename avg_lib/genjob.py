@@ -143,6 +143,7 @@ def train(
             "model": generator.backend_label(cfg),
             "generator": dataclasses.asdict(cfg),
             "train_seconds": round(seconds, 1),
+            "train_pieces": gen.train_pieces,  # > 1: resumed from its checkpoint, the seconds summed
             "epochs_run": len(history),
             "selected_epoch": int(best["epoch"]),
             "val_R@1": float(best["val_R@1"]),

@@ -287,6 +287,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_and_ends_as_an_unin
     got, history = run(checkpoint=ckpt)
     untimed = [[{k: v for k, v in row.items() if k != "val_latency_ms"} for row in h] for h in (history, want_history)]
     assert untimed[0] == untimed[1] and not ckpt.exists() and got.train_seconds > 0
+    assert (want.train_pieces, got.train_pieces) == (1, 2)
     for (name, a), b in zip(want.state_dict().items(), got.state_dict().values()):
         assert torch.equal(a, b), name
     assert all(torch.equal(want.generative_state[k], got.generative_state[k]) for k in want.generative_state)

@@ -21,6 +21,7 @@ def test_a_job_trained_with_the_exported_settings_reproduces_the_runs_own_genera
     assert info["generator"]["backend"] == "minilm" and info["train_seconds"] >= 0  # recorded, not timed
     assert info["packages"]["torch"] == torch.__version__ and len(info["environment"]) == 12  # what it ran on
     assert not list(trained.glob("*checkpoint*"))  # kept while a seed trains (it resumes there), then removed
+    assert info["train_pieces"] == 1
 
 
 def test_compare_puts_another_backend_beside_the_runs_generator_with_a_verdict(run, tmp_path):

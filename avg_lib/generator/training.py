@@ -133,7 +133,7 @@ def train_generator(
     is the state dict of the best generative epoch: exactly what the same call with ``disc_epochs=0``
     would return (same seed, same batches), so the "without discriminative training" ablation needs no
     second run. ``gen.train_seconds`` is the wall time of the training, summed over resumed pieces (each piece's
-    once-only work included).
+    once-only work included), and ``gen.train_pieces`` the number of calls it took.
 
     ``checkpoint``: a file written after every epoch but the last (:func:`save_checkpoint`); a call that finds it
     continues after its epoch, with the model, optimizer, random states, selection and history as they were, so
@@ -161,9 +161,9 @@ def train_generator(
     with amp:  # the backend's once-only work for the generative stage, if any (``lm_cache_frozen``)
         frozen = gen.frozen_positives(texts, codes, progress) if cfg.epochs else None
     stopped = False  # the generative stage stopped early (``patience``)
-    start, before = 0, 0.0
+    start, before, pieces = 0, 0.0, 1
     if checkpoint is not None and os.path.isfile(checkpoint):
-        start, before, stopped, generative_state = load_checkpoint(checkpoint, gen, opt, rng, best, history)
+        start, (before, pieces), stopped, generative_state = load_checkpoint(checkpoint, gen, opt, rng, best, history)
     bar = tqdm(range(start, total), desc=f"generator ({cfg.backend})", disable=not progress, initial=start, total=total)
     for epoch in bar:
         disc = epoch >= cfg.epochs and neg_trie is not None
@@ -230,9 +230,9 @@ def train_generator(
             bar.set_postfix(loss=f"{row['train_gen_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", refresh=False)
         history.append(row)
         if checkpoint is not None and epoch < total - 1 and rank == 0:
-            state = (stopped, generative_state, before + time.perf_counter() - t0)
+            state = (stopped, generative_state, before + time.perf_counter() - t0, pieces)
             save_checkpoint(checkpoint, epoch + 1, gen, opt, rng, best, history, state)
-    gen.train_seconds = before + time.perf_counter() - t0
+    gen.train_seconds, gen.train_pieces = before + time.perf_counter() - t0, pieces
     if checkpoint is not None and rank == 0 and os.path.isfile(checkpoint):
         os.remove(checkpoint)
     gen.load_state_dict(best.state)
@@ -242,8 +242,9 @@ def train_generator(
 
 def save_checkpoint(path, epoch: int, gen, opt, rng, best: BestState, history: list, state: tuple) -> None:
     """Everything :func:`train_generator` needs to continue at ``epoch``, written to a temporary file first so
-    that an interruption never leaves half a checkpoint. ``state``: (stopped early, generative state, seconds)."""
-    stopped, generative_state, seconds = state
+    that an interruption never leaves half a checkpoint. ``state``: (stopped early, generative state, seconds,
+    calls so far)."""
+    stopped, generative_state, seconds, pieces = state
     device = next(gen.parameters()).device
     blob = {
         "epoch": epoch,
@@ -258,15 +259,17 @@ def save_checkpoint(path, epoch: int, gen, opt, rng, best: BestState, history: l
         "stopped": stopped,
         "generative_state": generative_state,
         "seconds": seconds,
+        "pieces": pieces,
     }
     tmp = f"{path}.partial"
     torch.save(blob, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, gen, opt, rng, best: BestState, history: list) -> tuple[int, float, bool, dict | None]:
+def load_checkpoint(path, gen, opt, rng, best: BestState, history: list):
     """Restore a :func:`save_checkpoint` file into the objects of a fresh :func:`train_generator` call: ``(next
-    epoch, seconds so far, stopped early, generative state)``; an error naming the file if its settings differ."""
+    epoch, (seconds so far, this call's number), stopped early, generative state)``; an error naming the file if
+    its settings differ."""
     blob = torch.load(path, map_location=next(gen.parameters()).device, weights_only=False)
     if blob["config"] != dataclasses.asdict(gen.cfg):
         changed = sorted(k for k, v in dataclasses.asdict(gen.cfg).items() if blob["config"].get(k) != v)
@@ -279,4 +282,4 @@ def load_checkpoint(path, gen, opt, rng, best: BestState, history: list) -> tupl
         torch.cuda.set_rng_state(blob["cuda_rng"].cpu(), next(gen.parameters()).device)
     best.key, best.state, best.since = blob["best"]
     history[:] = blob["history"]
-    return blob["epoch"], blob["seconds"], blob["stopped"], blob["generative_state"]
+    return blob["epoch"], (blob["seconds"], blob.get("pieces", 1) + 1), blob["stopped"], blob["generative_state"]

@@ -284,7 +284,12 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_and_ends_as_an_unin
     assert torch.load(ckpt, weights_only=False)["epoch"] == done
     with pytest.raises(ValueError, match=f"{ckpt.name}: a checkpoint of other generator settings \\(lr\\)"):
         run(dataclasses.replace(cfg, lr=0.5), ckpt)
+    once = []  # the frozen layers run once per call that has generative epochs left
+    monkeypatch.setattr(
+        type(want), "frozen_positives", lambda g, *a, f=type(want).frozen_positives: once.append(1) or f(g, *a)
+    )
     got, history = run(checkpoint=ckpt)
+    assert len(once) == (done < cfg.epochs)
     untimed = [[{k: v for k, v in row.items() if k != "val_latency_ms"} for row in h] for h in (history, want_history)]
     assert untimed[0] == untimed[1] and not ckpt.exists() and got.train_seconds > 0
     assert (want.train_pieces, got.train_pieces) == (1, 2)

@@ -158,12 +158,12 @@ def train_generator(
     if neg_trie is not None:  # item index of each training pair's image within train_codes_all
         lookup = {tuple(c): i for i, c in enumerate(np.asarray(train_codes_all).tolist())}
         pos_item = np.array([lookup.get(tuple(c), -1) for c in np.asarray(train[1]).tolist()])
-    with amp:  # the backend's once-only work for the generative stage, if any (``lm_cache_frozen``)
-        frozen = gen.frozen_positives(texts, codes, progress) if cfg.epochs else None
     stopped = False  # the generative stage stopped early (``patience``)
     start, before, pieces = 0, 0.0, 1
     if checkpoint is not None and os.path.isfile(checkpoint):
         start, (before, pieces), stopped, generative_state = load_checkpoint(checkpoint, gen, opt, rng, best, history)
+    with amp:  # the backend's once-only work for the generative epochs left, if any (``lm_cache_frozen``)
+        frozen = gen.frozen_positives(texts, codes, progress) if start < cfg.epochs and not stopped else None
     bar = tqdm(range(start, total), desc=f"generator ({cfg.backend})", disable=not progress, initial=start, total=total)
     for epoch in bar:
         disc = epoch >= cfg.epochs and neg_trie is not None

@@ -69,30 +69,34 @@ def backend_settings(spec: str) -> dict:
     return {"backend": name, "lm_train_layers": int(layers or 0), "lm_cache_frozen": cached == "cached"}
 
 
-def _train_seconds(gen_factory, data: TrainingSet, cfg, device: str) -> float:
-    from .generator import train_generator
-
-    gen = gen_factory(cfg).to(device)
+def _seconds(work, device: str) -> float:
+    """Wall time of ``work()``, the device's queued work included."""
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    train_generator(gen, (data.texts, data.codes), data.val, train_codes_all=data.image_codes, progress=False)
+    work()
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
+def _train_seconds(gen_factory, data: TrainingSet, cfg, device: str) -> float:
+    from .generator import train_generator
+
+    gen = gen_factory(cfg).to(device)
+    train = (data.texts, data.codes)
+    return _seconds(lambda: train_generator(gen, train, data.val, data.image_codes, progress=False), device)
+
+
 def _once_seconds(gen, data: TrainingSet, device: str, precision: str) -> float:
-    """Seconds of what a training does once before its epochs (``lm_cache_frozen``'s pass over the frozen
-    layers; nothing for other settings)."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        done = gen.frozen_positives(data.texts, data.codes)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return 0.0 if done is None else time.perf_counter() - t0
+    """Seconds of what a training does once before its epochs: ``lm_cache_frozen``'s pass over the frozen
+    layers."""
+
+    def once():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            gen.frozen_positives(data.texts, data.codes)
+
+    return _seconds(once, device)
 
 
 def epoch_costs(
@@ -133,7 +137,7 @@ def epoch_costs(
         _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)  # warm-up
         gen_s = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)
         both_s = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=1), device)
-        once_s = _once_seconds(factory(cfg).to(device), data, device, precision)
+        once_s = _once_seconds(factory(cfg).to(device), data, device, precision) if cfg.lm_cache_frozen else 0.0
         epoch_s = gen_s - once_s  # a one-epoch training does the once-only work too
         rows.append(
             {

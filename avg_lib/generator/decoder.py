@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .base import VokenGenerator, project_codebook
 from .config import GeneratorConfig
+from .frozen import check_cacheable
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -118,6 +119,8 @@ class DecoderGenerator(VokenGenerator):
                     table[self.voken_offset :] = torch.randn(codebook_size, table.shape[1], generator=g) * std
         if cfg.lm_train_layers:
             train_top_layers(self.lm, cfg.lm_train_layers)
+        if cfg.lm_cache_frozen:  # refused here, before any training, where the frozen layers would not repeat
+            check_cacheable(self.lm, cfg.lm_train_layers)
 
     def frozen_positives(self, texts, codes, progress: bool = False):
         """With ``lm_cache_frozen``: the frozen lower layers run once over the training pairs

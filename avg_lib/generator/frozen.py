@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -66,11 +65,9 @@ class FrozenBottom:
     (prompt + the ``D`` vokens, padding stripped), and :meth:`sequence_logprob` from them."""
 
     def __init__(self, gen, texts: list[str], codes, batch_size: int = 64, progress: bool = False):
-        self.gen, lm = gen, gen.lm
-        check_cacheable(lm, gen.cfg.lm_train_layers)
-        self.base = lm.base_model
+        self.gen, self.base = gen, gen.lm.base_model  # check_cacheable passed when ``gen`` was built
         self.split = len(self.base.layers) - gen.cfg.lm_train_layers
-        self.codes = torch.as_tensor(np.asarray(codes.cpu() if torch.is_tensor(codes) else codes), dtype=torch.long)
+        self.codes = torch.as_tensor(codes, dtype=torch.long, device=gen.lm.device)
         self.states: list[torch.Tensor] = []
         steps = range(0, len(texts), batch_size)
         with torch.no_grad(), _only_blocks(self.base, slice(0, self.split), norm=False):
@@ -81,7 +78,7 @@ class FrozenBottom:
 
     def _inputs(self, texts, codes):
         b = self.gen.prompts(texts)
-        vokens = codes.to(b["input_ids"].device) + self.gen.voken_offset
+        vokens = codes + self.gen.voken_offset
         ids = torch.cat([b["input_ids"], vokens], dim=1)
         return ids, torch.cat([b["attention_mask"], torch.ones_like(vokens)], dim=1)
 
@@ -102,7 +99,7 @@ class FrozenBottom:
                 logits_to_keep=depth + 1,
             )
         lp = F.log_softmax(out.logits / self.gen.cfg.temperature, dim=-1)
-        codes = self.codes[torch.as_tensor(rows)].to(h.device)
+        codes = self.codes[torch.as_tensor(rows, device=h.device)]
         target = torch.cat([codes + self.gen.voken_offset, torch.full_like(codes[:, :1], self.gen.eos_id)], dim=1)
         return lp.gather(2, target.unsqueeze(2)).squeeze(2).sum(1)
 

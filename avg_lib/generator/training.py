@@ -159,9 +159,11 @@ def train_generator(
         lookup = {tuple(c): i for i, c in enumerate(np.asarray(train_codes_all).tolist())}
         pos_item = np.array([lookup.get(tuple(c), -1) for c in np.asarray(train[1]).tolist()])
     stopped = False  # the generative stage stopped early (``patience``)
-    start, before, pieces = 0, 0.0, 1
+    start, before, pieces = 0, 0.0, 1  # next epoch, seconds of earlier calls, this call's number
     if checkpoint is not None and os.path.isfile(checkpoint):
-        start, (before, pieces), stopped, generative_state = load_checkpoint(checkpoint, gen, opt, rng, best, history)
+        done = load_checkpoint(checkpoint, gen, opt, rng, best, history)
+        start, before, pieces = done["epoch"], done["seconds"], done["pieces"] + 1
+        stopped, generative_state = done["stopped"], done["generative_state"]
     with amp:  # the backend's once-only work for the generative epochs left, if any (``lm_cache_frozen``)
         frozen = gen.frozen_positives(texts, codes, progress) if start < cfg.epochs and not stopped else None
     bar = tqdm(range(start, total), desc=f"generator ({cfg.backend})", disable=not progress, initial=start, total=total)
@@ -230,8 +232,9 @@ def train_generator(
             bar.set_postfix(loss=f"{row['train_gen_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", refresh=False)
         history.append(row)
         if checkpoint is not None and epoch < total - 1 and rank == 0:
-            state = (stopped, generative_state, before + time.perf_counter() - t0, pieces)
-            save_checkpoint(checkpoint, epoch + 1, gen, opt, rng, best, history, state)
+            seconds = before + time.perf_counter() - t0
+            loop = {"epoch": epoch + 1, "stopped": stopped, "generative_state": generative_state, "pieces": pieces}
+            save_checkpoint(checkpoint, gen, opt, rng, best, history, seconds=seconds, **loop)
     gen.train_seconds, gen.train_pieces = before + time.perf_counter() - t0, pieces
     if checkpoint is not None and rank == 0 and os.path.isfile(checkpoint):
         os.remove(checkpoint)
@@ -240,14 +243,12 @@ def train_generator(
     return gen.eval(), history
 
 
-def save_checkpoint(path, epoch: int, gen, opt, rng, best: BestState, history: list, state: tuple) -> None:
-    """Everything :func:`train_generator` needs to continue at ``epoch``, written to a temporary file first so
-    that an interruption never leaves half a checkpoint. ``state``: (stopped early, generative state, seconds,
-    calls so far)."""
-    stopped, generative_state, seconds, pieces = state
+def save_checkpoint(path, gen, opt, rng, best: BestState, history: list, **loop) -> None:
+    """Everything :func:`train_generator` needs to go on, written to a temporary file first so that an
+    interruption never leaves half a checkpoint. ``loop``: the training loop's own state (``epoch``, the next one;
+    ``stopped`` early; the ``generative_state``; ``seconds`` so far; ``pieces``, the calls so far)."""
     device = next(gen.parameters()).device
     blob = {
-        "epoch": epoch,
         "config": dataclasses.asdict(gen.cfg),
         "model": gen.state_dict(),
         "optimizer": opt.state_dict(),
@@ -256,20 +257,16 @@ def save_checkpoint(path, epoch: int, gen, opt, rng, best: BestState, history: l
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "best": (best.key, best.state, best.since),
         "history": history,
-        "stopped": stopped,
-        "generative_state": generative_state,
-        "seconds": seconds,
-        "pieces": pieces,
+        **loop,
     }
     tmp = f"{path}.partial"
     torch.save(blob, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, gen, opt, rng, best: BestState, history: list):
-    """Restore a :func:`save_checkpoint` file into the objects of a fresh :func:`train_generator` call: ``(next
-    epoch, (seconds so far, this call's number), stopped early, generative state)``; an error naming the file if
-    its settings differ."""
+def load_checkpoint(path, gen, opt, rng, best: BestState, history: list) -> dict:
+    """Restore a :func:`save_checkpoint` file into the objects of a fresh :func:`train_generator` call and return
+    the loop's own state saved with it; an error naming the file if its settings differ."""
     blob = torch.load(path, map_location=next(gen.parameters()).device, weights_only=False)
     if blob["config"] != dataclasses.asdict(gen.cfg):
         changed = sorted(k for k, v in dataclasses.asdict(gen.cfg).items() if blob["config"].get(k) != v)
@@ -282,4 +279,5 @@ def load_checkpoint(path, gen, opt, rng, best: BestState, history: list):
         torch.cuda.set_rng_state(blob["cuda_rng"].cpu(), next(gen.parameters()).device)
     best.key, best.state, best.since = blob["best"]
     history[:] = blob["history"]
-    return blob["epoch"], (blob["seconds"], blob.get("pieces", 1) + 1), blob["stopped"], blob["generative_state"]
+    loop = {k: blob[k] for k in ("epoch", "stopped", "generative_state", "seconds")}
+    return loop | {"pieces": blob.get("pieces", 1)}  # checkpoints written before 084a49b did not count the calls

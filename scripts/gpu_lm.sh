@@ -23,7 +23,9 @@
 # ".lm/minilm-tokenizer"] and runs `stage .lm/gguf.aa` (and, if wanted, `test`); the second carries
 # [".lm/gguf.ab", JOB] (the job folder, a few MB: add it to .git/info/exclude too, else it travels in both) and
 # runs `stage .lm/gguf.ab`, then the training. AVG_LM_OVERRIDES adds settings to the job's (JSON members, e.g.
-# '"epochs": 2'); AVG_LM_DEVICE=cpu tries the same commands here.
+# '"epochs": 2'); AVG_LM_TRAINED names the folder inside JOB that the training writes (default `trained`; two
+# recipes trained side by side on one export each name their own; then archives and logs are named
+# JOB-NAME[-seedS].tar.gz and .log); AVG_LM_DEVICE=cpu tries the same commands here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -61,32 +63,36 @@ generator | reranker)
   job=${1:?usage: bash scripts/gpu_lm.sh $what JOB [SEED...]}
   shift
   out=${OUT:-.}
+  trained=${AVG_LM_TRAINED:-trained}
+  case "$trained" in */* | "" | .*) echo "AVG_LM_TRAINED must be a folder name inside $job, not '$trained'" >&2 && exit 2 ;; esac
   name=$(basename "$job")
+  stem="$name-$trained"                    # archives: $stem[-seedS].tar.gz
+  [ "$trained" = trained ] || name="$stem" # logs: $name[-seedS].log
   [ $# -gt 0 ] || set -- all # no seeds named: every exported seed, in one process
   [ $# -gt 1 ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} # one process per seed, sharing the GPU
-  pids=()
+  pids=() logs=() archives=()
   for seed in "$@"; do
-    if [ "$seed" = all ]; then args=() tag="" files=(trained); else args=(--seeds "$seed") tag="-seed$seed"; fi
+    if [ "$seed" = all ]; then args=() tag="" files=("$trained"); else args=(--seeds "$seed") tag="-seed$seed"; fi
     (
       if [ "$what" = generator ]; then
-        "$PY" -m avg_lib.genjob train "$job" "${args[@]}" \
+        "$PY" -m avg_lib.genjob train "$job" "${args[@]}" --out "$job/$trained" \
           --overrides "{\"backend\": \"decoder\", \"device\": \"$DEVICE\"${AVG_LM_OVERRIDES:+, $AVG_LM_OVERRIDES}}"
       else
-        "$PY" -m avg_lib.rerankjob train "$job" "${args[@]}" \
+        "$PY" -m avg_lib.rerankjob train "$job" "${args[@]}" --out "$job/$trained" \
           --overrides "{\"device\": \"$DEVICE\"${AVG_LM_OVERRIDES:+, $AVG_LM_OVERRIDES}}"
       fi
       if [ "$seed" != all ]; then
-        files=("$job"/trained/seed"$seed"[.-]*)
+        files=("$job/$trained"/seed"$seed"[.-]*)
         files=("${files[@]#"$job"/}")
       fi
-      tar -czf "$out/$name-trained$tag.tar.gz" -C "$job" "${files[@]}"
+      tar -czf "$out/$stem$tag.tar.gz" -C "$job" "${files[@]}"
     ) >"$out/$name$tag.log" 2>&1 &
-    pids+=($!)
+    pids+=($!) logs+=("$out/$name$tag.log") archives+=("$out/$stem$tag.tar.gz")
   done
   rc=0
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
-  tail -n 3 "$out/$name"*.log
-  ls -l "$out/$name"-trained*.tar.gz
+  tail -n 3 "${logs[@]}"
+  ls -l "${archives[@]}" || rc=1
   exit $rc
   ;;
 *)

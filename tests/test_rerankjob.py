@@ -153,3 +153,12 @@ def test_the_gpu_script_stages_a_split_model_and_packs_what_it_trained(run, job,
     with tarfile.open(tmp_path / f"job-trained-seed{run.cfg.seed}.tar.gz") as tar:
         assert set(tar.getnames()) == want
     assert f"seed {run.cfg.seed}: trained in" in (tmp_path / f"job-seed{run.cfg.seed}.log").read_text()
+    # a second recipe beside the first on the same export: its own folder, archive and log
+    env["AVG_LM_TRAINED"] = "recipe2"
+    subprocess.run(["bash", script, "reranker", str(job), str(run.cfg.seed)], env=env, check=True, capture_output=True)
+    with tarfile.open(tmp_path / f"job-recipe2-seed{run.cfg.seed}.tar.gz") as tar:
+        assert set(tar.getnames()) == {name.replace("trained/", "recipe2/") for name in want}
+    assert f"seed {run.cfg.seed}: trained in" in (tmp_path / f"job-recipe2-seed{run.cfg.seed}.log").read_text()
+    env["AVG_LM_TRAINED"] = "../elsewhere"
+    refused = subprocess.run(["bash", script, "reranker", str(job)], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "AVG_LM_TRAINED must be a folder name" in refused.stderr

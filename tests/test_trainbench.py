@@ -37,13 +37,16 @@ def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("backend", ["minilm", "decoder"])
+@pytest.mark.parametrize("backend", ["minilm", "decoder", "decoder-cached"])
 def test_training_on_the_gpu_follows_the_cpu(backend, tmp_path):
     """Same seed, same batches, no dropout: the GPU's losses and validation recall follow the CPU's (float
-    rounding differs between the devices, so they are close rather than equal)."""
+    rounding differs between the devices, so they are close rather than equal). ``decoder-cached``: the lower
+    layer frozen and its states kept on the GPU (``lm_cache_frozen``)."""
     data = trainbench.synthetic_training_set(40, 2, 10, 20, depth=2, vocab=8)
-    lm = {"lm_path": str(save_tiny_llama(tmp_path / "lm"))} if backend == "decoder" else {}
-    cfg = dataclasses.replace(TINY, dropout=0.0, epochs=2, disc_epochs=1, backend=backend, **lm)
+    lm = {"lm_path": str(save_tiny_llama(tmp_path / "lm"))} if backend != "minilm" else {}
+    if backend == "decoder-cached":
+        lm.update(lm_train_layers=1, lm_cache_frozen=True)
+    cfg = dataclasses.replace(TINY, dropout=0.0, epochs=2, disc_epochs=1, backend=backend.split("-")[0], **lm)
     hist = {}
     for device in ("cpu", "cuda"):
         c = dataclasses.replace(cfg, device=device)

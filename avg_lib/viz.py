@@ -257,12 +257,14 @@ def efficiency(table, title: str = ""):
 
 
 def delta_bars(table, ref: float, col: str = "R@1", label_col: str = "variant", title: str = ""):
-    """Horizontal bars of ``col`` per row (with ``col_std`` error bars when the table has them), with the
-    reference value as a vertical line."""
+    """Horizontal bars of ``col`` per row (error bars: ``col_low``..``col_high`` when the table has them, else
+    ``col_std`` when it has that), with the reference value as a vertical line."""
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.2))
     y = np.arange(len(table))[::-1]
     colors = ["tab:red" if v < ref else "tab:green" for v in table[col]]
     err = table.get(f"{col}_std")
+    if f"{col}_low" in table and f"{col}_high" in table:
+        err = np.stack([table[col] - table[f"{col}_low"], table[f"{col}_high"] - table[col]])
     bars = ax.barh(y, table[col], color=colors, xerr=err, capsize=3)
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.axvline(ref, color="k", lw=1, ls="--")

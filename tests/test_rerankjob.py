@@ -162,3 +162,67 @@ def test_the_gpu_script_stages_a_split_model_and_packs_what_it_trained(run, job,
     env["AVG_LM_TRAINED"] = "../elsewhere"
     refused = subprocess.run(["bash", script, "reranker", str(job)], env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "AVG_LM_TRAINED must be a folder name" in refused.stderr
+
+
+def _given_recipe(job, folder, seed, recipe: dict, score) -> None:
+    """A trained folder as `rerankjob train` writes it, with scores ``score(cands, split)`` instead of an LM's."""
+    meta, _, cands, _ = rerankjob.load_job(job / f"seed{seed}.json")
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {"seed": seed, "reranker": {"device": "cpu", "seed": seed, **recipe}, "train_seconds": 1.0}
+    (folder / f"seed{seed}.json").write_text(json.dumps(info | {"hardware": "here", "k": meta["k"]}))
+    np.savez(folder / f"seed{seed}-scores.npz", **{s: score(cands[s], s) for s in ("val", "test")})
+
+
+def test_recipes_side_by_side_get_a_claim_for_each_single_setting_they_differ_in(run, job, tmp_path):
+    from avg_lib import rerankrecipes
+
+    seed, base = run.cfg.seed, {"scoring": "likelihood", "align_epochs": 6, "epochs": 1}
+    _, inputs, cands, _ = rerankjob.load_job(job / f"seed{seed}.json")
+    targets = {s: inputs[s].targets for s in ("val", "test")}
+
+    def oracle(c, s):  # the query's own image first wherever the beams hold it, else AVG's order
+        return (c.items == targets[s][:, None]) * 100.0 - np.arange(c.items.shape[1])
+
+    _given_recipe(job, tmp_path / "a", seed, base, lambda c, s: -np.arange(c.items.shape[1]) * np.ones(c.items.shape))
+    _given_recipe(job, tmp_path / "b", seed, base | {"align_epochs": 8}, oracle)
+    _given_recipe(job, tmp_path / "c", seed, base | {"align_epochs": 8, "scoring": "head"}, oracle)
+    _given_recipe(job, tmp_path / "d", seed, base | {"epochs": 3, "lr": 1.0}, oracle)  # two settings from a
+    (tmp_path / "README.md").write_text("# Studies\n\nGenerated; do not edit by hand.\n")
+    folders = [tmp_path / n for n in ("b", "a", "c", "d")]
+    runs, claim = rerankrecipes.compare_recipes(run, job, folders, tmp_path / "out")
+    assert list(claim["claim"]) == [  # numbers: larger against smaller, whatever the order given; others as given
+        "The LM re-ranker with 8 alignment epochs beats it with 6 alignment epochs, every other setting equal",
+        "The LM re-ranker with head scoring beats it with likelihood scoring, every other setting equal",
+    ]
+    r1 = runs.set_index("folder")["R@1"]
+    in_beams = (cands["test"].items == targets["test"][:, None]).any(1).mean() * 100  # what no re-ranking passes
+    first = (cands["test"].items[:, 0] == targets["test"]).mean() * 100
+    assert r1["b"] == pytest.approx(in_beams) and r1["a"] == pytest.approx(first)
+    assert claim["difference"].iloc[0] == pytest.approx(in_beams - first) and claim["difference"].iloc[1] == 0
+    out = tmp_path / "out"
+    written = {"README.md", "recipes_runs.csv", "recipes_claims.csv", "recipes_recall.png"}
+    assert written <= {p.name for p in out.iterdir()}
+    assert "8 alignment epochs beats it with 6" in (out / "README.md").read_text()
+    assert "[`out/`](out/README.md)" in (tmp_path / "README.md").read_text()  # the folder's study index links it
+
+
+def test_recipes_refuse_folders_that_say_nothing_about_a_setting(run, job, tmp_path):
+    from avg_lib import rerankrecipes
+
+    seed = run.cfg.seed
+    keep = lambda c, s: -np.arange(c.items.shape[1]) * np.ones(c.items.shape)  # noqa: E731
+    with pytest.raises(FileNotFoundError, match="no trained seed"):
+        rerankrecipes.compare_recipes(run, job, [tmp_path / "none"], tmp_path / "out")
+    _given_recipe(job, tmp_path / "a", seed, {"epochs": 1}, keep)
+    _given_recipe(job, tmp_path / "same", seed, {"epochs": 1}, keep)
+    with pytest.raises(ValueError, match="the same recipe as another folder"):
+        rerankrecipes.compare_recipes(run, job, [tmp_path / "a", tmp_path / "same"], tmp_path / "out")
+    _given_recipe(job, tmp_path / "far", seed, {"epochs": 2, "lr": 1.0}, keep)
+    with pytest.raises(ValueError, match="no two recipes differ in exactly one setting"):
+        rerankrecipes.compare_recipes(run, job, [tmp_path / "a", tmp_path / "far"], tmp_path / "out")
+    other = json.loads((tmp_path / "a" / f"seed{seed}.json").read_text())  # another seed, another recipe
+    other["reranker"] |= {"seed": seed + 1, "epochs": 2}
+    (tmp_path / "a" / f"seed{seed + 1}.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="other settings"):
+        rerankrecipes.load_recipe(tmp_path / "a")
+    assert not (tmp_path / "out").exists()  # nothing half-written

@@ -112,7 +112,8 @@ def compare_recipes(run, job: str | Path, folders: list, out: str | Path, seeds=
     results.write_csv(runs, out / "recipes_runs.csv", run.cfg.profile, "per row", conf)
     results.write_csv(claim, out / "recipes_claims.csv", run.cfg.profile, _seeds(ranked), conf)
     ref = float(mean.loc[mean["recipe"] == "AVG order", "R@1"].iloc[0])
-    fig = viz.delta_bars(mean[mean["recipe"] != "AVG order"], ref, label_col="recipe", title="LM re-ranker alone")
+    title = f"LM re-ranker alone: test R@1, 95% intervals (dashed: AVG's own order, {ref:.1f})"
+    fig = viz.delta_bars(mean[mean["recipe"] != "AVG order"], ref, label_col="recipe", title=title)
     results.save_figure(fig, out / "recipes_recall.png")
     lines = [
         f"# LM re-ranker recipes on AVG's top {rows[0]['k']} beams, side by side: profile `{run.cfg.profile}`",

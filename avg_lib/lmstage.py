@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .paths import data_dir, repo_path
+from .paths import REPO_ROOT, data_dir, repo_path
 
 TINY = "tiny-random"
 CHAIN = ("data", "encoder", "two_tower", "tokenizer", "generator", "retrieval")  # what the exported jobs hold
@@ -115,37 +115,102 @@ def missing(directory: Path, seeds) -> list[int]:
     return [s for s in seeds if not (directory / f"seed{s}.json").is_file()]
 
 
-def _job_rows(run, role: str, job_module, settings: dict, out: str, progress: bool, **export_kwargs):
-    """Export ``role``'s job for the seeds it lacks, train the seeds without a trained model, then compare the
-    profile's seeds into ``<results_dir>/<out>/`` (``job_module``: :mod:`avg_lib.genjob` or ``rerankjob``)."""
-    lmc, (job, trained) = run.cfg.language_models, work_dirs(run)[role]
-    todo = missing(job, lmc.seeds)
+def _role(run, role: str):
+    """``(job module, settings to train with, export options, results subfolder)`` of ``role``."""
+    from . import genjob, rerankjob
+
+    lmc = run.cfg.language_models
+    if role == "generator":
+        return genjob, overrides(run)[0], {}, "lm"
+    return rerankjob, overrides(run)[1], {"k": lmc.rerank_k, "train_queries": lmc.train_queries}, "lm_rerank"
+
+
+def export_missing(run, role: str) -> Path:
+    """Export ``role``'s job for the profile's seeds it lacks; its directory."""
+    job_module, _, export_kwargs, _ = _role(run, role)
+    job = work_dirs(run)[role][0]
+    todo = missing(job, run.cfg.language_models.seeds)
     if todo:
         job_module.export(run, todo, job, **export_kwargs)
-    todo = missing(trained, lmc.seeds)
+    return job
+
+
+def _job_rows(run, role: str, progress: bool):
+    """Export ``role``'s job for the seeds it lacks, train the seeds without a trained model, then compare the
+    profile's seeds into ``<results_dir>/<role's subfolder>/``."""
+    job_module, settings, _, out = _role(run, role)
+    job, trained = export_missing(run, role), work_dirs(run)[role][1]
+    todo = missing(trained, run.cfg.language_models.seeds)
     if todo:
         job_module.train(job, settings, trained, progress=progress, seeds=todo)
-    return job_module.compare(run, job, trained, repo_path(run.cfg.results_dir) / out, seeds=lmc.seeds)
+    return job_module.compare(
+        run, job, trained, repo_path(run.cfg.results_dir) / out, seeds=run.cfg.language_models.seeds
+    )
 
 
 def generator_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The LM generator against the profile's own at ``language_models.seeds``: ``(runs, claims)``, also written
     to ``<results_dir>/lm/``."""
-    from . import genjob
-
-    return _job_rows(run, "generator", genjob, overrides(run)[0], "lm", progress)
+    return _job_rows(run, "generator", progress)
 
 
 def reranker_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The LM re-ranker on AVG's top ``rerank_k`` beams beside AVG's order and the embedding re-ranker, alone and
     fused, at ``language_models.seeds``: ``(runs, claims)``, also written to ``<results_dir>/lm_rerank/``."""
-    from . import rerankjob
+    return _job_rows(run, "reranker", progress)
 
-    lmc = run.cfg.language_models
-    settings = overrides(run)[1]
-    return _job_rows(
-        run, "reranker", rerankjob, settings, "lm_rerank", progress, k=lmc.rerank_k, train_queries=lmc.train_queries
-    )
+
+def hand_off(run, out: str | Path = "data/lm/to-gpu", roles=("generator", "reranker")) -> str:
+    """Prepare the profile's LM trainings to run on a lent GPU: export what each role lacks, copy each role's
+    exported seeds (only those without a trained model) to ``out/<role>`` (a folder inside the checkout that git
+    ignores, so a device call can carry it) and return the commands: on the GPU, ``scripts/gpu_lm.sh`` trains
+    them with this profile's settings into the folder name this stage looks for; here, the archives unpack into
+    the work directories, and ``./run_all.sh --profile <profile>`` then only compares."""
+    import json
+    import shutil
+
+    from .genjob import seed_files
+
+    out, lines = repo_path(out), []
+    for role in roles:
+        _, settings, _, _ = _role(run, role)
+        job, trained = export_missing(run, role), work_dirs(run)[role][1]
+        todo = missing(trained, run.cfg.language_models.seeds)
+        if not todo:
+            lines.append(f"# {role}: every seed trained ({trained})")
+            continue
+        staged = out / role
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+        for info in seed_files(job, todo):
+            for f in (info, info.with_suffix(".npz")):
+                shutil.copy2(f, staged / f.name)
+        given = json.dumps({k: v for k, v in settings.items() if k not in ("backend", "device")})[1:-1]
+        inside = staged.is_relative_to(REPO_ROOT)
+        rel = staged.relative_to(REPO_ROOT) if inside else staged
+        seeds = " ".join(map(str, todo))
+        carry = f"carry {str(rel)!r}" if inside else "outside the checkout: copy it into a git-ignored folder to carry"
+        lines += [
+            f"# {role}, seeds {seeds}: on the GPU (after `bash scripts/gpu_lm.sh stage ...`; {carry}):",
+            f"AVG_LM_TRAINED={trained.name} AVG_LM_OVERRIDES='{given}' bash scripts/gpu_lm.sh {role} {rel} {seeds}",
+            "# then, here, each archive it returns:",
+            *[f"tar -xzf {role}-{trained.name}-seed{s}.tar.gz -C {job}" for s in todo],
+        ]
+    lines.append(f"./run_all.sh --profile {run.cfg.profile}   # trains nothing already trained; compares")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m avg_lib.lmstage", description=hand_off.__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="lm-gpu")
+    ap.add_argument("--out", default="data/lm/to-gpu", help="a folder inside the checkout that git ignores")
+    ap.add_argument("--roles", nargs="+", default=["generator", "reranker"], choices=["generator", "reranker"])
+    a = ap.parse_args(argv)
+    from . import pipeline
+
+    print(hand_off(pipeline.setup(a.profile), a.out, a.roles))
 
 
 def table(gen_runs: pd.DataFrame, rr_runs: pd.DataFrame) -> pd.DataFrame:
@@ -210,3 +275,7 @@ def settings_text(run) -> str:
         f"training captions. Work directories: "
         + ", ".join(f"{role}: {dirs[1]}" for role, dirs in work_dirs(run).items())
     )
+
+
+if __name__ == "__main__":
+    main()

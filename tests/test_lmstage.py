@@ -168,3 +168,34 @@ def test_the_table_averages_each_system_over_its_seeds():
     assert a["R@1_std"] == pytest.approx(np.std([10.0, 14.0], ddof=1))
     assert table.loc["AVG + LM re-ranker (top 10)", "n_seeds"] == 1 and np.isnan(a["ceiling"])
     assert np.isnan(table.loc["AVG's top 10, its own order", "R@1_std"])  # one seed: no spread
+
+
+def test_a_gpu_hand_off_trains_elsewhere_what_the_stage_then_only_compares(lm_run, tmp_path, monkeypatch):
+    """``python -m avg_lib.lmstage``: the printed commands (here with the GPU script on the CPU) put each trained
+    seed where the stage looks, so the stage trains nothing and compares."""
+    import os
+    import subprocess
+
+    from avg_lib.paths import REPO_ROOT
+
+    text = lmstage.hand_off(lm_run, tmp_path / "to-gpu", roles=["generator"])
+    trained = lmstage.work_dirs(lm_run)["generator"][1]
+    assert {p.name for p in (tmp_path / "to-gpu" / "generator").iterdir()} == {
+        f"seed{lm_run.cfg.seed}.json",
+        f"seed{lm_run.cfg.seed}.npz",
+    }  # the export only: no trained model, no checkpoint travels
+    commands = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert f"AVG_LM_TRAINED={trained.name} " in commands[0] and commands[-1].startswith("./run_all.sh --profile")
+    env = {**os.environ, "OUT": str(tmp_path), "AVG_LM_DEVICE": "cpu", "AVG_LM_STAGE": str(tmp_path / "stage")}
+    subprocess.run(["bash", "-c", commands[0]], cwd=REPO_ROOT, env=env, check=True, capture_output=True)
+    for tar in commands[1:-1]:
+        subprocess.run(["bash", "-c", tar], cwd=tmp_path, check=True)
+    assert lmstage.missing(trained, lm_run.cfg.language_models.seeds) == []
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a seed trained on the GPU was trained again")
+
+    monkeypatch.setattr(genjob, "train", no_training)
+    runs, _ = lmstage.generator_rows(lm_run, progress=False)
+    assert "causal LM (tiny-random-llama)" in set(runs["model"])
+    assert "every seed trained" in lmstage.hand_off(lm_run, tmp_path / "to-gpu", roles=["generator"])

@@ -25,7 +25,8 @@
 # runs `stage .lm/gguf.ab`, then the training. AVG_LM_OVERRIDES adds settings to the job's (JSON members, e.g.
 # '"epochs": 2'); AVG_LM_TRAINED names the folder inside JOB that the training writes (default `trained`; two
 # recipes trained side by side on one export each name their own; then archives and logs are named
-# JOB-NAME[-seedS].tar.gz and .log); AVG_LM_DEVICE=cpu tries the same commands here.
+# JOB-NAME[-seedS].tar.gz and .log); AVG_LM_DEVICE=cpu tries the same commands here. For notebook 09's own
+# trainings (profile lm-gpu), `python -m avg_lib.lmstage --profile lm-gpu` stages the job and prints these commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

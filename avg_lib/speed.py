@@ -225,7 +225,8 @@ def main(argv=None) -> None:
         default="minilm",
         help="training: generator backends to time, comma-separated (default minilm; minilm,decoder adds a "
         "random LM of SmolLM2-135M's shape, decoder:6 the same with only its top 6 layers trained, decoder:6:cached "
-        "with its frozen lower layers also run once; the first is the baseline)",
+        "with its frozen lower layers also run once, a :twice suffix encoding each discriminative batch's prompts "
+        "twice as before they were shared; the first is the baseline)",
     )
     ap.add_argument(
         "--fraction",

@@ -12,7 +12,9 @@ minilm,decoder`` it also times the decoder backend (a random LM of SmolLM2-135M'
 :func:`avg_lib.randomgen.random_smollm2`), on a fraction of the training set (``--fraction``) scaled to the
 whole, since an epoch of it takes minutes on a CPU; ``decoder:6`` times it with only its top 6 layers trained
 (``generator.lm_train_layers``), and ``decoder:6:cached`` also with its frozen lower layers run once
-(``generator.lm_cache_frozen``; that pass is timed on its own, ``once_s``, and counted once per generator).
+(``generator.lm_cache_frozen``; that pass is timed on its own, ``once_s``, and counted once per generator);
+``:twice`` after either times the discriminative stage encoding each batch's prompts twice, the baseline of
+mining from the training pass's prompts (``mining_shares_prompts``).
 
 ``python -m avg_lib.speed --profile gpu --what training`` runs it (on every device it finds) and writes
 ``<results_dir>/training_speed.csv``.
@@ -56,17 +58,28 @@ def synthetic_training_set(
     return TrainingSet(texts[: len(owner)], codes[owner], codes[:images], val)
 
 
-def backend_settings(spec: str) -> dict:
-    """The generator settings of one ``--backends`` entry: a backend's name, ``decoder:<k>`` for the decoder
-    backend with only its top ``k`` layers trained, or ``decoder:<k>:cached`` with its frozen lower layers run
-    once (``lm_cache_frozen``)."""
+def parse_backend(spec: str) -> tuple[dict, bool]:
+    """One ``--backends`` entry: ``(generator settings, encodes twice)``. A backend's name; ``decoder:<k>`` for the
+    decoder backend with only its top ``k`` layers trained (0: all); then ``:cached`` with its frozen lower layers
+    run once (``lm_cache_frozen``) and ``:twice`` to encode each discriminative batch's prompts twice, once to
+    mine negatives and once to train (what every backend did before the decoder shared them: the baseline of
+    that change)."""
     from .generator.config import BACKENDS
 
-    name, colon, rest = spec.partition(":")
-    layers, _, cached = rest.partition(":")
-    if name not in BACKENDS or (colon and (name != "decoder" or not layers.isdigit() or cached not in ("", "cached"))):
-        raise ValueError(f"backend {spec!r}: expected minilm, t5, decoder or decoder:<top layers trained>[:cached]")
-    return {"backend": name, "lm_train_layers": int(layers or 0), "lm_cache_frozen": cached == "cached"}
+    name, *parts = spec.split(":")
+    layers = parts.pop(0) if parts else None
+    flags = [p for p in ("cached", "twice") if p in parts]
+    if name not in BACKENDS or (layers is not None and (name != "decoder" or not layers.isdigit())) or parts != flags:
+        raise ValueError(
+            f"backend {spec!r}: expected minilm, t5, decoder or decoder:<top layers trained>[:cached][:twice]"
+        )
+    settings = {"backend": name, "lm_train_layers": int(layers or 0), "lm_cache_frozen": "cached" in flags}
+    return settings, "twice" in flags
+
+
+def backend_settings(spec: str) -> dict:
+    """The generator settings of one ``--backends`` entry (:func:`parse_backend`)."""
+    return parse_backend(spec)[0]
 
 
 def _seconds(work, device: str) -> float:
@@ -80,12 +93,16 @@ def _seconds(work, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def _train_seconds(gen_factory, data: TrainingSet, cfg, device: str) -> float:
+def _train_seconds(gen_factory, data: TrainingSet, cfg, device: str, twice: bool = False) -> tuple[float, bool]:
+    """Seconds of a training with settings ``cfg``, and whether it mined from the training pass's prompts."""
     from .generator import train_generator
 
     gen = gen_factory(cfg).to(device)
+    if twice:  # the baseline: mining encodes the prompts again
+        gen.mining_shares_prompts = lambda: False
     train = (data.texts, data.codes)
-    return _seconds(lambda: train_generator(gen, train, data.val, data.image_codes, progress=False), device)
+    seconds = _seconds(lambda: train_generator(gen, train, data.val, data.image_codes, progress=False), device)
+    return seconds, gen.mining_shares_prompts()
 
 
 def _once_seconds(gen, data: TrainingSet, device: str, precision: str) -> float:
@@ -133,10 +150,11 @@ def epoch_costs(
     for backend, (device, precision) in ((b, s) for b in backends for s in settings):
         if device == "cuda" and not torch.cuda.is_available():
             continue
-        cfg = dataclasses.replace(gen_cfg, **backend_settings(backend), device=device, precision=precision)
+        settings_of, twice = parse_backend(backend)
+        cfg = dataclasses.replace(gen_cfg, **settings_of, device=device, precision=precision)
         _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)  # warm-up
-        gen_s = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)
-        both_s = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=1), device)
+        gen_s, _ = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)
+        both_s, shared = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=1), device, twice)
         once_s = _once_seconds(factory(cfg).to(device), data, device, precision) if cfg.lm_cache_frozen else 0.0
         epoch_s = gen_s - once_s  # a one-epoch training does the once-only work too
         rows.append(
@@ -144,6 +162,7 @@ def epoch_costs(
                 "backend": cfg.backend,
                 "lm_train_layers": cfg.lm_train_layers,
                 "lm_cache_frozen": cfg.lm_cache_frozen,
+                "mining_shares_prompts": shared,
                 "device": device,
                 "precision": precision,
                 "once_s": once_s * scale,

@@ -245,3 +245,35 @@ def test_cached_frozen_layers_are_refused_where_they_would_not_repeat(llama, tmp
     assert "lm_cache_frozen" not in cache_fields(whole)  # decoder generators trained before it keep their keys
     assert cache_fields(dataclasses.replace(whole, lm_cache_frozen=True)) != cache_fields(whole)
     assert "lm_cache_frozen" not in cache_fields(GeneratorConfig())
+
+
+def test_mining_from_the_training_prompts_trains_as_encoding_them_twice(llama, tmp_path, monkeypatch):
+    """The discriminative stage mines each batch's negatives from the training pass's own prompts (one prompt pass
+    per step, not two) where that is exact: an LM without dropout in float32. Same negatives, same training."""
+    cfg = GeneratorConfig(
+        backend="decoder", lm_path=llama, epochs=1, disc_epochs=2, batch_size=4, num_beams=3, disc_negatives=2
+    )
+    train, val = (TEXTS * 2, np.concatenate([CODES] * 2)), (TEXTS, np.arange(6), CODES)
+    runs, encodes = {}, {}
+    for shared in (True, False):
+        gen = build_generator(K, D, cfg, np.random.default_rng(0).normal(size=(1, K, 16)))
+        assert gen.mining_shares_prompts()
+        if not shared:
+            monkeypatch.setattr(DecoderGenerator, "mining_shares_prompts", lambda self: False)
+        calls, encode = [], DecoderGenerator.encode
+        monkeypatch.setattr(DecoderGenerator, "encode", lambda self, t: calls.append(len(t)) or encode(self, t))
+        runs[shared] = generator.train_generator(gen, train, val, train_codes_all=CODES, progress=False)
+        encodes[shared] = len(calls)
+        monkeypatch.undo()
+    (a, hist_a), (b, hist_b) = runs[True], runs[False]
+    drop_timing = {"columns": "val_latency_ms"}
+    assert pd.DataFrame(hist_a).drop(**drop_timing).equals(pd.DataFrame(hist_b).drop(**drop_timing))
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert encodes[False] - encodes[True] == 2 * 3  # one prompt pass fewer per step: 2 epochs of 12 pairs by 4
+    # where training would not repeat decoding's arithmetic, it encodes twice: bf16 autocast, or an LM with dropout
+    assert not build_generator(K, D, dataclasses.replace(cfg, precision="bf16"), None).mining_shares_prompts()
+    drop = save_tiny_llama(tmp_path / "drop")
+    conf = (drop / "config.json").read_text()
+    (drop / "config.json").write_text(conf.replace('"attention_dropout": 0.0', '"attention_dropout": 0.1'))
+    assert not build_generator(K, D, dataclasses.replace(cfg, lm_path=str(drop)), None).mining_shares_prompts()

@@ -85,17 +85,18 @@ def test_epoch_costs_time_each_backend_and_scale_a_fraction_to_the_whole(tmp_pat
     tiny_lm = dict(randomgen.SMOLLM2_SHAPE, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
     monkeypatch.setattr(randomgen, "SMOLLM2_SHAPE", dict(tiny_lm, num_attention_heads=4, num_key_value_heads=2))
     data = trainbench.synthetic_training_set(8, 2, 4, 6, depth=2, vocab=8)
-    backends = ("minilm", "decoder", "decoder:1", "decoder:1:cached")
+    backends = ("minilm", "decoder", "decoder:1", "decoder:1:cached", "decoder:1:cached:twice")
     table = trainbench.epoch_costs(
         TINY, data, tmp_path, settings=(("cpu", "fp32"),), epochs=2, backends=backends, full_pairs=64
     )
-    assert table["backend"].tolist() == ["minilm", "decoder", "decoder", "decoder"]
-    assert table["lm_train_layers"].tolist() == [0, 0, 1, 1]
-    assert table["lm_cache_frozen"].tolist() == [False, False, False, True]
+    assert table["backend"].tolist() == ["minilm"] + ["decoder"] * 4
+    assert table["lm_train_layers"].tolist() == [0, 0, 1, 1, 1]
+    assert table["lm_cache_frozen"].tolist() == [False, False, False, True, True]
+    assert table["mining_shares_prompts"].tolist() == [False, True, True, True, False]  # :twice, the baseline
     assert (table["train_pairs"] == 64).all() and (table["measured_pairs"] == 16).all()
     row = table.iloc[1]
     assert row["generative_epoch_s"] == pytest.approx(4 * row["generative_ms_per_pair"] * 16 / 1000)
-    assert (table["once_s"] > 0).tolist() == [False, False, False, True]  # only the cached pass does work once
+    assert (table["once_s"] > 0).tolist() == [False, False, False, True, True]  # only the cached pass works once
     assert all(
         r["generator_s"] == pytest.approx(r["once_s"] + 2 * r["generative_epoch_s"] + 2 * r["discriminative_epoch_s"])
         for _, r in table.iterrows()
@@ -103,10 +104,14 @@ def test_epoch_costs_time_each_backend_and_scale_a_fraction_to_the_whole(tmp_pat
     assert row["speedup"] == pytest.approx(table["generator_s"].iloc[0] / row["generator_s"])
 
 
-@pytest.mark.parametrize("spec", ["decoder:x", "minilm:2", "gpt", "decoder:2:kept", "decoder::cached"])
+@pytest.mark.parametrize(
+    "spec", ["decoder:x", "minilm:2", "gpt", "decoder:2:kept", "decoder::cached", "decoder:2:twice:cached", "minilm:"]
+)
 def test_a_backend_entry_that_is_not_one_is_named(spec):
     with pytest.raises(ValueError, match=spec):
         trainbench.backend_settings(spec)
     expected = {"backend": "decoder", "lm_train_layers": 6, "lm_cache_frozen": False}
     assert trainbench.backend_settings("decoder:6") == expected
     assert trainbench.backend_settings("decoder:6:cached")["lm_cache_frozen"]
+    assert trainbench.parse_backend("decoder:6:cached:twice") == ({**expected, "lm_cache_frozen": True}, True)
+    assert trainbench.parse_backend("decoder:0:twice") == ({**expected, "lm_train_layers": 0}, True)

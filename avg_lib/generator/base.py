@@ -98,23 +98,31 @@ class VokenGenerator(nn.Module):
         """Ranked gallery items for each text: constrained beam search, batched over texts and beams."""
         if trie.depth != self.depth:
             raise ValueError(f"trie depth {trie.depth} != generator depth {self.depth}")
-        num_beams = num_beams or self.cfg.num_beams
         was = self.training
         self.eval()
-        device = next(self.parameters()).device
         parts = []
         for s in tqdm(range(0, len(texts), batch_size), desc="decode", disable=not progress):
-            step = self.decode_step(self.repeat(self.encode(texts[s : s + batch_size]), num_beams))
-            parts.append(
-                beam_search(
-                    step,
-                    min(batch_size, len(texts) - s),
-                    trie,
-                    num_beams,
-                    self.voken_offset,
-                    self.eos_id,
-                    device=device,
-                )
-            )
+            chunk = texts[s : s + batch_size]
+            parts.append(self.search(self.encode(chunk), len(chunk), trie, num_beams))
         self.train(was)
         return BeamResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ("items", "scores", "codes")))
+
+    @torch.no_grad()
+    def search(self, ctx, n: int, trie: VokenTrie, num_beams: int | None = None) -> BeamResult:
+        """Constrained beam search for ``n`` texts already encoded (``ctx``: :meth:`encode` of them)."""
+        if trie.depth != self.depth:
+            raise ValueError(f"trie depth {trie.depth} != generator depth {self.depth}")
+        num_beams = num_beams or self.cfg.num_beams
+        step = self.decode_step(self.repeat(ctx, num_beams))
+        device = next(self.parameters()).device
+        return beam_search(step, n, trie, num_beams, self.voken_offset, self.eos_id, device=device)
+
+    def mining_shares_prompts(self) -> bool:
+        """Whether the discriminative stage may mine a batch's negatives from the training pass's own encoding
+        of its texts (:meth:`detach`) instead of encoding them again: only where that encoding is exactly what
+        decoding would compute (no dropout, no autocast). False by default."""
+        return False
+
+    def detach(self, ctx):
+        """``ctx`` cut from the autograd graph (for :meth:`search`); backends that share prompts implement it."""
+        raise NotImplementedError

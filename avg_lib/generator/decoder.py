@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .base import VokenGenerator, project_codebook
 from .config import GeneratorConfig
-from .frozen import check_cacheable
+from .frozen import check_cacheable, dropout_settings
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -161,6 +161,15 @@ class DecoderGenerator(VokenGenerator):
     def repeat(self, ctx, n):
         *rest, group = ctx
         return (*rest, group * n)
+
+    def mining_shares_prompts(self) -> bool:
+        """An LM without dropout, trained in float32, encodes a prompt in training exactly as in decoding, so the
+        discriminative stage mines from the training pass's prompts (one prompt pass per step instead of two)."""
+        return self.cfg.precision == "fp32" and not dropout_settings(self.lm)
+
+    def detach(self, ctx):
+        first, kv, mask, nxt, group = ctx
+        return first.detach(), [(k.detach(), v.detach()) for k, v in kv], mask, nxt, group
 
     @staticmethod
     def _cache(kv, group: int = 1):

@@ -38,9 +38,15 @@ def check_cacheable(lm, k: int) -> None:
         )
     if not 0 < k < len(base.layers):
         raise ValueError(f"lm_cache_frozen needs frozen lower layers: lm_train_layers 1 to {len(base.layers) - 1}")
-    drops = {n: v for n, v in lm.config.to_dict().items() if ("dropout" in n or "pdrop" in n) and _positive(v)}
+    drops = dropout_settings(lm)
     if drops:
         raise ValueError(f"lm_cache_frozen: the LM has dropout ({drops}), so its frozen layers do not repeat")
+
+
+def dropout_settings(lm) -> dict:
+    """The LM config's positive dropout rates (``*dropout*``, ``*pdrop*``): empty where training repeats
+    decoding's arithmetic."""
+    return {n: v for n, v in lm.config.to_dict().items() if ("dropout" in n or "pdrop" in n) and _positive(v)}
 
 
 def _positive(v) -> bool:

@@ -33,10 +33,17 @@ def mine_negatives(
     codes: np.ndarray,
     n: int,
     num_beams: int,
+    ctx=None,
 ) -> torch.Tensor:
     """For each text, the first ``n`` beams of constrained beam search over ``trie`` that are not its
-    positive item; rows with fewer are padded by repeating the last negative. Returns codes (B, n, D)."""
-    res = gen.retrieve(texts, trie, num_beams=num_beams, batch_size=len(texts))
+    positive item; rows with fewer are padded by repeating the last negative. Returns codes (B, n, D).
+    ``ctx``: the texts already encoded (detached), decoded from as they are."""
+    if ctx is None:
+        res = gen.retrieve(texts, trie, num_beams=num_beams, batch_size=len(texts))
+    else:
+        was = gen.training
+        res = gen.eval().search(ctx, len(texts), trie, num_beams)
+        gen.train(was)
     out = np.empty((len(texts), n, codes.shape[1]), dtype=np.int64)
     for b, (items, p) in enumerate(zip(res.items.cpu().numpy(), pos_items)):
         negs = [i for i in items if i >= 0 and i != p][:n]
@@ -164,6 +171,7 @@ def train_generator(
         done = load_checkpoint(checkpoint, gen, opt, rng, best, history)
         start, before, pieces = done["epoch"], done["seconds"], done["pieces"] + 1
         stopped, generative_state = done["stopped"], done["generative_state"]
+    shared = gen.mining_shares_prompts()  # negatives mined from the training pass's prompts (exact: no dropout)
     with amp:  # the backend's once-only work for the generative epochs left, if any (``lm_cache_frozen``)
         frozen = gen.frozen_positives(texts, codes, progress) if start < cfg.epochs and not stopped else None
     bar = tqdm(range(start, total), desc=f"generator ({cfg.backend})", disable=not progress, initial=start, total=total)
@@ -189,16 +197,24 @@ def train_generator(
                 opt.step()
                 continue
             bt, bc = [texts[i] for i in b], codes[b]
+            ctx = gen.encode(bt) if disc and shared else None  # the prompts once, for mining and for training
             if disc:
                 negs = mine_negatives(
-                    gen, bt, pos_item[b], neg_trie, np.asarray(train_codes_all), cfg.disc_negatives, cfg.num_beams
+                    gen,
+                    bt,
+                    pos_item[b],
+                    neg_trie,
+                    np.asarray(train_codes_all),
+                    cfg.disc_negatives,
+                    cfg.num_beams,
+                    ctx=None if ctx is None else gen.detach(ctx),
                 ).to(device)
                 gen.train()
             with amp:
                 if frozen is not None and not disc:
                     pos = frozen.sequence_logprob(b).float()
                 else:
-                    ctx = gen.encode(bt)
+                    ctx = gen.encode(bt) if ctx is None else ctx
                     pos = gen.sequence_logprob(ctx, bc).float()
                 if disc:
                     n = negs.shape[1]

@@ -32,6 +32,13 @@ from .randomgen import QUERY_WORDS, random_weight_generator, synthetic_queries  
 EMOJI_TRAINING_SET = (1311, 3, 200, 579)
 
 
+def real_captions(cfg) -> list[str]:
+    """Every caption of the profile's data set (the training benchmark's ``--captions real``)."""
+    from .data import load_dataset
+
+    return [c for item in load_dataset(cfg.data.dataset, **cfg.data.kwargs).items for c in item.captions]
+
+
 def run(
     profile: str = "efficiency",
     sizes=None,
@@ -41,9 +48,11 @@ def run(
     backends: tuple[str, ...] = ("minilm",),
     fraction: float = 1.0,
     settings: tuple[tuple[str, str], ...] | None = None,
+    captions: str = "synthetic",
 ):
     """The studies in ``what`` for ``profile``; returns ``(decoding table, efficiency table, crossovers)`` (None
-    for a study not run) and writes them under ``out`` (default: the profile's ``results_dir``)."""
+    for a study not run) and writes them under ``out`` (default: the profile's ``results_dir``). ``captions``:
+    the training benchmark's captions, ``synthetic`` (4 words) or ``real`` (drawn from the profile's data set)."""
     import tempfile
 
     from . import baselines, benchmark, config, efficiency
@@ -61,6 +70,7 @@ def run(
     conf = cfg.to_dict() | {
         "speed_command": {"sizes": sizes, "device": device, "backends": list(backends), "fraction": fraction}
         | ({"settings": [list(x) for x in settings]} if settings else {})
+        | ({"captions": captions} if captions != "synthetic" else {})
     }
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,9 +81,10 @@ def run(
         if "training" in what:
             from .trainbench import epoch_costs, synthetic_training_set
 
-            g, (images, captions, val_images, val_captions) = cfg.generator, EMOJI_TRAINING_SET
+            g, (images, per_image, val_images, val_captions) = cfg.generator, EMOJI_TRAINING_SET
             n = [max(1, round(fraction * x)) for x in (images, val_images, val_captions)]
-            data = synthetic_training_set(n[0], captions, n[1], n[2], depth, vocab, cfg.seed)
+            pool = real_captions(cfg) if captions == "real" else None
+            data = synthetic_training_set(n[0], per_image, n[1], n[2], depth, vocab, cfg.seed, pool)
             costs = epoch_costs(
                 g,
                 data,
@@ -81,7 +92,7 @@ def run(
                 epochs=g.epochs,
                 disc_epochs=g.disc_epochs,
                 backends=tuple(backends),
-                full_pairs=images * captions,
+                full_pairs=images * per_image,
                 **({"settings": settings} if settings else {}),
             )
             write_csv(costs, out / "training_speed.csv", cfg.profile, cfg.seed, conf)
@@ -241,6 +252,13 @@ def main(argv=None) -> None:
         help="training: device:precision pairs to time, e.g. cpu:fp32,cuda:fp32 (default: cpu and cuda, fp32 and "
         "bf16, where present)",
     )
+    ap.add_argument(
+        "--captions",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="training: the benchmark's captions, synthetic (4 words; default) or real (drawn from the profile's "
+        "data set: an LM's cost follows the prompts' lengths and their padding)",
+    )
     args = ap.parse_args(argv)
     if not 0 < args.fraction <= 1:
         ap.error(f"--fraction must be in (0, 1], not {args.fraction}")
@@ -253,7 +271,7 @@ def main(argv=None) -> None:
             backend_settings(b)
         except ValueError as e:
             ap.error(f"--backends: {e}")
-    run(args.profile, args.sizes, args.device, args.out, what, backends, args.fraction, args.settings)
+    run(args.profile, args.sizes, args.device, args.out, what, backends, args.fraction, args.settings, args.captions)
 
 
 if __name__ == "__main__":

@@ -44,16 +44,32 @@ class TrainingSet:
 
 
 def synthetic_training_set(
-    images: int, captions: int, val_images: int, val_captions: int, depth: int, vocab: int, seed: int = 0
+    images: int,
+    captions: int,
+    val_images: int,
+    val_captions: int,
+    depth: int,
+    vocab: int,
+    seed: int = 0,
+    pool: list[str] | None = None,
 ) -> TrainingSet:
     """``images`` training images with ``captions`` captions each and a validation split, all with random
-    unique identifiers and captions of 4 words from :data:`avg_lib.randomgen.QUERY_WORDS`."""
+    unique identifiers and captions of 4 words from :data:`avg_lib.randomgen.QUERY_WORDS`, or, with ``pool``
+    (real captions), captions drawn from it with the seed (an LM's cost follows its prompts' lengths and their
+    padding; the identifiers stay random)."""
     from .randomgen import synthetic_queries
 
     codes = random_unique_codes(images + val_images, depth, vocab, seed)
     owner = np.repeat(np.arange(images), captions)
     val_owner = np.arange(val_captions) % val_images
-    texts = synthetic_queries(len(owner) + val_captions, seed)
+    n = len(owner) + val_captions
+    if pool is None:
+        texts = synthetic_queries(n, seed)
+    elif not pool:
+        raise ValueError("synthetic_training_set: the caption pool is empty")
+    else:
+        draw = np.random.default_rng(seed).permutation(max(n, len(pool)))[:n] % len(pool)
+        texts = [pool[i] for i in draw]
     val = (texts[len(owner) :], val_owner, codes[images:])
     return TrainingSet(texts[: len(owner)], codes[owner], codes[:images], val)
 

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import save_tiny_llama
@@ -115,3 +116,35 @@ def test_a_backend_entry_that_is_not_one_is_named(spec):
     assert trainbench.backend_settings("decoder:6:cached")["lm_cache_frozen"]
     assert trainbench.parse_backend("decoder:6:cached:twice") == ({**expected, "lm_cache_frozen": True}, True)
     assert trainbench.parse_backend("decoder:0:twice") == ({**expected, "lm_train_layers": 0}, True)
+
+
+def test_the_benchmark_can_draw_its_captions_from_real_ones():
+    """``--captions real``: captions drawn with the seed from the data set's, identifiers still random; a pool
+    smaller than the training set is drawn from again."""
+    from avg_lib import config, speed
+
+    pool = speed.real_captions(config.load_config("smoke"))
+    assert pool and all(isinstance(c, str) and c for c in pool)
+    data = trainbench.synthetic_training_set(10, 3, 4, 6, depth=2, vocab=8, pool=pool)
+    assert set(data.texts + data.val[0]) <= set(pool) and len(data.texts) == 30
+    again = trainbench.synthetic_training_set(10, 3, 4, 6, depth=2, vocab=8, pool=pool)
+    assert again.texts == data.texts  # drawn with the seed
+    small = trainbench.synthetic_training_set(10, 3, 4, 6, depth=2, vocab=8, pool=["a b", "c"])
+    assert len(small.texts) == 30 and set(small.texts) == {"a b", "c"}
+    with pytest.raises(ValueError, match="caption pool is empty"):
+        trainbench.synthetic_training_set(10, 3, 4, 6, depth=2, vocab=8, pool=[])
+
+
+def test_the_training_benchmark_command_records_its_captions(tmp_path):
+    import json
+
+    from avg_lib import speed
+
+    args = ["--profile", "smoke", "--what", "training", "--settings", "cpu:fp32", "--fraction", "0.01"]
+    speed.main([*args, "--captions", "real", "--out", str(tmp_path)])
+    table = pd.read_csv(tmp_path / "training_speed.csv")
+    assert table["backend"].tolist() == ["minilm"] and table["discriminative_epoch_s"].notna().all()
+    command = json.loads((tmp_path / "config" / "training_speed.json").read_text())["config"]["speed_command"]
+    assert command["captions"] == "real"
+    with pytest.raises(SystemExit):
+        speed.main([*args, "--captions", "made-up", "--out", str(tmp_path)])

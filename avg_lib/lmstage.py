@@ -180,8 +180,10 @@ def hand_off(run, out: str | Path = "data/lm/to-gpu", roles=("generator", "reran
             lines.append(f"# {role}: every seed trained ({trained})")
             continue
         staged = out / role
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir(parents=True)
+        staged.mkdir(parents=True, exist_ok=True)
+        for old in seed_files(staged):  # an earlier hand-off's seeds (trained since, or not to train now)
+            old.unlink()
+            old.with_suffix(".npz").unlink(missing_ok=True)
         for info in seed_files(job, todo):
             for f in (info, info.with_suffix(".npz")):
                 shutil.copy2(f, staged / f.name)
@@ -193,6 +195,7 @@ def hand_off(run, out: str | Path = "data/lm/to-gpu", roles=("generator", "reran
         lines += [
             f"# {role}, seeds {seeds}: on the GPU (after `bash scripts/gpu_lm.sh stage ...`; {carry}):",
             f"AVG_LM_TRAINED={trained.name} AVG_LM_OVERRIDES='{given}' bash scripts/gpu_lm.sh {role} {rel} {seeds}",
+            *([f"# the LM at {settings['lm_path']} must be at that path there too"] if settings.get("lm_path") else []),
             "# then, here, each archive it returns:",
             *[f"tar -xzf {role}-{trained.name}-seed{s}.tar.gz -C {job}" for s in todo],
         ]

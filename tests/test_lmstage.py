@@ -184,6 +184,10 @@ def test_a_gpu_hand_off_trains_elsewhere_what_the_stage_then_only_compares(lm_ru
         f"seed{lm_run.cfg.seed}.json",
         f"seed{lm_run.cfg.seed}.npz",
     }  # the export only: no trained model, no checkpoint travels
+    (tmp_path / "to-gpu" / "generator" / "seed99.json").write_text("{}")  # an earlier hand-off's seed: dropped
+    assert lmstage.hand_off(lm_run, tmp_path / "to-gpu", roles=["generator"]) == text
+    assert len(list((tmp_path / "to-gpu" / "generator").iterdir())) == 2
+    assert "# the LM at" in text  # a local LM (here the tiny Llama) must be found at the same path there
     commands = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert f"AVG_LM_TRAINED={trained.name} " in commands[0] and commands[-1].startswith("./run_all.sh --profile")
     env = {**os.environ, "OUT": str(tmp_path), "AVG_LM_DEVICE": "cpu", "AVG_LM_STAGE": str(tmp_path / "stage")}

@@ -85,8 +85,10 @@ def compare_recipes(run, job: str | Path, folders: list, out: str | Path, seeds=
     for folder in map(Path, folders):
         recipe, records = load_recipe(folder, seeds)
         label = rerankjob.recipe(recipe)
-        if label in ranked:
+        if any(r == recipe for _, r in recipes):
             raise ValueError(f"{folder}: the same recipe as another folder given ({label})")
+        if label in ranked:  # the short label leaves out the setting these two differ in
+            label = f"{label} [{folder.name}]"
         recipes.append((label, recipe))
         ranked[label] = {}
         for path, info in records:

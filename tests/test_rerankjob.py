@@ -164,6 +164,9 @@ def test_the_gpu_script_stages_a_split_model_and_packs_what_it_trained(run, job,
     assert refused.returncode == 2 and "AVG_LM_TRAINED must be a folder name" in refused.stderr
 
 
+EQUAL = ", every other setting equal"
+
+
 def _given_recipe(job, folder, seed, recipe: dict, score) -> None:
     """A trained folder as `rerankjob train` writes it, with scores ``score(cands, split)`` instead of an LM's."""
     meta, _, cands, _ = rerankjob.load_job(job / f"seed{seed}.json")
@@ -217,6 +220,10 @@ def test_recipes_refuse_folders_that_say_nothing_about_a_setting(run, job, tmp_p
     _given_recipe(job, tmp_path / "same", seed, {"epochs": 1}, keep)
     with pytest.raises(ValueError, match="the same recipe as another folder"):
         rerankrecipes.compare_recipes(run, job, [tmp_path / "a", tmp_path / "same"], tmp_path / "out")
+    _given_recipe(job, tmp_path / "lr", seed, {"epochs": 1, "lr": 1.0}, keep)  # the short label leaves lr out
+    _, claim = rerankrecipes.compare_recipes(run, job, [tmp_path / "a", tmp_path / "lr"], tmp_path / "by-lr")
+    assert claim["claim"].tolist() == ["The LM re-ranker with `lr` = 1.0 beats it with `lr` = None" + EQUAL]
+    assert claim["b"].iloc[0].endswith("[lr]")
     _given_recipe(job, tmp_path / "far", seed, {"epochs": 2, "lr": 1.0}, keep)
     with pytest.raises(ValueError, match="no two recipes differ in exactly one setting"):
         rerankrecipes.compare_recipes(run, job, [tmp_path / "a", tmp_path / "far"], tmp_path / "out")

@@ -82,6 +82,7 @@ def compare_recipes(run, job: str | Path, folders: list, out: str | Path, seeds=
 
     job, out = Path(job), Path(out)
     rows, ranked, recipes, targets = [], {"AVG order": {}}, [], None
+    beams = {}  # each exported seed loaded and checked once, however many recipes were trained on it
     for folder in map(Path, folders):
         recipe, records = load_recipe(folder, seeds)
         label = rerankjob.recipe(recipe)
@@ -92,7 +93,9 @@ def compare_recipes(run, job: str | Path, folders: list, out: str | Path, seeds=
         recipes.append((label, recipe))
         ranked[label] = {}
         for path, info in records:
-            meta, _, own, cands = rerankjob.seed_beams(run, job, path.name)
+            if path.name not in beams:
+                beams[path.name] = rerankjob.seed_beams(run, job, path.name)
+            meta, _, own, cands = beams[path.name]
             items, _ = rerank.rerank(rerankjob.lm_scores(folder, path.stem, cands), own["test"], cands["test"])
             ranked[label][meta["seed"]] = items
             ranked["AVG order"][meta["seed"]] = cands["test"].items

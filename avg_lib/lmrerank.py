@@ -158,7 +158,7 @@ class LMReranker:
         logits = gen.lm(inputs_embeds=x, attention_mask=attention, logits_to_keep=width + 1).logits[:, :-1].float()
         # log-softmax at the caption's own tokens, over the vocabulary in its contiguous last dimension
         # (cross_entropy over a transposed (N, vocab, width) view took two thirds of a CPU scoring pass on the
-        # tests' tiny Llama; on SmolLM2 this scores 1.17x faster, README)
+        # tests' tiny Llama; on SmolLM2 this scores 1.17x faster, docs/language_models.md)
         lp = logits.gather(2, cap.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
         return (lp * mask).sum(1)
 

@@ -268,7 +268,7 @@ def settings_text(run) -> str:
     if not lmc.enabled:
         return (
             f"language_models.enabled is false in profile {run.cfg.profile!r}: nothing to do here. "
-            "`./run_all.sh --profile lm` runs this stage (hours on a 2-core CPU); see the README."
+            "`./run_all.sh --profile lm` runs this stage (hours on a 2-core CPU); see docs/language_models.md."
         )
     gen, rr = overrides(run)
     shown = {k: v for k, v in gen.items() if k != "lm_path"}, {k: v for k, v in rr.items() if k != "lm_path"}

@@ -160,6 +160,40 @@ def reranker_rows(run, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFram
     return _job_rows(run, "reranker", progress)
 
 
+def generator_history(run) -> pd.DataFrame:
+    """Epoch by epoch, the LM generator's training and the profile's own generator's at every seed of
+    ``language_models.seeds`` the LM has finished: losses and validation R@1, with ``generator``, ``seed`` and
+    ``model`` (both: one curve each in :func:`history_figure`) columns."""
+    import json
+
+    from .generator import backend_label
+
+    job, trained = work_dirs(run)["generator"]
+    frames = []
+    for s in run.cfg.language_models.seeds:
+        info, history = trained / f"seed{s}.json", trained / f"seed{s}-history.csv"
+        if not (info.is_file() and history.is_file()):
+            continue
+        pseudo = json.loads((job / f"seed{s}.json").read_text())["pseudo_per_image"]
+        own = run.with_seed(s).generator(pseudo).history
+        for name, h in ((backend_label(run.cfg.generator), own), (json.loads(info.read_text())["model"], None)):
+            h = pd.read_csv(history) if h is None else h
+            frames.append(h.assign(model=f"{name}, seed {s}", generator=name, seed=s))
+    if not frames:
+        raise FileNotFoundError(f"{trained}: no LM generator of seeds {list(run.cfg.language_models.seeds)} trained")
+    return pd.concat(frames, ignore_index=True)
+
+
+def history_figure(run, history: pd.DataFrame):
+    """:func:`generator_history` drawn: losses and validation R@1 by epoch, one colour per generator, one line
+    style per seed; the discriminative stage's start marked where both generators start it at the same epoch."""
+    from .viz import generator_curves
+
+    lm_epochs = overrides(run)[0].get("epochs", run.cfg.generator.epochs)
+    same = lm_epochs == run.cfg.generator.epochs
+    return generator_curves(history, disc_start=lm_epochs if same else None, colour_by="generator")
+
+
 def hand_off(run, out: str | Path = "data/lm/to-gpu", roles=("generator", "reranker")) -> str:
     """Prepare the profile's LM trainings to run on a lent GPU: export what each role lacks, copy each role's
     exported seeds (only those without a trained model) to ``out/<role>`` (a folder inside the checkout that git

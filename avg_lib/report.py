@@ -148,7 +148,12 @@ SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance
     ),
     ("generator_training.csv", "Generator training (notebook 04)", ["generator_training.png"], None),
     ("generator_backends.csv", "Generator backends (notebook 04)", [], None),
-    ("lm_table.csv", "Language models as generator and re-ranker (notebook 09)", ["lm_recall.png"], None),
+    (
+        "lm_table.csv",
+        "Language models as generator and re-ranker (notebook 09)",
+        ["lm_recall.png", "lm_generator_training.png"],
+        None,
+    ),
     ("evaluation.csv", "AVG against two-tower at the profile seed (notebook 05)", ["evaluation_recall.png"], None),
     (
         "decoding_benchmark.csv",

@@ -190,16 +190,24 @@ def query_panels(
     return fig
 
 
-def generator_curves(hist, disc_start: int | None = None):
+def generator_curves(hist, disc_start: int | None = None, colour_by: str | None = None):
     """Training loss and validation R@1 per epoch for each model in ``hist`` (column ``model``);
-    the start of the discriminative stage is marked."""
+    the start of the discriminative stage is marked. ``colour_by``: a column whose values share a colour (the
+    curves of one value then differ by line style), e.g. one colour per backend over several seeds."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
+    groups = list(hist[colour_by].unique()) if colour_by else []
+    seen: dict = {}
     for name, h in hist.groupby("model", sort=False):
-        axes[0].plot(h["epoch"], h["train_gen_loss"], label=name)
+        style = {}
+        if colour_by:
+            g = h[colour_by].iloc[0]
+            style = {"color": f"C{groups.index(g)}", "ls": ("-", "--", ":", "-.")[seen.setdefault(g, 0) % 4]}
+            seen[g] += 1
+        axes[0].plot(h["epoch"], h["train_gen_loss"], label=name, **style)
         disc = h[h["train_listwise_loss"] > 0]
         if len(disc):
-            axes[1].plot(disc["epoch"], disc["train_listwise_loss"], marker="o", label=name)
-        axes[2].plot(h["epoch"], h["val_R@1"], marker=".", label=name)
+            axes[1].plot(disc["epoch"], disc["train_listwise_loss"], marker="o", label=name, **style)
+        axes[2].plot(h["epoch"], h["val_R@1"], marker=".", label=name, **style)
     for ax, label in zip(axes, ("generation loss (train)", "listwise loss (train)", "R@1 (validation)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)

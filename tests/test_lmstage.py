@@ -147,6 +147,22 @@ def test_the_stage_trains_both_lms_writes_their_comparisons_and_resumes(lm_run, 
         lmstage.reranker_rows(lm_run, progress=False)
     assert calls == [[lm_run.cfg.seed]]
 
+    history = lmstage.generator_history(lm_run)  # both generators' epochs, as each trained them
+    s = lm_run.cfg.seed
+    lm_name, own_name = gen_runs["model"].iloc[1], gen_runs["model"].iloc[0]
+    lm_hist = pd.read_csv(lmstage.work_dirs(lm_run)["generator"][1] / f"seed{s}-history.csv")
+    pd.testing.assert_frame_equal(
+        history[history["generator"] == lm_name].drop(columns=["model", "generator", "seed"]).reset_index(drop=True),
+        lm_hist,
+    )
+    own = history[history["generator"] == own_name]
+    assert own["val_R@1"].tolist() == lm_run.generator(0).history["val_R@1"].tolist()
+    assert set(history["model"]) == {f"{lm_name}, seed {s}", f"{own_name}, seed {s}"} and set(history["seed"]) == {s}
+    fig = lmstage.history_figure(lm_run, history)
+    curves = [[line for line in ax.lines if not line.get_label().startswith("_")] for ax in fig.axes]
+    assert [len(c) for c in (curves[0], curves[2])] == [2, 2]  # losses and validation R@1: a curve per generator
+    assert len({line.get_color() for line in curves[0]}) == 2
+
     table = lmstage.table(gen_runs, rr_runs)
     assert table["role"].tolist() == ["generator"] * 2 + ["re-ranker"] * 5
     assert "AVG + LM re-ranker (top 4)" in set(table["system"])

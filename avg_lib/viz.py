@@ -214,7 +214,11 @@ def generator_curves(hist, disc_start: int | None = None, colour_by: str | None 
         ax.grid(alpha=0.3)
         if disc_start is not None:
             ax.axvline(disc_start + 0.5, color="gray", ls="--", lw=0.8)
-    axes[2].legend(fontsize=8)
+    if colour_by:  # many curves: the legend beside the plots, not over them
+        axes[2].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        fig.set_size_inches(17, 3.3)
+    else:
+        axes[2].legend(fontsize=8)
     fig.tight_layout()
     return fig
 

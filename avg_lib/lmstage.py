@@ -175,10 +175,9 @@ def generator_history(run) -> pd.DataFrame:
         if not (info.is_file() and history.is_file()):
             continue
         pseudo = json.loads((job / f"seed{s}.json").read_text())["pseudo_per_image"]
-        own = run.with_seed(s).generator(pseudo).history
-        for name, h in ((backend_label(run.cfg.generator), own), (json.loads(info.read_text())["model"], None)):
-            h = pd.read_csv(history) if h is None else h
-            frames.append(h.assign(model=f"{name}, seed {s}", generator=name, seed=s))
+        own = (backend_label(run.cfg.generator), run.with_seed(s).generator(pseudo).history)
+        lm = (json.loads(info.read_text())["model"], pd.read_csv(history))
+        frames += [h.assign(model=f"{name}, seed {s}", generator=name, seed=s) for name, h in (own, lm)]
     if not frames:
         raise FileNotFoundError(f"{trained}: no LM generator of seeds {list(run.cfg.language_models.seeds)} trained")
     return pd.concat(frames, ignore_index=True)

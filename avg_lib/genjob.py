@@ -86,6 +86,17 @@ def seed_files(directory: Path, seeds=None) -> list[Path]:
     return [p for p in paths if seeds is None or int(p.stem[4:]) in seeds]
 
 
+def seed_histories(trained: Path, seeds=None) -> pd.DataFrame | None:
+    """The epochs (losses, validation recall) of the generators trained in ``trained`` (those of ``seeds``, if
+    given) that kept their ``seed<s>-history.csv``, with each one's ``model`` and ``seed``; ``None`` if none did."""
+    histories = [
+        pd.read_csv(h).assign(model=json.loads(p.read_text())["model"], seed=int(p.stem[4:]))
+        for p in seed_files(trained, seeds)
+        if (h := p.with_name(f"{p.stem}-history.csv")).is_file()
+    ]
+    return pd.concat(histories, ignore_index=True) if histories else None
+
+
 def exported_seeds(job: Path, seeds=None, command: str = "genjob") -> list[Path]:
     """The ``seed<s>.json`` files of an exported ``job`` (those of ``seeds`` only, if given), with an error naming
     the export command (``python -m avg_lib.<command> export``) when there are none."""
@@ -199,13 +210,9 @@ def compare(run, job: str | Path, trained: str | Path | None = None, out: str | 
     conf = run.cfg.to_dict() | {"genjob": {"job": str(job), "trained_generator": info["generator"]}}
     results.write_csv(runs, out / "backend_runs.csv", run.cfg.profile, "per row", conf)
     results.write_csv(claim, out / "backend_claims.csv", run.cfg.profile, ",".join(map(str, sorted(ranked_b))), conf)
-    histories = [
-        pd.read_csv(h).assign(model=name_b, seed=int(p.stem[4:]))
-        for p in infos
-        if (h := p.with_name(f"{p.stem}-history.csv")).is_file()
-    ]
-    if histories:  # the trained generators' epochs: losses and validation recall
-        results.write_csv(pd.concat(histories), out / "backend_history.csv", run.cfg.profile, "per row", conf)
+    histories = seed_histories(trained, seeds)
+    if histories is not None:  # the trained generators' epochs: losses and validation recall
+        results.write_csv(histories, out / "backend_history.csv", run.cfg.profile, "per row", conf)
     lines = [
         f"# Generator backends against the profile's own: profile `{run.cfg.profile}`",
         "",

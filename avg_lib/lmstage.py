@@ -167,20 +167,18 @@ def generator_history(run) -> pd.DataFrame:
     import json
 
     from .generator import backend_label
+    from .genjob import seed_histories
 
     job, trained = work_dirs(run)["generator"]
-    frames = []
-    for s in run.cfg.language_models.seeds:
-        info, history = trained / f"seed{s}.json", trained / f"seed{s}-history.csv"
-        if not (info.is_file() and history.is_file()):
-            continue
-        pseudo = json.loads((job / f"seed{s}.json").read_text())["pseudo_per_image"]
-        own = (backend_label(run.cfg.generator), run.with_seed(s).generator(pseudo).history)
-        lm = (json.loads(info.read_text())["model"], pd.read_csv(history))
-        frames += [h.assign(model=f"{name}, seed {s}", generator=name, seed=s) for name, h in (own, lm)]
-    if not frames:
+    lm = seed_histories(trained, run.cfg.language_models.seeds)
+    if lm is None:
         raise FileNotFoundError(f"{trained}: no LM generator of seeds {list(run.cfg.language_models.seeds)} trained")
-    return pd.concat(frames, ignore_index=True)
+    own = []
+    for s in map(int, lm["seed"].unique()):  # the profile's generator as the job compared it (its pseudo-query setting)
+        pseudo = json.loads((job / f"seed{s}.json").read_text())["pseudo_per_image"]
+        own.append(run.with_seed(s).generator(pseudo).history.assign(model=backend_label(run.cfg.generator), seed=s))
+    both = pd.concat([*own, lm], ignore_index=True)
+    return both.assign(generator=both["model"], model=both["model"] + ", seed " + both["seed"].astype(str))
 
 
 def history_figure(run, history: pd.DataFrame):

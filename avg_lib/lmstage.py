@@ -115,6 +115,34 @@ def missing(directory: Path, seeds) -> list[int]:
     return [s for s in seeds if not (directory / f"seed{s}.json").is_file()]
 
 
+def progress_table(run) -> pd.DataFrame:
+    """Where the profile's LM trainings stand, read from the work directories (nothing trained or exported): per
+    role and seed, ``state`` (``trained``, ``interrupted`` at a generator's checkpoint, ``exported``, ``to
+    export``), epochs, training seconds and pieces so far, a trained generator's test R@1, and the directory."""
+    import json
+
+    from .generator.training import checkpoint_progress
+
+    rows = []
+    for role, (job, trained) in work_dirs(run).items():
+        for s in run.cfg.language_models.seeds:
+            info, ckpt = trained / f"seed{s}.json", trained / f"seed{s}-checkpoint.pt"
+            row = {"role": role, "seed": s, "state": "exported" if (job / f"seed{s}.json").is_file() else "to export"}
+            if info.is_file():
+                d = json.loads(info.read_text())
+                row |= {"state": "trained", "epochs": str(d.get("epochs_run", "")), "train_s": d["train_seconds"]}
+                row |= {"pieces": d.get("train_pieces", 1), "test_R@1": d.get("test", {}).get("R@1")}
+                row["on"] = d["hardware"]
+            elif ckpt.is_file():
+                c = checkpoint_progress(ckpt)
+                row |= {"state": "interrupted", "epochs": f"{c['epoch']} of {c['epochs']}", "train_s": c["seconds"]}
+                row["pieces"] = c["pieces"]
+            rows.append(row | {"directory": str(trained)})
+    columns = ["role", "seed", "state", "epochs", "train_s", "pieces", "test_R@1", "on", "directory"]
+    table = pd.DataFrame(rows).reindex(columns=columns).round({"train_s": 0, "test_R@1": 2})
+    return table.astype({"train_s": "Int64", "pieces": "Int64"})
+
+
 def _role(run, role: str):
     """``(job module, settings to train with, export options, results subfolder)`` of ``role``."""
     from . import genjob, rerankjob
@@ -241,10 +269,13 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", default="lm-gpu")
     ap.add_argument("--out", default="data/lm/to-gpu", help="a folder inside the checkout that git ignores")
     ap.add_argument("--roles", nargs="+", default=["generator", "reranker"], choices=["generator", "reranker"])
+    ap.add_argument("--status", action="store_true", help="where each seed of each role stands; exports nothing")
     a = ap.parse_args(argv)
     from . import pipeline
 
-    print(hand_off(pipeline.setup(a.profile), a.out, a.roles))
+    run = pipeline.setup(a.profile, progress=False)
+    status = progress_table(run).astype(object).fillna("").to_string(index=False) if a.status else None
+    print(status or hand_off(run, a.out, a.roles))
 
 
 def table(gen_runs: pd.DataFrame, rr_runs: pd.DataFrame) -> pd.DataFrame:

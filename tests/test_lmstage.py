@@ -1,13 +1,14 @@
 """Notebook 09's stage: the profile section, the LM it loads, its resumable work directories and its table."""
 
 import dataclasses
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from avg_lib import cache, config, genjob, lmstage, rerankjob
+from avg_lib import cache, config, genjob, lmstage, pipeline, rerankjob
 from avg_lib.lmrerank import LMRerankConfig
 from avg_lib.studies import LM_RERANK_SETTINGS, LanguageModelsConfig
 
@@ -116,7 +117,8 @@ def lm_run(run, tmp_path, monkeypatch):
     return run
 
 
-def test_the_stage_trains_both_lms_writes_their_comparisons_and_resumes(lm_run, monkeypatch):
+def test_the_stage_trains_both_lms_writes_their_comparisons_and_resumes(lm_run, monkeypatch, capsys):
+    assert set(lmstage.progress_table(lm_run)["state"]) == {"to export"}  # asking exports nothing
     gen_runs, gen_claims = lmstage.generator_rows(lm_run, progress=False)
     rr_runs, rr_claims = lmstage.reranker_rows(lm_run, progress=False)
     out = lmstage.repo_path(lm_run.cfg.results_dir) / "lm"
@@ -167,6 +169,23 @@ def test_the_stage_trains_both_lms_writes_their_comparisons_and_resumes(lm_run, 
     assert table["role"].tolist() == ["generator"] * 2 + ["re-ranker"] * 5
     assert "AVG + LM re-ranker (top 4)" in set(table["system"])
     lmstage.figure(table, "t")
+
+    # `python -m avg_lib.lmstage --status`: where each seed stands, read from the work directories
+    import torch
+
+    gen_trained = lmstage.work_dirs(lm_run)["generator"][1]
+    info = json.loads((gen_trained / f"seed{s}.json").read_text())
+    status = lmstage.progress_table(lm_run).set_index("role")
+    assert status.loc["generator", "state"] == "trained" and status.loc["reranker", "state"] == "exported"
+    assert status.loc["generator", "test_R@1"] == round(info["test"]["R@1"], 2)
+    assert status.loc["generator", "train_s"] == round(info["train_seconds"])
+    (gen_trained / f"seed{s}.json").unlink()  # a generator stopped after epoch 2 of 3 + 2 (the keys it reads)
+    blob = {"config": {"epochs": 3, "disc_epochs": 2}, "epoch": 2, "seconds": 7.0, "pieces": 1}
+    torch.save(blob, gen_trained / f"seed{s}-checkpoint.pt")
+    monkeypatch.setattr(pipeline, "setup", lambda *args, **kwargs: lm_run)
+    lmstage.main(["--profile", "lm", "--status"])
+    printed = capsys.readouterr().out
+    assert f"generator {s} interrupted 2 of 5 7 1" in " ".join(printed.split()) and "NA" not in printed
 
 
 def test_the_table_averages_each_system_over_its_seeds():

@@ -280,6 +280,15 @@ def save_checkpoint(path, gen, opt, rng, best: BestState, history: list, **loop)
     os.replace(tmp, path)
 
 
+def checkpoint_progress(path) -> dict:
+    """How far the training that wrote the :func:`save_checkpoint` file ``path`` got, read without loading its
+    tensors (memory-mapped): ``epoch`` (epochs finished), ``epochs`` (generative + discriminative), ``seconds`` of
+    training so far and ``pieces``, the calls so far."""
+    blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    total = blob["config"]["epochs"] + blob["config"]["disc_epochs"]
+    return {"epoch": blob["epoch"], "epochs": total, "seconds": blob["seconds"], "pieces": blob.get("pieces", 1)}
+
+
 def load_checkpoint(path, gen, opt, rng, best: BestState, history: list) -> dict:
     """Restore a :func:`save_checkpoint` file into the objects of a fresh :func:`train_generator` call and return
     the loop's own state saved with it; an error naming the file if its settings differ."""

@@ -284,11 +284,13 @@ def test_analysis_recalls_carry_their_bootstrap_intervals(name):
         assert (df[f"R@{k}_low"] <= df[f"R@{k}"] + 1e-9).all() and (df[f"R@{k}"] <= df[f"R@{k}_high"] + 1e-9).all()
 
 
-def test_lm_backend_claim_rests_on_the_same_seeds_with_an_interval():
+@pytest.mark.parametrize("where", ["lm", "lm_gpu_profile/lm"])
+def test_lm_backend_claim_rests_on_the_same_seeds_with_an_interval(where):
     """results/lm: the decoder-only generator (trained on a GPU from an exported job) against the default
-    generator on the same seeds and test queries (``python -m avg_lib.genjob compare``)."""
-    runs = pd.read_csv(RESULTS / "lm" / "backend_runs.csv")
-    claim = pd.read_csv(RESULTS / "lm" / "backend_claims.csv").iloc[0]
+    generator on the same seeds and test queries (``python -m avg_lib.genjob compare``); results/lm_gpu_profile/lm:
+    the same comparison made by notebook 09 of ``./run_all.sh --profile lm-gpu``."""
+    runs = pd.read_csv(RESULTS / where / "backend_runs.csv")
+    claim = pd.read_csv(RESULTS / where / "backend_claims.csv").iloc[0]
     models = runs["model"].unique().tolist()
     assert len(models) == 2 and all(set(runs.loc[runs["model"] == m, "seed"]) == {0, 1, 2} for m in models)
     assert claim["seeds"] == "0,1,2" and claim["low"] <= claim["difference"] <= claim["high"]
@@ -298,8 +300,24 @@ def test_lm_backend_claim_rests_on_the_same_seeds_with_an_interval():
     for k in (1, 5, 10):
         assert (runs[f"R@{k}_low"] <= runs[f"R@{k}"]).all() and (runs[f"R@{k}"] <= runs[f"R@{k}_high"]).all()
     for table in ("backend_runs", "backend_claims", "backend_history"):
-        commits = pd.read_csv(RESULTS / "lm" / f"{table}.csv")["git_commit"].astype(str)
+        commits = pd.read_csv(RESULTS / where / f"{table}.csv")["git_commit"].astype(str)
         assert commits.str.fullmatch(r"[0-9a-f]{12}").all(), f"{table}: not from committed code"
+
+
+def test_the_lm_gpu_profile_ran_every_notebook_from_committed_code_and_its_lms_on_a_gpu():
+    """results/lm_gpu_profile: ``./run_all.sh --profile lm-gpu`` whole, its LMs trained on a lent GPU through the
+    hand-off (``python -m avg_lib.lmstage --profile lm-gpu``), every LM claim over the same three seeds."""
+    where = RESULTS / "lm_gpu_profile"
+    prov = pd.read_csv(where / "provenance.csv")
+    assert sorted(prov["notebook"]) == [p.name for p in notebooks()] and set(prov["status"]) == {"ok"}
+    assert set(prov["profile"]) == {"lm-gpu"} and prov["git_commit"].astype(str).str.fullmatch(r"[0-9a-f]{12}").all()
+    claims = pd.read_csv(where / "lm_claims.csv")
+    assert len(claims) == 4 and set(claims["seeds"]) == {"0,1,2"} and set(claims["profile"]) == {"lm-gpu"}
+    assert claims["verdict"].isin(["holds", "does not hold", "inconclusive"]).all()
+    assert ((claims["low"] <= claims["difference"]) & (claims["difference"] <= claims["high"])).all()
+    rr = pd.read_csv(where / "lm_rerank" / "rerank_runs.csv")
+    assert set(rr["k"]) == {20} and all(set(g["seed"]) == {0, 1, 2} for _, g in rr.groupby("reranker"))
+    assert "LM" in set(rr["reranker"]) and (rr["R@1"] <= rr["ceiling"]).all()
 
 
 @pytest.mark.parametrize("where", ["cpu", "gpu"])

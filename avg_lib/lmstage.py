@@ -229,8 +229,9 @@ def hand_off(run, out: str | Path = "data/lm/to-gpu", roles=("generator", "reran
     import shutil
 
     from .genjob import seed_files
+    from .results import git_commit
 
-    out, lines = repo_path(out), []
+    out, lines, commit = repo_path(out), [], git_commit()  # the copy on the GPU names the commit it came from
     for role in roles:
         _, settings, _, _ = _role(run, role)
         job, trained = export_missing(run, role), work_dirs(run)[role][1]
@@ -253,7 +254,8 @@ def hand_off(run, out: str | Path = "data/lm/to-gpu", roles=("generator", "reran
         carry = f"carry {str(rel)!r}" if inside else "outside the checkout: copy it into a git-ignored folder to carry"
         lines += [
             f"# {role}, seeds {seeds}: on the GPU (after `bash scripts/gpu_lm.sh stage ...`; {carry}):",
-            f"AVG_LM_TRAINED={trained.name} AVG_LM_OVERRIDES='{given}' bash scripts/gpu_lm.sh {role} {rel} {seeds}",
+            f"AVG_GIT_COMMIT={commit} AVG_LM_TRAINED={trained.name} AVG_LM_OVERRIDES='{given}' "
+            f"bash scripts/gpu_lm.sh {role} {rel} {seeds}",
             *([f"# the LM at {settings['lm_path']} must be at that path there too"] if settings.get("lm_path") else []),
             "# then, here, each archive it returns:",
             *[f"tar -xzf {role}-{trained.name}-seed{s}.tar.gz -C {job}" for s in todo],

@@ -26,7 +26,10 @@
 # '"epochs": 2'); AVG_LM_TRAINED names the folder inside JOB that the training writes (default `trained`; two
 # recipes trained side by side on one export each name their own; then archives and logs are named
 # JOB-NAME[-seedS].tar.gz and .log); AVG_LM_DEVICE=cpu tries the same commands here. For notebook 09's own
-# trainings (profile lm-gpu), `python -m avg_lib.lmstage --profile lm-gpu` stages the job and prints these commands.
+# trainings (profile lm-gpu), `python -m avg_lib.lmstage --profile lm-gpu` stages the job and prints these commands,
+# each with AVG_GIT_COMMIT (the copy there records the commit it came from). With both roles, a third call carries
+# the second role's folder and trains it: on an H200 each role's three seeds took about 5 minutes (calls of 343 and
+# 357 s), so one role per call stays well inside a command's 10-minute limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

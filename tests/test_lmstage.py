@@ -230,6 +230,8 @@ def test_a_gpu_hand_off_trains_elsewhere_what_the_stage_then_only_compares(lm_ru
     for tar in commands[1:-1]:
         subprocess.run(["bash", "-c", tar], cwd=tmp_path, check=True)
     assert lmstage.missing(trained, lm_run.cfg.language_models.seeds) == []
+    info = json.loads((trained / f"seed{lm_run.cfg.seed}.json").read_text())
+    assert f"AVG_GIT_COMMIT={info['git_commit']} " in commands[0]  # the copy there names this checkout's commit
 
     def no_training(*args, **kwargs):
         raise AssertionError("a seed trained on the GPU was trained again")

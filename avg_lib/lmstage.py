@@ -130,9 +130,9 @@ def progress_table(run) -> pd.DataFrame:
             row = {"role": role, "seed": s, "state": "exported" if (job / f"seed{s}.json").is_file() else "to export"}
             if info.is_file():
                 d = json.loads(info.read_text())
-                row |= {"state": "trained", "epochs": str(d.get("epochs_run", "")), "train_s": d["train_seconds"]}
+                row |= {"state": "trained", "epochs": str(d.get("epochs_run", "")), "train_s": d.get("train_seconds")}
                 row |= {"pieces": d.get("train_pieces", 1), "test_R@1": d.get("test", {}).get("R@1")}
-                row["on"] = d["hardware"]
+                row["on"] = d.get("hardware")
             elif ckpt.is_file():
                 c = checkpoint_progress(ckpt)
                 row |= {"state": "interrupted", "epochs": f"{c['epoch']} of {c['epochs']}", "train_s": c["seconds"]}

@@ -86,6 +86,11 @@ def seed_files(directory: Path, seeds=None) -> list[Path]:
     return [p for p in paths if seeds is None or int(p.stem[4:]) in seeds]
 
 
+def checkpoint_file(trained: Path, seed: int) -> Path:
+    """Where :func:`train` keeps seed ``seed``'s checkpoint while it trains into ``trained`` (gone once it ends)."""
+    return Path(trained) / f"seed{seed}-checkpoint.pt"
+
+
 def seed_histories(trained: Path, seeds=None) -> pd.DataFrame | None:
     """The epochs (losses, validation recall) of the generators trained in ``trained`` (those of ``seeds``, if
     given) that kept their ``seed<s>-history.csv``, with each one's ``model`` and ``seed``; ``None`` if none did."""
@@ -139,7 +144,7 @@ def train(
             (meta["val_texts"], a["val_targets"], a["val_codes"]),
             train_codes_all=a["train_codes_all"],
             progress=progress,
-            checkpoint=out / f"{path.stem}-checkpoint.pt",  # an interrupted seed resumes at its last epoch
+            checkpoint=checkpoint_file(out, int(path.stem[4:])),  # an interrupted seed resumes at its last epoch
         )
         seconds = gen.train_seconds  # summed over the pieces of a resumed training
         with torch.no_grad():

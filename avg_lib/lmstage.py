@@ -122,11 +122,12 @@ def progress_table(run) -> pd.DataFrame:
     import json
 
     from .generator.training import checkpoint_progress
+    from .genjob import checkpoint_file
 
     rows = []
     for role, (job, trained) in work_dirs(run).items():
         for s in run.cfg.language_models.seeds:
-            info, ckpt = trained / f"seed{s}.json", trained / f"seed{s}-checkpoint.pt"
+            info, ckpt = trained / f"seed{s}.json", checkpoint_file(trained, s)
             row = {"role": role, "seed": s, "state": "exported" if (job / f"seed{s}.json").is_file() else "to export"}
             if info.is_file():
                 d = json.loads(info.read_text())

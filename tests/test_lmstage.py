@@ -181,7 +181,7 @@ def test_the_stage_trains_both_lms_writes_their_comparisons_and_resumes(lm_run, 
     assert status.loc["generator", "train_s"] == round(info["train_seconds"])
     (gen_trained / f"seed{s}.json").unlink()  # a generator stopped after epoch 2 of 3 + 2 (the keys it reads)
     blob = {"config": {"epochs": 3, "disc_epochs": 2}, "epoch": 2, "seconds": 7.0, "pieces": 1}
-    torch.save(blob, gen_trained / f"seed{s}-checkpoint.pt")
+    torch.save(blob, genjob.checkpoint_file(gen_trained, s))
     monkeypatch.setattr(pipeline, "setup", lambda *args, **kwargs: lm_run)
     lmstage.main(["--profile", "lm", "--status"])
     printed = capsys.readouterr().out

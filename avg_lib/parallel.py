@@ -10,7 +10,8 @@ as before, only later. Two processes never build one artefact twice (the cache's
 Whether it pays depends on the machine. On the 2-core CPU it does not: in a fresh default run, two workers with
 one thread each trained each model 1.6-2.1x slower than one two-thread process trains it alone, so the pool's
 throughput was within about 10% of the notebooks' (``docs/run_time.md``); the default profile keeps one worker.
-``python -m avg_lib.parallel --plan`` lists what a profile trains either way.
+``python -m avg_lib.parallel --plan`` lists what a profile trains either way, and where notebook 09's language models
+stand (:func:`avg_lib.lmstage.progress_table`), which this pool does not train.
 
 The number of torch threads a model trained with changes its floating-point rounding, so the threads per
 worker are a profile setting (``parallel.threads``; 0: the machine's cores divided among the workers) and are
@@ -233,6 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         for j in plan(run.cfg):
             print(f"phase {j.phase}: {j.label()}")
+        if run.cfg.language_models.enabled:
+            from . import lmstage
+
+            print("notebook 09's LMs (trained by the notebook or `python -m avg_lib.lmstage`, not by this pool):")
+            for row in lmstage.progress_table(run).itertuples():
+                print(
+                    f"  {row.role} seed {row.seed}: {row.state}"
+                    + (f", epoch {row.epochs}" * (row.state == "interrupted"))
+                )
         return 0
     train_all(run, args.workers, args.threads)
     return 0

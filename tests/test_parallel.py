@@ -126,3 +126,19 @@ def test_a_worker_stops_when_its_parent_is_gone(monkeypatch):
     monkeypatch.setattr(parallel.os, "getppid", lambda: next(parents))
     parallel.watch_parent(10, poll_s=0.0, exit=exits.append)
     assert exits == [1]
+
+
+def test_plan_lists_where_notebook_09s_language_models_stand(tmp_path, monkeypatch, capsys):
+    """The pool does not train notebook 09's LMs; ``--plan`` says so and lists each role and seed's state."""
+    monkeypatch.setenv("AVG_DATA_DIR", str(tmp_path / "data"))
+    lms = {"enabled": True, "seeds": [0, 1], "lm": "tiny-random"}
+    over = {**TINY, "results_dir": str(tmp_path / "res"), "language_models": lms}
+    assert parallel.main(["--profile", "smoke", "--overrides", json.dumps(over), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "not by this pool" in out
+    for role in ("generator", "reranker"):
+        for s in (0, 1):
+            assert f"  {role} seed {s}: to export\n" in out
+    off = {**over, "language_models": {**lms, "enabled": False}}
+    assert parallel.main(["--profile", "smoke", "--overrides", json.dumps(off), "--plan"]) == 0
+    assert "notebook 09" not in capsys.readouterr().out

@@ -23,7 +23,7 @@ def test_plan_lists_every_notebook_model_once_in_dependency_order():
     phases = [j.phase for j in jobs]
     assert phases == sorted(phases)  # joint spaces, then one-towers and tokenizers, then generators
     seeds = set(cfg.main_table.seeds)
-    assert {j.seed for j in jobs if j.kind == "joint"} == seeds | {cfg.seed}
+    assert {j.seed for j in jobs if j.kind == "joint"} == seeds | set(cfg.ablations.seeds) | {cfg.seed}
     gens = [j for j in jobs if j.kind == "generator"]
     p = cfg.retrieval.pseudo_per_image
     for s in seeds:  # notebook 06: AVG with and without pseudo queries, the borrowed recipe, the unaligned RQ ids
@@ -36,10 +36,12 @@ def test_plan_lists_every_notebook_model_once_in_dependency_order():
     )
     # the "without semantic alignment" ablation is the unaligned baseline (one model), and the "without
     # discriminative training" one is AVG's own generative stage: neither is a job of its own
-    assert not [j for j in gens if j.family == "ablation" and j.name == "without semantic alignment"]
+    unaligned = [j.seed for j in gens if (j.family, j.name) == ("baseline", experiments.UNALIGNED)]
+    unaligned += [j.seed for j in gens if (j.family, j.name) == ("ablation", "without semantic alignment")]
+    assert sorted(unaligned) == sorted(seeds | set(cfg.ablations.seeds))  # one job per seed, whichever label
     assert {(j.seed, j.name) for j in gens if j.family == "ablation"} == {
         (s, n) for s in cfg.ablations.seeds for n in ("without codebook-embedding init", "without k-means init")
-    }
+    } | {(s, "without semantic alignment") for s in set(cfg.ablations.seeds) - seeds}
     sweeps = {j.name for j in gens if j.family == "sweep"}
     assert sweeps == {(64, 3), (1024, 3), (256, 2), (256, 4)}  # the profile's own (256, 3) is AVG itself
     assert gens[0].name == "t5"  # the longest job starts first

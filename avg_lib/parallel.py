@@ -239,10 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print("notebook 09's LMs (trained by the notebook or `python -m avg_lib.lmstage`, not by this pool):")
             for row in lmstage.progress_table(run).itertuples():
-                print(
-                    f"  {row.role} seed {row.seed}: {row.state}"
-                    + (f", epoch {row.epochs}" * (row.state == "interrupted"))
-                )
+                at = f", epoch {row.epochs}" if row.state == "interrupted" else ""
+                print(f"  {row.role} seed {row.seed}: {row.state}{at}")
         return 0
     train_all(run, args.workers, args.threads)
     return 0

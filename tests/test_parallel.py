@@ -34,8 +34,9 @@ def test_plan_lists_every_notebook_model_once_in_dependency_order():
     assert {j.name for j in gens if j.family == "baseline" and j.seed == 0} == set(
         experiments.baseline_names(cfg.main_table)
     )
-    # the "without semantic alignment" ablation is the unaligned baseline (one model), and the "without
-    # discriminative training" one is AVG's own generative stage: neither is a job of its own
+    # the "without semantic alignment" ablation is the unaligned baseline (one model: one job per seed, labelled
+    # as the baseline where the main table has that seed), and the "without discriminative training" one is AVG's
+    # own generative stage (no job of its own)
     unaligned = [j.seed for j in gens if (j.family, j.name) == ("baseline", experiments.UNALIGNED)]
     unaligned += [j.seed for j in gens if (j.family, j.name) == ("ablation", "without semantic alignment")]
     assert sorted(unaligned) == sorted(seeds | set(cfg.ablations.seeds))  # one job per seed, whichever label

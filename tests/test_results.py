@@ -246,7 +246,22 @@ ONLY_FEEDS = {
     "benchmark": {"decoding_benchmark"},
     "efficiency": {"efficiency", "efficiency_crossovers"},
     "language_models": {"lm_claims", "lm_table"},  # notebook 09's, which the default profile switches off
+    "ablations": {  # read by notebook 07 alone (and by the parallel pool's plan, which only trains ahead)
+        "ablation",
+        "ablation_runs",
+        "ablation_claims",
+        "analysis_codebook_size",
+        "analysis_voken_length",
+        "analysis_beam_size",
+    },
 }
+
+
+def test_the_ablation_settings_are_read_by_notebook_07_alone():
+    """ONLY_FEEDS exempts every other table from the ablations section; that holds while nothing else reads it."""
+    files = [*REPO_ROOT.glob("avg_lib/**/*.py"), *REPO_ROOT.glob("notebooks/*.ipynb")]
+    readers = sorted(p.name for p in files if ".ablations" in p.read_text())
+    assert readers == ["07_ablations_analyses.ipynb", "parallel.py"]
 
 
 @pytest.mark.parametrize("name", TABLES)
@@ -259,7 +274,7 @@ def test_each_table_has_the_run_configuration_that_made_it(name):
     now = config.load_config("default").to_dict()
     for section, values in meta["config"].items():
         if section in ONLY_FEEDS and name not in ONLY_FEEDS[section]:
-            continue  # a timing study's (or notebook 09's) settings change its own tables only
+            continue  # a timing study's (or notebook 07's or 09's) settings change its own tables only
         if isinstance(values, dict) and section in now:
             shared = set(values) & set(now[section])
             stale = {k: (values[k], now[section][k]) for k in shared if _plain(values[k]) != _plain(now[section][k])}

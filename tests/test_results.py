@@ -13,6 +13,14 @@ from avg_lib.paths import REPO_ROOT
 from avg_lib.runner import PARALLEL_STEP, notebooks
 
 RESULTS = REPO_ROOT / "results"
+NOTEBOOK_07_TABLES = [
+    "ablation",
+    "ablation_runs",
+    "ablation_claims",
+    "analysis_codebook_size",
+    "analysis_voken_length",
+    "analysis_beam_size",
+]
 TABLES = [
     "two_tower",
     "tokenizer",
@@ -24,12 +32,7 @@ TABLES = [
     "main_table_runs",
     "rerank",
     "claims",
-    "ablation",
-    "ablation_runs",
-    "ablation_claims",
-    "analysis_codebook_size",
-    "analysis_voken_length",
-    "analysis_beam_size",
+    *NOTEBOOK_07_TABLES,
     "efficiency",
     "efficiency_crossovers",
 ]
@@ -246,14 +249,7 @@ ONLY_FEEDS = {
     "benchmark": {"decoding_benchmark"},
     "efficiency": {"efficiency", "efficiency_crossovers"},
     "language_models": {"lm_claims", "lm_table"},  # notebook 09's, which the default profile switches off
-    "ablations": {  # read by notebook 07 alone (and by the parallel pool's plan, which only trains ahead)
-        "ablation",
-        "ablation_runs",
-        "ablation_claims",
-        "analysis_codebook_size",
-        "analysis_voken_length",
-        "analysis_beam_size",
-    },
+    "ablations": set(NOTEBOOK_07_TABLES),  # read by notebook 07 alone (and the pool's plan, which only trains ahead)
 }
 
 

@@ -29,6 +29,7 @@ its nearest neighbours in voken space: hard negatives), keeps validation for the
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import torch
@@ -64,6 +65,7 @@ class LMReranker:
     """Scores each (query, candidate) pair with a causal LM and a head on its last token (see the module)."""
 
     name = "lm"
+    keep_seconds = 120.0  # the least time between two calls of ``score``'s ``keep`` (each writes a checkpoint)
 
     def __init__(
         self,
@@ -162,29 +164,40 @@ class LMReranker:
         lp = logits.gather(2, cap.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
         return (lp * mask).sum(1)
 
-    def _align(self, inputs, targets, val, progress: bool) -> None:
-        """``align_epochs`` of captioning: only the image projection trains (see the module)."""
+    def _align(self, inputs, targets, val, progress: bool, ck) -> None:
+        """``align_epochs`` of captioning: only the image projection trains (see the module); from ``ck``'s epoch
+        on, if it stopped mid-stage."""
         cfg, lm = self.cfg, [p for p in self.gen.parameters() if p.requires_grad]
         for p in lm:
             p.requires_grad_(False)
         opt = torch.optim.AdamW(self.image_proj.parameters(), lr=cfg.align_lr)
         rng, best, steps = np.random.default_rng(cfg.seed), BestState(), -(-len(targets) // cfg.batch_size)
-        bar = tqdm(total=cfg.align_epochs * steps, desc="LM re-ranker alignment", disable=not progress)
+        ck.resume_loop(opt, rng, best)
+        bar = tqdm(
+            total=cfg.align_epochs * steps,
+            initial=ck.epoch * steps,
+            desc="LM re-ranker alignment",
+            disable=not progress,
+        )
+        proj, total = {"image_proj": self.image_proj}, cfg.align_epochs + cfg.epochs
 
         def loss_of(b):
             return -self.log_likelihood(
                 [inputs.texts[i] for i in b], self._soft(self._images(inputs, targets[b]))
             ).mean()
 
-        for epoch in range(cfg.align_epochs):
+        for epoch in range(ck.epoch, cfg.align_epochs):
             row = {"stage": "align", "epoch": epoch + 1, "train_nll": self._epoch(opt, len(targets), loss_of, rng, bar)}
             if val is not None:
                 row["val_nll"] = self.caption_nll(val[0])
                 best.update(self.image_proj, -row["val_nll"])
             self.history.append(row)
+            if epoch + 1 < cfg.align_epochs:
+                ck.save_epoch(epoch + 1, total, proj, self.history, opt, rng, best)
         bar.close()
         if best.state is not None:
             self.image_proj.load_state_dict(best.state)
+        ck.save_epoch(cfg.align_epochs, total, proj, self.history)  # the stage's selected projection
         for p in lm:
             p.requires_grad_(True)
 
@@ -213,18 +226,27 @@ class LMReranker:
             return None
         return torch.from_numpy(np.asarray(inputs.image_feats, dtype=np.float32)[np.maximum(items, 0)])
 
-    def fit(self, inputs, cand, targets: np.ndarray | None = None, progress: bool = False, val=None) -> LMReranker:
+    def fit(self, inputs, cand, targets=None, progress: bool = False, val=None, checkpoint=None) -> LMReranker:
         """Train on ``inputs``' queries: first ``align_epochs`` of captioning (see the module), then ``epochs`` on
         groups: the query's image, then the first ``negatives`` other images among its candidates (repeating the
         last when the beams hold fewer). ``val``: ``(inputs, cand)`` of validation queries; after each epoch
         ``history`` records the validation caption loss (alignment) or the R@1 of the re-ranked validation beams,
-        and the epoch with the best (the earliest of equals) is the one kept."""
+        and the epoch with the best (the earliest of equals) is the one kept. ``checkpoint``: a
+        :class:`~avg_lib.lmcheckpoint.RerankCheckpoint` written after every epoch, that a later call goes on from
+        (one already holding the whole training only restores it). ``train_seconds``: summed over the calls."""
+        from .lmcheckpoint import RerankCheckpoint
         from .rerank import rerank
 
+        cfg, total = self.cfg, self.cfg.align_epochs + self.cfg.epochs
+        ck = checkpoint or RerankCheckpoint(None, dataclasses.asdict(cfg))
+        named = {"gen": self.gen, "head": self.head} | (
+            {"image_proj": self.image_proj} if self.image_proj is not None else {}
+        )
+        self.history = ck.restore(named)
         targets = np.asarray(inputs.targets if targets is None else targets)
-        if self.cfg.align_epochs:
-            self._align(inputs, targets, val, progress)
-        cfg, codes = self.cfg, np.asarray(inputs.gallery_codes)
+        if ck.epoch < cfg.align_epochs:
+            self._align(inputs, targets, val, progress, ck)
+        codes = np.asarray(inputs.gallery_codes)
         groups = np.empty((len(targets), 1 + cfg.negatives), dtype=np.int64)
         for i, (items, t) in enumerate(zip(cand.items, targets)):
             negs = [int(x) for x in items if x >= 0 and x != t][: cfg.negatives] or [int((t + 1) % len(codes))]
@@ -233,19 +255,21 @@ class LMReranker:
         lm = [p for p in self.gen.parameters() if p.requires_grad]
         params = [{"params": lm, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}]
         opt = torch.optim.AdamW(params, foreach=True)
-        rng = np.random.default_rng(cfg.seed)
+        rng, start = np.random.default_rng(cfg.seed), ck.epoch - cfg.align_epochs  # group epochs done
+        modules, best = nn.ModuleList(self._modules()), BestState()
+        if 0 < start < cfg.epochs:
+            ck.resume_loop(opt, rng, best)
         for m in self._modules():
             m.train()
-        modules, best = nn.ModuleList(self._modules()), BestState()
         steps = -(-len(targets) // cfg.batch_size)
-        bar = tqdm(total=cfg.epochs * steps, desc="LM re-ranker training", disable=not progress)
+        bar = tqdm(total=cfg.epochs * steps, initial=start * steps, desc="LM re-ranker training", disable=not progress)
 
         def loss_of(b):
             codes_b, images = torch.from_numpy(codes[groups[b]]), self._images(inputs, groups[b])
             scores = self._scores([inputs.texts[i] for i in b], codes_b, images)
             return F.cross_entropy(scores, torch.zeros(len(b), dtype=torch.long, device=scores.device))
 
-        for epoch in range(cfg.epochs):
+        for epoch in range(start, cfg.epochs):
             row = {"epoch": epoch + 1, "train_loss": self._epoch(opt, len(targets), loss_of, rng, bar)}
             if val is not None:
                 for m in self._modules():
@@ -256,21 +280,36 @@ class LMReranker:
                 for m in self._modules():
                     m.train()
             self.history.append(row)
+            if epoch + 1 < cfg.epochs:
+                ck.save_epoch(cfg.align_epochs + epoch + 1, total, named, self.history, opt, rng, best)
         bar.close()
         if best.state is not None:
             modules.load_state_dict(best.state)
+        if start < cfg.epochs:
+            ck.save_epoch(total, total, named, self.history)  # the selected state, for scoring in a later call
+        self.train_seconds, self.train_pieces = ck.blob.get("seconds", ck.seconds()), ck.pieces
         for m in self._modules():
             m.eval()
         return self
 
     @torch.no_grad()
-    def score(self, inputs, cand, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+    def score(self, inputs, cand, batch_size: int = 16, progress: bool = False, done=None, keep=None) -> np.ndarray:
         """``(n, K)`` scores of each query's candidates (empty slots, ``-1``, get the score of gallery row 0; the
-        caller keeps them last)."""
+        caller keeps them last). ``done``: the scores of the first queries from an earlier call, which this one
+        goes on after; ``keep(scores so far)`` is called after a batch when ``keep_seconds`` have passed since the
+        start or the last call (to write a checkpoint)."""
         items = np.maximum(cand.items, 0)
         codes = torch.from_numpy(np.asarray(inputs.gallery_codes)[items])  # (n, K, D)
-        out = []
-        for s in tqdm(range(0, len(items), batch_size), desc="LM re-ranker scores", disable=not progress):
+        out = [] if done is None else [torch.from_numpy(np.asarray(done, dtype=np.float32))]
+        first = 0 if done is None else len(done)
+        bar = tqdm(total=len(items), initial=first, desc="LM re-ranker scores", disable=not progress)
+        last = time.perf_counter()
+        for s in range(first, len(items), batch_size):
             images = self._images(inputs, items[s : s + batch_size])
             out.append(self._scores(inputs.texts[s : s + batch_size], codes[s : s + batch_size], images).float().cpu())
-        return torch.cat(out).numpy()
+            bar.update(len(out[-1]))
+            if keep is not None and time.perf_counter() - last >= self.keep_seconds and s + batch_size < len(items):
+                keep(torch.cat(out).numpy())
+                last = time.perf_counter()
+        bar.close()
+        return torch.cat(out).numpy() if out else np.zeros(items.shape, dtype=np.float32)

@@ -117,12 +117,13 @@ def missing(directory: Path, seeds) -> list[int]:
 
 def progress_table(run) -> pd.DataFrame:
     """Where the profile's LM trainings stand, read from the work directories (nothing trained or exported): per
-    role and seed, ``state`` (``trained``, ``interrupted`` at a generator's checkpoint, ``exported``, ``to
-    export``), epochs, training seconds and pieces so far, a trained generator's test R@1, and the directory."""
+    role and seed, ``state`` (``trained``, ``interrupted`` at a checkpoint, with any queries scored, ``exported``,
+    ``to export``), epochs, training seconds and pieces so far, a trained generator's test R@1, the directory."""
     import json
 
     from .generator.training import checkpoint_progress
     from .genjob import checkpoint_file
+    from .lmcheckpoint import progress as rerank_progress
 
     rows = []
     for role, (job, trained) in work_dirs(run).items():
@@ -135,9 +136,9 @@ def progress_table(run) -> pd.DataFrame:
                 row |= {"pieces": d.get("train_pieces", 1), "test_R@1": d.get("test", {}).get("R@1")}
                 row["on"] = d.get("hardware")
             elif ckpt.is_file():
-                c = checkpoint_progress(ckpt)
-                row |= {"state": "interrupted", "epochs": f"{c['epoch']} of {c['epochs']}", "train_s": c["seconds"]}
-                row["pieces"] = c["pieces"]
+                c = checkpoint_progress(ckpt) if role == "generator" else rerank_progress(ckpt)
+                row |= {"epochs": f"{c['epoch']} of {c['epochs']}", "train_s": c["seconds"], "pieces": c["pieces"]}
+                row["state"] = "interrupted" + c.get("scored", "")
             rows.append(row | {"directory": str(trained)})
     columns = ["role", "seed", "state", "epochs", "train_s", "pieces", "test_R@1", "on", "directory"]
     table = pd.DataFrame(rows).reindex(columns=columns).round({"train_s": 0, "test_R@1": 2})

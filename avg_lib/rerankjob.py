@@ -111,9 +111,12 @@ def settings(overrides: dict | None, seed: int):
 def train(job: str | Path, overrides: dict | None = None, out: str | Path | None = None, progress=True, seeds=None):
     """Train one LM re-ranker per exported seed of ``job`` (or of ``seeds``) with ``overrides`` over the default
     settings, score the validation and test beams, and write ``<out>/seed<s>-scores.npz`` and ``seed<s>.json``
-    (settings, losses, times, hardware). ``out`` defaults to ``<job>/trained``."""
+    (settings, losses, times, hardware). ``out`` defaults to ``<job>/trained``. Each seed keeps
+    ``<out>/seed<s>-checkpoint.pt`` (:mod:`avg_lib.lmcheckpoint`) after every epoch and every few scoring batches
+    until its results are written, so an interrupted seed resumes where it stopped."""
     from . import generator, results
-    from .genjob import exported_seeds
+    from .genjob import checkpoint_file, exported_seeds
+    from .lmcheckpoint import RerankCheckpoint
     from .lmrerank import LMReranker
 
     job = Path(job)
@@ -122,13 +125,20 @@ def train(job: str | Path, overrides: dict | None = None, out: str | Path | None
     for path in exported_seeds(job, seeds, "rerankjob"):
         meta, inputs, cands, codebooks = load_job(path)
         cfg = settings(overrides, meta["seed"])
+        ck = RerankCheckpoint(checkpoint_file(out, meta["seed"]), dataclasses.asdict(cfg))
         width = inputs["train"].image_feats.shape[1]
         rr = LMReranker(meta["codebook_size"], meta["depth"], codebooks, cfg, image_dim=width)
-        t0 = time.perf_counter()
-        rr.fit(inputs["train"], cands["train"], progress=progress, val=(inputs["val"], cands["val"]))
-        train_s, t1 = time.perf_counter() - t0, time.perf_counter()
-        scores = {s: rr.score(inputs[s], cands[s], progress=progress) for s in ("val", "test")}
-        score_ms = 1000 * (time.perf_counter() - t1) / sum(len(cands[s].items) for s in scores)
+        rr.fit(inputs["train"], cands["train"], progress=progress, val=(inputs["val"], cands["val"]), checkpoint=ck)
+        scores, t1, before = {}, time.perf_counter(), ck.score_seconds()
+        for s in ("val", "test"):
+
+            def keep(part, s=s):
+                ck.save_scores(s, part, before + time.perf_counter() - t1)
+
+            scores[s] = rr.score(inputs[s], cands[s], progress=progress, done=ck.scores(s), keep=keep)
+            if s == "val":
+                keep(scores[s])
+        score_ms = 1000 * (before + time.perf_counter() - t1) / sum(len(cands[s].items) for s in scores)
         results.write_file(out / f"{path.stem}-scores.npz", lambda f, a=scores: np.savez(f, **a))
         info = {
             "seed": meta["seed"],
@@ -136,15 +146,18 @@ def train(job: str | Path, overrides: dict | None = None, out: str | Path | None
             "reranker": dataclasses.asdict(cfg),
             "k": meta["k"],
             "train_queries": meta["train_queries"],
-            "train_seconds": round(train_s, 1),
+            "train_seconds": round(rr.train_seconds, 1),
+            "train_pieces": ck.pieces,  # > 1: resumed from its checkpoint, training and scoring seconds summed
             "score_ms_per_query": round(score_ms, 2),
             "history": rr.history,
             "hardware": results.hardware(cfg.device),
             "git_commit": results.git_commit(),
         } | software
         results.write_text(json.dumps(info, indent=1) + "\n", out / f"{path.stem}.json")
+        ck.remove()
         if progress:
-            print(f"seed {meta['seed']}: trained in {train_s:.0f} s, {score_ms:.1f} ms per query on {info['hardware']}")
+            took = f"trained in {rr.train_seconds:.0f} s, {score_ms:.1f} ms per query"
+            print(f"seed {meta['seed']}: {took} on {info['hardware']}")
     return out
 
 

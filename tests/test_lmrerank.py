@@ -1,5 +1,7 @@
 """The generative (causal-LM) re-ranker on a tiny random Llama the tests save themselves."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -202,3 +204,87 @@ def test_on_cuda_it_scores_as_on_the_cpu_and_trains(llama, scoring):
     trained.fit(inp, cand, val=(inp, cand))
     assert [r.get("stage", "groups") for r in trained.history] == ["align", "groups"]
     assert np.isfinite(trained.score(inp, cand)).all()
+
+
+class Interrupt(Exception):
+    """Stands in for a session that ends mid-training."""
+
+
+def states(rr) -> dict:
+    return {
+        f"{m}.{k}": v.clone() for m in ("gen", "head", "image_proj") for k, v in getattr(rr, m).state_dict().items()
+    }
+
+
+ALIGNMENT = {"scoring": "likelihood", "align_epochs": 3, "epochs": 0, "image_tokens": 2}  # the lm profile's recipe
+BOTH = {"align_epochs": 2, "epochs": 3, "negatives": 2, "lr": 3e-3, "head_lr": 3e-3}  # both stages, the LM trained
+
+
+@pytest.mark.parametrize(
+    ("settings", "stop_after"),
+    [(ALIGNMENT, 1), (ALIGNMENT, 2), (BOTH, 1), (BOTH, 2), (BOTH, 4)],
+    ids=[
+        "mid-alignment",
+        "before the last alignment epoch",
+        "mid-alignment, then groups",
+        "after alignment",
+        "mid-groups",
+    ],
+)
+def test_an_interrupted_fit_resumes_at_its_last_epoch_and_ends_as_one_call_would(llama, tmp_path, settings, stop_after):
+    """Stopped after ``stop_after`` epochs (mid-alignment, at the end of alignment, mid-groups), a fresh re-ranker
+    given the same checkpoint finishes with the same history, the same trained state and the same scores as one
+    uninterrupted call; the checkpoint counts the calls. A checkpoint of other settings is refused by name."""
+    from avg_lib.lmcheckpoint import RerankCheckpoint, progress
+
+    total = settings["align_epochs"] + settings["epochs"]
+    inp, cand = toy()
+    build = lambda: reranker(llama, True, batch_size=2, align_lr=3e-2, **settings)  # noqa: E731
+    whole = build().fit(inp, cand, val=toy())
+    path, calls = tmp_path / "seed0-checkpoint.pt", []
+    first = build()
+    real = first._epoch
+
+    def stopping(*args):
+        if len(calls) == stop_after:
+            raise Interrupt
+        calls.append(1)
+        return real(*args)
+
+    first._epoch = stopping
+    cfg = dataclasses.asdict(first.cfg)
+    with pytest.raises(Interrupt):
+        first.fit(inp, cand, val=toy(), checkpoint=RerankCheckpoint(path, cfg))
+    assert progress(path)["epoch"] == stop_after and progress(path)["epochs"] == total
+    second = build().fit(inp, cand, val=toy(), checkpoint=RerankCheckpoint(path, cfg))
+    assert second.history == whole.history and second.train_pieces == 2
+    assert all(torch.equal(v, states(whole)[k]) for k, v in states(second).items())
+    assert np.array_equal(second.score(inp, cand), whole.score(inp, cand))
+    again = build().fit(inp, cand, checkpoint=RerankCheckpoint(path, cfg))  # a finished training: restored only
+    assert again.history == whole.history and again.train_seconds == second.train_seconds
+    assert np.array_equal(again.score(inp, cand), whole.score(inp, cand))
+    with pytest.raises(ValueError, match=rf"{path.name}: a checkpoint of other LM re-ranker settings \(seed\)"):
+        RerankCheckpoint(path, cfg | {"seed": 1})
+
+
+def test_interrupted_scoring_goes_on_after_the_queries_it_kept(llama):
+    """``keep`` gets the scores so far (here after every batch); given them as ``done``, a later call scores only
+    the queries after them, in the same batches, and returns what one uninterrupted call does."""
+    inp, cand = toy()
+    rr = reranker(llama, True, scoring="likelihood", image_tokens=2)
+    whole = rr.score(inp, cand, batch_size=1)
+    rr.keep_seconds, kept = 0.0, []
+
+    def keep(scores):
+        kept.append(scores)
+        if len(kept) == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        rr.score(inp, cand, batch_size=1, keep=keep)
+    assert [len(k) for k in kept] == [1, 2] and np.array_equal(kept[-1], whole[:2])
+    seen = []
+    real = rr._scores
+    rr._scores = lambda texts, *a: seen.extend(texts) or real(texts, *a)
+    assert np.array_equal(rr.score(inp, cand, batch_size=1, done=kept[-1]), whole)
+    assert seen == TEXTS[2:]

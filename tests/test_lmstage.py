@@ -182,12 +182,17 @@ def test_the_stage_trains_both_lms_writes_their_comparisons_and_resumes(lm_run, 
     (gen_trained / f"seed{s}.json").unlink()  # a generator stopped after epoch 2 of 3 + 2 (the keys it reads)
     blob = {"config": {"epochs": 3, "disc_epochs": 2}, "epoch": 2, "seconds": 7.0, "pieces": 1}
     torch.save(blob, genjob.checkpoint_file(gen_trained, s))
+    import numpy as np  # a re-ranker whose training ended, stopped after scoring 3 validation queries
+
+    blob = {"epoch": 3, "epochs": 3, "seconds": 9.0, "pieces": 2, "scores": {"val": np.zeros((3, 4))}}
+    torch.save(blob, genjob.checkpoint_file(lmstage.work_dirs(lm_run)["reranker"][1], s))
     monkeypatch.setattr(pipeline, "setup", lambda *args, **kwargs: lm_run)
     lmstage.main(["--profile", "lm", "--status"])
     printed = capsys.readouterr().out
-    assert f"generator {s} interrupted 2 of 5 7 1" in " ".join(printed.split()) and not {"<NA>", "NaN", "None"} & set(
-        printed.split()
-    )
+    words = " ".join(printed.split())
+    assert f"generator {s} interrupted 2 of 5 7 1" in words
+    assert f"reranker {s} interrupted, 3 val queries scored 3 of 3 9 2" in words
+    assert not {"<NA>", "NaN", "None"} & set(printed.split())
 
 
 def test_the_table_averages_each_system_over_its_seeds():

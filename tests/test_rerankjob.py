@@ -233,3 +233,45 @@ def test_recipes_refuse_folders_that_say_nothing_about_a_setting(run, job, tmp_p
     with pytest.raises(ValueError, match="other settings"):
         rerankrecipes.load_recipe(tmp_path / "a")
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_an_interrupted_seed_resumes_where_it_stopped_and_writes_what_one_call_writes(run, job, tmp_path, monkeypatch):
+    """Stopped once its validation beams are scored, a second call neither trains nor scores them again, and writes
+    the same scores and history as one uninterrupted call; the checkpoint is gone once the seed is written."""
+    from avg_lib import genjob, lmcheckpoint, lmrerank
+
+    settings = {"lm_path": str(save_tiny_llama(tmp_path / "llama")), **SETTINGS, **ALIGNED}
+    whole = rerankjob.train(job, settings, tmp_path / "whole", progress=False)
+    real_save = lmcheckpoint.RerankCheckpoint.save_scores
+
+    def stop(self, split, scores, seconds):
+        real_save(self, split, scores, seconds)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lmcheckpoint.RerankCheckpoint, "save_scores", stop)
+    with pytest.raises(KeyboardInterrupt):
+        rerankjob.train(job, settings, tmp_path / "pieces", progress=False)
+    ckpt = genjob.checkpoint_file(tmp_path / "pieces", run.cfg.seed)
+    n_val = len(rerankjob.load_job(job / f"seed{run.cfg.seed}.json")[1]["val"].texts)
+    assert lmcheckpoint.progress(ckpt) | {"seconds": 0} == {
+        "epoch": 2,
+        "epochs": 2,
+        "seconds": 0,
+        "pieces": 1,
+        "scored": f", {n_val} val queries scored",
+    }
+    monkeypatch.setattr(lmcheckpoint.RerankCheckpoint, "save_scores", real_save)
+    scored = []
+    monkeypatch.setattr(lmrerank.LMReranker, "_epoch", lambda *a: pytest.fail("a finished epoch ran again"))
+    real_scores = lmrerank.LMReranker._scores
+    monkeypatch.setattr(
+        lmrerank.LMReranker, "_scores", lambda self, texts, *a: scored.extend(texts) or real_scores(self, texts, *a)
+    )
+    pieces = rerankjob.train(job, settings, tmp_path / "pieces", progress=False)
+    assert not ckpt.exists()
+    assert scored == rerankjob.load_job(job / f"seed{run.cfg.seed}.json")[1]["test"].texts  # only the test queries
+    stem = f"seed{run.cfg.seed}"
+    with np.load(whole / f"{stem}-scores.npz") as a, np.load(pieces / f"{stem}-scores.npz") as b:
+        assert set(a) == set(b) == {"val", "test"} and all(np.array_equal(a[k], b[k]) for k in a)
+    one, two = (json.loads((d / f"{stem}.json").read_text()) for d in (whole, pieces))
+    assert one["history"] == two["history"] and (one["train_pieces"], two["train_pieces"]) == (1, 2)

@@ -34,7 +34,11 @@ class RerankCheckpoint:
                 )
             self.blob = blob
         self.pieces = self.blob.get("pieces", 0) + 1  # this call's number
-        self._t0 = time.perf_counter()
+        self.start()
+
+    def start(self) -> None:
+        """Start this call's training clock (``fit`` does, so loading the LM is not training time)."""
+        self._before, self._t0 = self.blob.get("seconds", 0.0), time.perf_counter()
 
     @property
     def epoch(self) -> int:
@@ -43,7 +47,7 @@ class RerankCheckpoint:
 
     def seconds(self) -> float:
         """Training seconds: those of earlier calls plus this call's so far (not meant for after training)."""
-        return self.blob.get("seconds", 0.0) + time.perf_counter() - self._t0
+        return self._before + time.perf_counter() - self._t0
 
     def restore(self, modules: dict) -> list[dict]:
         """Load the saved states into ``modules`` (name -> module); the training history saved with them."""

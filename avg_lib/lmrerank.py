@@ -243,6 +243,7 @@ class LMReranker:
             {"image_proj": self.image_proj} if self.image_proj is not None else {}
         )
         self.history = ck.restore(named)
+        ck.start()
         targets = np.asarray(inputs.targets if targets is None else targets)
         if ck.epoch < cfg.align_epochs:
             self._align(inputs, targets, val, progress, ck)

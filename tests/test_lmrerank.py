@@ -231,37 +231,54 @@ BOTH = {"align_epochs": 2, "epochs": 3, "negatives": 2, "lr": 3e-3, "head_lr": 3
         "mid-groups",
     ],
 )
-def test_an_interrupted_fit_resumes_at_its_last_epoch_and_ends_as_one_call_would(llama, tmp_path, settings, stop_after):
+def test_an_interrupted_fit_resumes_at_its_last_epoch_and_ends_as_one_call_would(
+    llama, tmp_path, monkeypatch, settings, stop_after
+):
     """Stopped after ``stop_after`` epochs (mid-alignment, at the end of alignment, mid-groups), a fresh re-ranker
     given the same checkpoint finishes with the same history, the same trained state and the same scores as one
-    uninterrupted call; the checkpoint counts the calls. A checkpoint of other settings is refused by name."""
+    uninterrupted call; the checkpoint counts the calls and sums their training seconds (each epoch takes 10 s of a
+    clock the test holds). A checkpoint of other settings is refused by name."""
+    import types
+
+    from avg_lib import lmcheckpoint
     from avg_lib.lmcheckpoint import RerankCheckpoint, progress
+
+    clock = [0.0]
+    monkeypatch.setattr(lmcheckpoint, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def build(stop=None):
+        rr, epochs = reranker(llama, True, batch_size=2, align_lr=3e-2, **settings), []
+        real = rr._epoch
+
+        def ticking(*args):
+            if len(epochs) == stop:
+                raise Interrupt
+            epochs.append(real(*args))
+            clock[0] += 10.0
+            return epochs[-1]
+
+        rr._epoch = ticking
+        return rr
 
     total = settings["align_epochs"] + settings["epochs"]
     inp, cand = toy()
-    build = lambda: reranker(llama, True, batch_size=2, align_lr=3e-2, **settings)  # noqa: E731
     whole = build().fit(inp, cand, val=toy())
-    path, calls = tmp_path / "seed0-checkpoint.pt", []
-    first = build()
-    real = first._epoch
-
-    def stopping(*args):
-        if len(calls) == stop_after:
-            raise Interrupt
-        calls.append(1)
-        return real(*args)
-
-    first._epoch = stopping
-    cfg = dataclasses.asdict(first.cfg)
+    assert whole.train_seconds == 10.0 * total and whole.train_pieces == 1
+    path = tmp_path / "seed0-checkpoint.pt"
+    cfg = dataclasses.asdict(whole.cfg)
     with pytest.raises(Interrupt):
-        first.fit(inp, cand, val=toy(), checkpoint=RerankCheckpoint(path, cfg))
-    assert progress(path)["epoch"] == stop_after and progress(path)["epochs"] == total
+        build(stop_after).fit(inp, cand, val=toy(), checkpoint=RerankCheckpoint(path, cfg))
+    assert progress(path) | {"scored": ""} == {"epoch": stop_after, "epochs": total, "seconds": 10.0 * stop_after} | {
+        "pieces": 1,
+        "scored": "",
+    }
+    clock[0] += 1000.0  # time between the calls is no one's training time
     second = build().fit(inp, cand, val=toy(), checkpoint=RerankCheckpoint(path, cfg))
-    assert second.history == whole.history and second.train_pieces == 2
+    assert second.history == whole.history and (second.train_seconds, second.train_pieces) == (10.0 * total, 2)
     assert all(torch.equal(v, states(whole)[k]) for k, v in states(second).items())
     assert np.array_equal(second.score(inp, cand), whole.score(inp, cand))
-    again = build().fit(inp, cand, checkpoint=RerankCheckpoint(path, cfg))  # a finished training: restored only
-    assert again.history == whole.history and again.train_seconds == second.train_seconds
+    again = build(0).fit(inp, cand, checkpoint=RerankCheckpoint(path, cfg))  # a finished training: restored only
+    assert again.history == whole.history and again.train_seconds == 10.0 * total
     assert np.array_equal(again.score(inp, cand), whole.score(inp, cand))
     with pytest.raises(ValueError, match=rf"{path.name}: a checkpoint of other LM re-ranker settings \(seed\)"):
         RerankCheckpoint(path, cfg | {"seed": 1})

@@ -112,8 +112,8 @@ def train(job: str | Path, overrides: dict | None = None, out: str | Path | None
     """Train one LM re-ranker per exported seed of ``job`` (or of ``seeds``) with ``overrides`` over the default
     settings, score the validation and test beams, and write ``<out>/seed<s>-scores.npz`` and ``seed<s>.json``
     (settings, losses, times, hardware). ``out`` defaults to ``<job>/trained``. Each seed keeps
-    ``<out>/seed<s>-checkpoint.pt`` (:mod:`avg_lib.lmcheckpoint`) after every epoch and every few scoring batches
-    until its results are written, so an interrupted seed resumes where it stopped."""
+    ``<out>/seed<s>-checkpoint.pt`` (:mod:`avg_lib.lmcheckpoint`), written after every epoch and at most every
+    ``LMReranker.keep_seconds`` while scoring, until its results are written: an interrupted seed resumes there."""
     from . import generator, results
     from .genjob import checkpoint_file, exported_seeds
     from .lmcheckpoint import RerankCheckpoint

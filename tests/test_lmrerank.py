@@ -268,10 +268,8 @@ def test_an_interrupted_fit_resumes_at_its_last_epoch_and_ends_as_one_call_would
     cfg = dataclasses.asdict(whole.cfg)
     with pytest.raises(Interrupt):
         build(stop_after).fit(inp, cand, val=toy(), checkpoint=RerankCheckpoint(path, cfg))
-    assert progress(path) | {"scored": ""} == {"epoch": stop_after, "epochs": total, "seconds": 10.0 * stop_after} | {
-        "pieces": 1,
-        "scored": "",
-    }
+    stopped = {"epoch": stop_after, "epochs": total, "seconds": 10.0 * stop_after, "pieces": 1, "scored": ""}
+    assert progress(path) == stopped
     clock[0] += 1000.0  # time between the calls is no one's training time
     second = build().fit(inp, cand, val=toy(), checkpoint=RerankCheckpoint(path, cfg))
     assert second.history == whole.history and (second.train_seconds, second.train_pieces) == (10.0 * total, 2)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from .paths import repo_path
 
 
 class RerankCheckpoint:
@@ -24,7 +25,7 @@ class RerankCheckpoint:
     ``path=None`` nothing is read or written (a plain, uninterrupted call)."""
 
     def __init__(self, path: str | os.PathLike | None, settings: dict):
-        self.path, self.settings, self.blob = (None if path is None else Path(path)), settings, {}
+        self.path, self.settings, self.blob = (None if path is None else repo_path(path)), settings, {}
         if self.path is not None and self.path.is_file():
             blob = torch.load(self.path, map_location="cpu", weights_only=False)
             if blob.get("settings") != settings:
@@ -55,27 +56,15 @@ class RerankCheckpoint:
             modules[name].load_state_dict(state)
         return list(self.blob.get("history", []))
 
-    def resume_loop(self, opt, rng: np.random.Generator, best) -> None:
-        """Restore a stage's optimiser, random states and validation selection, if the file stopped mid-stage."""
-        loop = self.blob.get("loop")
-        if loop is None:
-            return
-        opt.load_state_dict(loop["optimizer"])
-        rng.bit_generator.state = loop["numpy_rng"]
-        torch.set_rng_state(loop["torch_rng"])
-        best.key, best.state, best.since = loop["best"]
+    @property
+    def loop(self) -> dict | None:
+        """The stage's loop state (:func:`avg_lib.generator.training.loop_state`) if the file stopped mid-stage."""
+        return self.blob.get("loop")
 
-    def save_epoch(self, epoch: int, epochs: int, modules: dict, history: list, opt=None, rng=None, best=None):
-        """After ``epoch`` of ``epochs`` (all stages): the states of ``modules``, and with ``opt`` the stage's loop
-        (optimiser, ``rng``, ``best``) to go on mid-stage; without it, the stage ended with its selected state."""
-        loop = None
-        if opt is not None:
-            loop = {
-                "optimizer": opt.state_dict(),
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            }
-            loop["best"] = (best.key, best.state, best.since)
+    def save_epoch(self, epoch: int, epochs: int, modules: dict, history: list, loop: dict | None = None) -> None:
+        """After ``epoch`` of ``epochs`` (all stages): the states of ``modules``, and ``loop`` (a
+        :func:`~avg_lib.generator.training.loop_state`) to go on mid-stage; without it, the stage ended with its
+        selected state."""
         states = {name: m.state_dict() for name, m in modules.items()}
         self._write(
             epoch=epoch, epochs=epochs, modules=states, loop=loop, history=list(history), seconds=self.seconds()
@@ -98,13 +87,11 @@ class RerankCheckpoint:
             self.path.unlink()
 
     def _write(self, **fields) -> None:
+        from .results import write_file
+
         self.blob = {**self.blob, **fields, "settings": self.settings, "pieces": self.pieces}
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".partial")  # never half a checkpoint
-        torch.save(self.blob, tmp)
-        os.replace(tmp, self.path)
+        if self.path is not None:
+            write_file(self.path, lambda f: torch.save(self.blob, f))  # atomically: never half a checkpoint
 
 
 def progress(path) -> dict:

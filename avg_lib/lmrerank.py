@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .generator import GeneratorConfig, build_generator
+from .generator.training import loop_state, restore_loop_state
 from .progress import tqdm
 from .selection import BestState
 
@@ -172,7 +173,8 @@ class LMReranker:
             p.requires_grad_(False)
         opt = torch.optim.AdamW(self.image_proj.parameters(), lr=cfg.align_lr)
         rng, best, steps = np.random.default_rng(cfg.seed), BestState(), -(-len(targets) // cfg.batch_size)
-        ck.resume_loop(opt, rng, best)
+        if ck.loop is not None:
+            restore_loop_state(ck.loop, opt, rng, best, self.device)
         bar = tqdm(
             total=cfg.align_epochs * steps,
             initial=ck.epoch * steps,
@@ -193,7 +195,7 @@ class LMReranker:
                 best.update(self.image_proj, -row["val_nll"])
             self.history.append(row)
             if epoch + 1 < cfg.align_epochs:
-                ck.save_epoch(epoch + 1, total, proj, self.history, opt, rng, best)
+                ck.save_epoch(epoch + 1, total, proj, self.history, loop_state(opt, rng, best, self.device))
         bar.close()
         if best.state is not None:
             self.image_proj.load_state_dict(best.state)
@@ -259,7 +261,7 @@ class LMReranker:
         rng, start = np.random.default_rng(cfg.seed), ck.epoch - cfg.align_epochs  # group epochs done
         modules, best = nn.ModuleList(self._modules()), BestState()
         if 0 < start < cfg.epochs:
-            ck.resume_loop(opt, rng, best)
+            restore_loop_state(ck.loop, opt, rng, best, self.device)
         for m in self._modules():
             m.train()
         steps = -(-len(targets) // cfg.batch_size)
@@ -282,7 +284,8 @@ class LMReranker:
                     m.train()
             self.history.append(row)
             if epoch + 1 < cfg.epochs:
-                ck.save_epoch(cfg.align_epochs + epoch + 1, total, named, self.history, opt, rng, best)
+                loop = loop_state(opt, rng, best, self.device)
+                ck.save_epoch(cfg.align_epochs + epoch + 1, total, named, self.history, loop)
         bar.close()
         if best.state is not None:
             modules.load_state_dict(best.state)

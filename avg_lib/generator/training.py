@@ -263,21 +263,39 @@ def save_checkpoint(path, gen, opt, rng, best: BestState, history: list, **loop)
     """Everything :func:`train_generator` needs to go on, written to a temporary file first so that an
     interruption never leaves half a checkpoint. ``loop``: the training loop's own state (``epoch``, the next one;
     ``stopped`` early; the ``generative_state``; ``seconds`` so far; ``pieces``, the calls so far)."""
-    device = next(gen.parameters()).device
     blob = {
         "config": dataclasses.asdict(gen.cfg),
         "model": gen.state_dict(),
-        "optimizer": opt.state_dict(),
-        "numpy_rng": rng.bit_generator.state,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "best": (best.key, best.state, best.since),
+        **loop_state(opt, rng, best, next(gen.parameters()).device),
         "history": history,
         **loop,
     }
     tmp = f"{path}.partial"
     torch.save(blob, tmp)
     os.replace(tmp, path)
+
+
+def loop_state(opt, rng: np.random.Generator, best: BestState, device: torch.device) -> dict:
+    """A training loop's state besides the model: the optimiser, the numpy, torch and (on CUDA) CUDA random
+    states, and the validation selection; :func:`restore_loop_state` puts it back (shared by the LM re-ranker's
+    checkpoint, :mod:`avg_lib.lmcheckpoint`)."""
+    return {
+        "optimizer": opt.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "best": (best.key, best.state, best.since),
+    }
+
+
+def restore_loop_state(state: dict, opt, rng: np.random.Generator, best: BestState, device: torch.device) -> None:
+    """Put a :func:`loop_state` back into a fresh loop's optimiser, random generators and selection."""
+    opt.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+    best.key, best.state, best.since = state["best"]
 
 
 def checkpoint_progress(path) -> dict:
@@ -297,12 +315,7 @@ def load_checkpoint(path, gen, opt, rng, best: BestState, history: list) -> dict
         changed = sorted(k for k, v in dataclasses.asdict(gen.cfg).items() if blob["config"].get(k) != v)
         raise ValueError(f"{path}: a checkpoint of other generator settings ({', '.join(changed)}); remove it")
     gen.load_state_dict(blob["model"])
-    opt.load_state_dict(blob["optimizer"])
-    rng.bit_generator.state = blob["numpy_rng"]
-    torch.set_rng_state(blob["torch_rng"].cpu())
-    if blob["cuda_rng"] is not None:
-        torch.cuda.set_rng_state(blob["cuda_rng"].cpu(), next(gen.parameters()).device)
-    best.key, best.state, best.since = blob["best"]
+    restore_loop_state(blob, opt, rng, best, next(gen.parameters()).device)
     history[:] = blob["history"]
     loop = {k: blob[k] for k in ("epoch", "stopped", "generative_state", "seconds")}
     return loop | {"pieces": blob.get("pieces", 1)}  # checkpoints written before 084a49b did not count the calls

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .images import Thumbnails, check_readable, load_rgb
+from .images import ImageChecks, Thumbnails, load_rgb
 from .paths import data_dir
 
 SPLITS = ("train", "val", "test")
@@ -56,6 +56,8 @@ class LoadReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    images_checked: int | None = None  # images opened to verify them in this load (None: verification off)
+    images_reused: int = 0  # images whose verdict an earlier load had kept (avg_lib.images.ImageChecks)
 
     def skip(self, reason: str, example: str) -> None:
         self.skipped[reason] += 1
@@ -68,12 +70,15 @@ class LoadReport:
         return sum(self.skipped.values())
 
     def __str__(self) -> str:
+        checks = ""
+        if self.images_checked is not None:
+            checks = f"; images verified: {self.images_checked} now, {self.images_reused} by an earlier load"
         if not self.skipped:
-            return f"{self.source}: kept {self.kept} items, skipped none"
+            return f"{self.source}: kept {self.kept} items, skipped none{checks}"
         parts = [
             f"{n} {reason} (e.g. {', '.join(self.examples[reason])})" for reason, n in sorted(self.skipped.items())
         ]
-        return f"{self.source}: kept {self.kept} items, skipped {self.n_skipped}: " + "; ".join(parts)
+        return f"{self.source}: kept {self.kept} items, skipped {self.n_skipped}: " + "; ".join(parts) + checks
 
 
 def clean_captions(captions: Iterable[str]) -> tuple[str, ...]:
@@ -230,7 +235,7 @@ def load_folder(
     if not path.is_file():
         raise DataError(f"{path}: captions file not found")
     report = LoadReport(source=str(path))
-    items, seen = [], {}
+    items, seen, checks = [], {}, image_checks(path) if verify_images else None
     for lineno, row in _read_jsonl(path):
         where = f"{path}:{lineno}"
         for key in ("image", "captions", "split"):
@@ -248,16 +253,22 @@ def load_folder(
             raise DataError(f"{where}: duplicate id {item_id!r} (first seen on line {seen[item_id]})")
         seen[item_id] = lineno
         image = (root / row["image"]).resolve()
-        _add_item(items, report, item_id, row["captions"], row["split"], image, verify_images, strict, where)
-    report.kept = len(items)
-    return _finish(name or root.name, items, report, path)
+        _add_item(items, report, item_id, row["captions"], row["split"], image, checks, strict, where)
+    return _finish(name or root.name, items, report, path, checks)
 
 
-def _add_item(items, report, item_id, captions, split, image: Path, verify, strict, where) -> None:
+def image_checks(source: Path) -> ImageChecks:
+    """The image verdicts of the dataset described by ``source`` (its captions or split file), kept under
+    ``<data dir>/image_checks/`` so that every notebook after the first reuses them."""
+    key = hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:16]
+    return ImageChecks(data_dir() / "image_checks" / f"{key}.json")
+
+
+def _add_item(items, report, item_id, captions, split, image: Path, checks, strict, where) -> None:
     caps = clean_captions(captions)
     problem = None if caps else "no captions"
     if problem is None:
-        problem = check_readable(image) if verify else (None if image.is_file() else "missing image")
+        problem = checks.problem(image) if checks is not None else (None if image.is_file() else "missing image")
     if problem is not None:
         if strict:
             raise DataError(f"{where}: {problem} for id {item_id!r} ({image})")
@@ -266,7 +277,13 @@ def _add_item(items, report, item_id, captions, split, image: Path, verify, stri
     items.append(Item(id=item_id, captions=caps, split=split, image=str(image)))
 
 
-def _finish(name: str, items: list[Item], report: LoadReport, path: Path) -> CaptionedImages:
+def _finish(
+    name: str, items: list[Item], report: LoadReport, path: Path, checks: ImageChecks | None
+) -> CaptionedImages:
+    report.kept = len(items)
+    if checks is not None:
+        checks.save()
+        report.images_checked, report.images_reused = checks.checked, checks.reused
     if not items:
         raise DataError(f"{path}: no usable items ({report})")
     if report.skipped:
@@ -309,7 +326,7 @@ def load_karpathy(
     if restval not in ("train", "val", "test", "skip"):
         raise ValueError(f"restval must be train, val, test or skip, not {restval!r}")
     report = LoadReport(source=str(json_path))
-    items, seen = [], {}
+    items, seen, checks = [], {}, image_checks(json_path) if verify_images else None
     for k, img in enumerate(doc["images"]):
         where = f"{json_path}: images[{k}]"
         if not isinstance(img, dict) or "filename" not in img or "split" not in img:
@@ -331,6 +348,5 @@ def load_karpathy(
             raise DataError(f"{where}: 'sentences' must be a list")
         caps = [s.get("raw", "") if isinstance(s, dict) else "" for s in sents][:max_captions]
         image = image_root / img.get("filepath", "") / img["filename"]
-        _add_item(items, report, item_id, caps, split, image, verify_images, strict, where)
-    report.kept = len(items)
-    return _finish(name or json_path.stem.replace("dataset_", ""), items, report, json_path)
+        _add_item(items, report, item_id, caps, split, image, checks, strict, where)
+    return _finish(name or json_path.stem.replace("dataset_", ""), items, report, json_path, checks)

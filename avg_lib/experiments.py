@@ -11,6 +11,7 @@ import time
 
 from . import baselines, generator, identifiers, rerank, stats, two_tower
 from .metrics import KS, evaluate_scores, recall_at_k, top_k
+from .studies import ABLATIONS
 from .tables import METRICS
 from .trie import VokenTrie
 
@@ -113,14 +114,16 @@ def identifier_baselines(run) -> dict:
 
 
 def ablation_variants(run) -> dict:
-    """The ablations of AVG for ``run`` (its seed), each as the changes :func:`avg_result` takes: one component
-    off at a time, everything else identical (notebook 07)."""
-    return {
-        "without semantic alignment": {"vt": run.tokenizer(align_weight=0.0)},
-        "without discriminative training": {"stage": "generative"},
-        "without codebook-embedding init": {"init_from_codebook": False},
-        "without k-means init": {"vt": run.tokenizer(kmeans_init=False)},
+    """The ablations of AVG the profile lists (``ablations.variants``) for ``run`` (its seed), each as the changes
+    :func:`avg_result` takes: one component off at a time, everything else identical (notebook 07). A variant's
+    tokenizer is trained (or loaded) only when the profile lists it."""
+    changes = {
+        "semantic_alignment": lambda: {"vt": run.tokenizer(align_weight=0.0)},
+        "discriminative": lambda: {"stage": "generative"},
+        "codebook_init": lambda: {"init_from_codebook": False},
+        "kmeans_init": lambda: {"vt": run.tokenizer(kmeans_init=False)},
     }
+    return {ABLATIONS[key]: make() for key, make in changes.items() if key in run.cfg.ablations.variants}
 
 
 def sweep_changes(run, codebook_size: int, levels: int) -> dict:

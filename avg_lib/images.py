@@ -13,7 +13,9 @@ Rules (tested in tests/test_images.py); files are first rotated by their EXIF or
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,13 +63,15 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
     if not path.is_file():
         raise ImageError(f"{path}: image file is missing")
     try:
-        with Image.open(path) as img:
-            if min_side and min(img.size) > min_side:
-                scale = min_side / min(img.size)
-                img.draft("RGB", (max(1, int(img.width * scale)), max(1, int(img.height * scale))))
-            img.load()
-            out = to_rgb(ImageOps.exif_transpose(img))  # camera photos: honour the EXIF orientation
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        with warnings.catch_warnings():  # a large image is expected (and read reduced with min_side)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if min_side and min(img.size) > min_side:
+                    scale = min_side / min(img.size)
+                    img.draft("RGB", (max(1, int(img.width * scale)), max(1, int(img.height * scale))))
+                img.load()
+                out = to_rgb(ImageOps.exif_transpose(img))  # camera photos: honour the EXIF orientation
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
     if min_side and min(out.size) > min_side:
         scale = min_side / min(out.size)
@@ -88,17 +92,22 @@ class Thumbnails:
         path = Path(path)
         try:
             st = path.stat()
-            with Image.open(path) as img:
-                size = img.size
-        except (OSError, UnidentifiedImageError):
+        except OSError:
+            return load_rgb(path)  # the same clear error as without the cache
+        key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+        thumb = self.root / key[:2] / f"{key}.png"
+        if thumb.is_file():  # read without opening the original again
+            with Image.open(thumb) as img:
+                return img.convert("RGB")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    size = img.size
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
             return load_rgb(path)  # the same clear error as without the cache
         if min(size) <= self.min_side:
             return load_rgb(path)
-        key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
-        thumb = self.root / key[:2] / f"{key}.png"
-        if thumb.is_file():
-            with Image.open(thumb) as img:
-                return img.convert("RGB")
         out = load_rgb(path, self.min_side)
         thumb.parent.mkdir(parents=True, exist_ok=True)
         tmp = thumb.with_name(f".{thumb.name}.{os.getpid()}.partial")
@@ -108,22 +117,69 @@ class Thumbnails:
 
 
 def check_readable(path: str | Path) -> str | None:
-    """Return ``None`` if ``path`` is a decodable image, else a short reason (for counted skips)."""
+    """Return ``None`` if ``path`` is a decodable image, else a short reason (for counted skips). A file over
+    PIL's decompression-bomb limit is refused with that reason; a large image under it is checked without PIL's
+    warning (images are read reduced, :func:`load_rgb`)."""
     path = Path(path)
     if not path.is_file():
         return "missing image"
     try:
-        with Image.open(path) as img:
-            fmt = img.format
-            img.verify()
-        if fmt != "PNG" and not (fmt == "JPEG" and _ends_with_jpeg_eoi(path)):
-            # verify() checks PNG chunks but next to nothing elsewhere (a truncated JPEG passes it):
-            # decode such files, so that a kept image is one load_rgb can read
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                img.load()
+                fmt = img.format
+                img.verify()
+            if fmt != "PNG" and not (fmt == "JPEG" and _ends_with_jpeg_eoi(path)):
+                # verify() checks PNG chunks but next to nothing elsewhere (a truncated JPEG passes it):
+                # decode such files, so that a kept image is one load_rgb can read
+                with Image.open(path) as img:
+                    img.load()
+    except Image.DecompressionBombError:
+        return "image over PIL's decompression-bomb pixel limit"
     except Exception:
         return "unreadable image"
     return None
+
+
+class ImageChecks:
+    """:func:`check_readable`'s verdicts, kept in one JSON file (``path``) keyed by each image's path, size and
+    modification time, so that a dataset is verified once, not by every notebook that loads it: an unchanged file
+    keeps its verdict, a changed or new one is checked again. :meth:`save` writes the file atomically (two runs
+    sharing it at worst both check an image)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checked = self.reused = 0  # files opened by this object, and files whose earlier verdict it reused
+        try:
+            self.verdicts: dict[str, str | None] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.verdicts = {}
+        self._dirty = False
+
+    def problem(self, image: str | Path) -> str | None:
+        """``None`` for a readable image, else the reason it is skipped (a missing file is never cached)."""
+        image = Path(image)
+        try:
+            st = image.stat()
+        except OSError:
+            return "missing image"
+        key = f"{image}|{st.st_size}|{st.st_mtime_ns}"
+        if key in self.verdicts:
+            self.reused += 1
+        else:
+            self.verdicts[key] = check_readable(image)
+            self.checked += 1
+            self._dirty = True
+        return self.verdicts[key]
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        tmp.write_text(json.dumps(self.verdicts))
+        os.replace(tmp, self.path)
+        self._dirty = False
 
 
 def _ends_with_jpeg_eoi(path: Path) -> bool:

@@ -65,13 +65,14 @@ def plan(cfg) -> list[Job]:
     from . import experiments
 
     mt, ab, tok, p = cfg.main_table, cfg.ablations, cfg.tokenizer, cfg.retrieval.pseudo_per_image
-    ablation_seeds = list(ab.seeds) if ab.enabled else []
+    ablation_seeds = list(ab.seeds) if ab.variants else []
     seeds = sorted({cfg.seed, *mt.seeds, *mt.baseline_seeds, *ablation_seeds})
     jobs = [Job("joint", s, 1) for s in seeds]
     jobs += [Job("one_tower", s, 2) for s in mt.seeds]
-    unaligned = sorted({*mt.baseline_seeds, *mt.seeds, *ablation_seeds})  # the unaligned RQ ids' tokenizer
+    unaligned_ablation = ablation_seeds if "semantic_alignment" in ab.variants else []
+    unaligned = sorted({*mt.baseline_seeds, *mt.seeds, *unaligned_ablation})  # the unaligned RQ ids' tokenizer
     tokenizers = [(s, ()) for s in seeds] + [(s, (("align_weight", 0.0),)) for s in unaligned]
-    tokenizers += [(s, (("kmeans_init", False),)) for s in ablation_seeds]
+    tokenizers += [(s, (("kmeans_init", False),)) for s in ablation_seeds if "kmeans_init" in ab.variants]
     sweep = [(k, tok.levels) for k in ab.codebook_sizes] + [(tok.codebook_size, n) for n in ab.voken_lengths]
     sweep = [kl for kl in dict.fromkeys(sweep) if kl != (tok.codebook_size, tok.levels)]
     tokenizers += [(cfg.seed, (("codebook_size", k), ("levels", n))) for k, n in sweep]
@@ -94,7 +95,7 @@ def plan(cfg) -> list[Job]:
         gens += [gen(s, "baseline", n, q) for n in names for q in ([0, p] if mt.baseline_pseudo else [0])]
     gens += [gen(s, "baseline", experiments.UNALIGNED) for s in mt.seeds]
     for s in ablation_seeds:
-        gens += [gen(s)] + [gen(s, "ablation", n) for n in ABLATIONS_TRAINED]
+        gens += [gen(s)] + [gen(s, "ablation", n) for n in ABLATIONS_TRAINED if n in ab.names]
     gens += [gen(cfg.seed, "sweep", kl, cost=1.0) for kl in sweep]
     same = {("ablation", "without semantic alignment"): ("baseline", experiments.UNALIGNED)}  # one model
     unique = {}

@@ -62,13 +62,33 @@ class MainTableConfig:  # notebook 06
     pseudo_recipes_compared: tuple[str, ...] = ("borrowed",)  # AVG + pseudo queries by these recipes too
 
 
+# the ablations of notebook 07, by the name a profile lists them under (``ablations.variants``); each switches one
+# component of AVG off and is a paired claim against full AVG over ``ablations.seeds``
+ABLATIONS = {
+    "semantic_alignment": "without semantic alignment",
+    "discriminative": "without discriminative training",
+    "codebook_init": "without codebook-embedding init",
+    "kmeans_init": "without k-means init",
+}
+
+
 @dataclass(frozen=True)
 class AblationsConfig:  # notebook 07
-    enabled: bool = True  # the ablation table (the sweeps always run)
+    variants: tuple[str, ...] = tuple(ABLATIONS)  # the ablation table's variants (empty: no table; sweeps still run)
     seeds: tuple[int, ...] = (0, 1, 2)  # every ablation variant and full AVG are trained with each seed
     codebook_sizes: tuple[int, ...] = (64, 1024)  # the tokenizer's codebook_size is added
     voken_lengths: tuple[int, ...] = (2, 4)  # the tokenizer's levels is added
     beam_sizes: tuple[int, ...] = (1, 5, 20, 50)  # the generator's num_beams is added
+
+    def __post_init__(self):
+        unknown = sorted(set(self.variants) - set(ABLATIONS))
+        if unknown:
+            raise ValueError(f"unknown ablation(s) {unknown}; expected some of {', '.join(ABLATIONS)}")
+
+    @property
+    def names(self) -> list[str]:
+        """The variants' names as tables print them, in the order of :data:`ABLATIONS`."""
+        return [name for key, name in ABLATIONS.items() if key in self.variants]
 
 
 @dataclass(frozen=True)

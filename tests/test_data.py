@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avg_lib import data
+from avg_lib import data, images
 from avg_lib.data import CaptionedImages, DataError, Item, LoadReport, clean_captions, load_dataset, stable_split
 from avg_lib.emoji import _key, build_captions
 from avg_lib.synthetic import load_synthetic, split_of
@@ -356,6 +356,33 @@ def test_folder_without_verification_only_checks_existence(messy):
     ds = data.load_folder(messy, verify_images=False)
     assert ds.ids == ["good1.png", "corrupt.png", "good2.png", "truncated.jpg", "corrupt2.jpg"]
     assert ds.report.skipped == Counter({"missing image": 2, "no captions": 2})
+
+
+def test_image_verdicts_are_kept_so_a_second_load_opens_no_image(messy, tmp_path, monkeypatch):
+    """A dataset is verified once: the next load (the next notebook) reuses every verdict, skips the same items for
+    the same reasons, and says how many images it opened; a changed file is checked again."""
+    monkeypatch.setenv("AVG_DATA_DIR", str(tmp_path / "cache"))
+    first = data.load_folder(messy)
+    assert first.report.images_checked == 5  # the two good images and three unreadable ones; missing files never
+    opened, real = [], images.check_readable
+    monkeypatch.setattr(images, "check_readable", lambda p: opened.append(p) or real(p))
+    second = data.load_folder(messy)
+    assert opened == [] and second.report.images_checked == 0 and "0 now, 5 by an earlier load" in str(second.report)
+    assert second.ids == first.ids and second.report.skipped == first.report.skipped
+    save_corrupt(messy / "good1.png")  # the file changes (size and time): its old verdict no longer applies
+    third = data.load_folder(messy)
+    assert opened == [messy / "good1.png"] and third.ids == ["good2.png"]
+    assert third.report.skipped["unreadable image"] == 4
+
+
+def test_image_verdicts_survive_a_broken_verdict_file(messy, tmp_path, monkeypatch):
+    monkeypatch.setenv("AVG_DATA_DIR", str(tmp_path / "cache"))
+    data.load_folder(messy)
+    (verdicts,) = (tmp_path / "cache" / "image_checks").glob("*.json")
+    verdicts.write_text("{not json")  # e.g. a disk that filled up: the verdicts are redone, not trusted
+    again = data.load_folder(messy)
+    assert again.report.images_checked == 5 and again.ids == ["good1.png", "good2.png"]
+    assert json.loads(verdicts.read_text())
 
 
 @pytest.mark.parametrize(

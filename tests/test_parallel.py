@@ -17,7 +17,7 @@ def _labels(jobs):
 
 
 def test_plan_lists_every_notebook_model_once_in_dependency_order():
-    cfg = config.load_config("default")
+    cfg = config.load_config("full")  # every study on
     jobs = parallel.plan(cfg)
     assert len(set(jobs)) == len(jobs) and len(set(_labels(jobs))) == len(jobs)
     phases = [j.phase for j in jobs]
@@ -52,7 +52,7 @@ def test_plan_lists_every_notebook_model_once_in_dependency_order():
 
 def test_plan_follows_the_profile_switches():
     over = {
-        "ablations": {"enabled": False, "codebook_sizes": [], "voken_lengths": []},
+        "ablations": {"variants": [], "codebook_sizes": [], "voken_lengths": []},
         "backends": {"compare": False},
         "main_table": {"seeds": [0], "seed_pseudo": False, "pseudo_recipes_compared": []},
     }
@@ -82,7 +82,7 @@ TINY = {
     "one_tower": {"epochs": 1},
     "backends": {"compare": False},
     "main_table": {"seeds": [0], "pseudo_recipes_compared": []},
-    "ablations": {"enabled": False, "codebook_sizes": [16], "voken_lengths": []},
+    "ablations": {"variants": [], "codebook_sizes": [16], "voken_lengths": []},
 }
 
 

@@ -89,7 +89,7 @@ def _voken_decoder_lm(gen):
                     past, (mk, mv) = past_key_values[i][:2], past_key_values[i][2:]
                 x, (k, v) = blk(x, (mk, mv), memory_mask, 1, past=past)
                 layers.append((k, v, mk, mv))
-            logits = (g.norm(x) @ g.embed.weight[: g.codebook_size + 1].T) * g.logit_scale
+            logits = g.logits(g.norm(x)) * g.logit_scale
             return CausalLMOutputWithPast(logits=logits, past_key_values=tuple(layers))
 
     return VokenDecoderLM(gen).eval()

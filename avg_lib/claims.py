@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import stats
 
-__all__ = ["COLUMNS", "add_intervals", "compare", "sentence", "table"]
+__all__ = ["COLUMNS", "add_intervals", "agreement", "compare", "sentence", "table"]
 
 COLUMNS = [
     "claim",
@@ -116,3 +116,26 @@ def add_intervals(table: pd.DataFrame, ranked: dict, targets: np.ndarray, ks=sta
         for k, iv in zip(ks, stats.recall_interval(h, targets, n_resamples=n_resamples)):
             out.loc[i, f"R@{k}_low"], out.loc[i, f"R@{k}_high"] = iv.low, iv.high
     return out
+
+
+DECIDED = ("holds", "does not hold")
+
+
+def agreement(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """The claims two runs share (the same claim text in both claims tables ``a`` and ``b``, e.g. the default
+    profile's three seeds and the full profile's five), each with both verdicts, seeds and intervals and how they
+    relate: ``same verdict``; ``decided in b`` / ``decided in a`` (inconclusive in one run, holds or does not hold
+    in the other: more seeds or a narrower interval decided it); ``contradiction`` (holds in one, does not hold in
+    the other), which two runs of one method should never show."""
+    cols = ["claim", "seeds", "difference", "low", "high", "verdict"]
+    both = a[cols].merge(b[cols], on="claim", suffixes=("_a", "_b"))
+
+    def relation(r) -> str:
+        va, vb = r["verdict_a"], r["verdict_b"]
+        if va == vb:
+            return "same verdict"
+        if va in DECIDED and vb in DECIDED:
+            return "contradiction"
+        return "decided in b" if vb in DECIDED else "decided in a"
+
+    return both.assign(relation=both.apply(relation, axis=1) if len(both) else pd.Series(dtype=str))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import claims as paired_claims
+from .paths import REPO_ROOT, repo_path
 from .results import environment_note, refresh_study_index, study_index, write_text
 from .tables import markdown
 
@@ -256,6 +257,77 @@ def claims(d: Path) -> list[str]:
     return out + _efficiency_claims(d)
 
 
+# profile runs whose shared claims are set side by side in each other's README (the default's three seeds and the
+# full profile's five): (profile, the profile it is compared with)
+PAIRED_PROFILES = {"default": "full", "full": "default"}
+
+
+def paired_results_dir(profile: str) -> Path | None:
+    """The results directory of the profile :data:`PAIRED_PROFILES` pairs with ``profile``, if it has a run."""
+    from . import config
+
+    other = PAIRED_PROFILES.get(profile)
+    if other is None:
+        return None
+    d = repo_path(config.load_config(other).results_dir)
+    return d if (d / "provenance.csv").is_file() else None
+
+
+def agreement_lines(d: Path, other: Path, profile: str, other_profile: str) -> list[str]:
+    """The README section that sets this run's claims beside the same claims of the paired profile's run: every
+    shared claim with both verdicts, the ones more seeds decided, and any contradiction (which should not occur)."""
+    table = None
+    for name in ("claims.csv", "ablation_claims.csv"):
+        a, b = _read(d, name), _read(other, name)
+        if a is not None and b is not None:
+            part = paired_claims.agreement(a, b)
+            table = part if table is None else pd.concat([table, part], ignore_index=True)
+    if table is None or not len(table):
+        return []
+    rel = table["relation"].map(
+        {
+            "same verdict": "same verdict",
+            "decided in a": f"decided here, inconclusive in `{other_profile}`",
+            "decided in b": f"inconclusive here, decided in `{other_profile}`",
+            "contradiction": "**contradiction**",
+        }
+    )
+    show = pd.DataFrame(
+        {
+            "claim": table["claim"],
+            f"{profile}: seeds": table["seeds_a"],
+            f"{profile}: difference [95%]": [_iv(r, "a") for _, r in table.iterrows()],
+            f"{profile}": table["verdict_a"],
+            f"{other_profile}: seeds": table["seeds_b"],
+            f"{other_profile}: difference [95%]": [_iv(r, "b") for _, r in table.iterrows()],
+            f"{other_profile}": table["verdict_b"],
+            "relation": rel,
+        }
+    )
+    decided = table[table["relation"] == "decided in b"]
+    lines = [
+        f"## The same claims in the `{other_profile}` profile's run",
+        "",
+        f"`{other.relative_to(REPO_ROOT) if other.is_relative_to(REPO_ROOT) else other}` shares these claims with "
+        "this run (the same models where both train them). No claim may hold in one run and not hold in the other "
+        "(`tests/test_results.py` checks it).",
+        "",
+        markdown(show),
+    ]
+    if len(decided):
+        lines += [
+            f"Inconclusive here but decided in the `{other_profile}` run (more seeds): "
+            + "; ".join(f"{r['claim']} ({r['verdict_b']}, seeds {r['seeds_b']})" for _, r in decided.iterrows())
+            + ".",
+            "",
+        ]
+    return lines
+
+
+def _iv(r, side: str) -> str:
+    return f"{r[f'difference_{side}']:+.2f} [{r[f'low_{side}']:+.2f}, {r[f'high_{side}']:+.2f}]"
+
+
 def _section(d: Path, csv: str, title: str, figs: list[str], cols: list[str] | None) -> list[str] | None:
     """The README lines of one table (its columns ``cols``, provenance left out) and its figures; ``None`` if
     the table is not in ``d``."""
@@ -304,6 +376,9 @@ def write_results_readme(results_dir: str | Path, profile: str) -> Path:
         "",
         markdown(ANCHORS),
     ]
+    other = paired_results_dir(profile)
+    if other is not None and other.resolve() != d.resolve():
+        lines += agreement_lines(d, other, profile, PAIRED_PROFILES[profile])
     missing = []
     for section in SECTIONS:
         if section[0] in SPEED_ONLY:

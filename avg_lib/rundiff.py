@@ -86,6 +86,28 @@ def shifts(before: pd.DataFrame, after: pd.DataFrame, keys: list[str], metric: s
     return pd.DataFrame(rows)
 
 
+TIMING = ("latency_ms", "train_seconds", "decode_ms", "rerank_ms")  # measured again by every run, never compared
+PROVENANCE = ("profile", "seed", "git_commit", "created_utc")
+
+
+def shared_rows(before: pd.DataFrame, after: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of two per-seed tables with the same key and seed (two profiles that train the same model), one
+    line each with ``differs``: the columns (besides timings and provenance) whose values are not equal, empty when
+    the rows are identical. Numbers are compared as the CSVs store them."""
+    cols = [c for c in before.columns if c in after.columns and c not in (*TIMING, *PROVENANCE, *keys)]
+    b = before.assign(_seed=before["seed"].astype(str)).set_index([*keys, "_seed"])
+    a = after.assign(_seed=after["seed"].astype(str)).set_index([*keys, "_seed"])
+    common = b.index.intersection(a.index)
+    rows = []
+    for key in common:
+        x, y = b.loc[key], a.loc[key]
+        if isinstance(x, pd.DataFrame) or isinstance(y, pd.DataFrame):
+            raise ValueError(f"{key}: a row appears twice in one per-seed table")
+        differs = [c for c in cols if not (pd.isna(x[c]) and pd.isna(y[c])) and x[c] != y[c]]
+        rows.append({**dict(zip([*keys, "seed"], key)), "differs": ", ".join(differs)})
+    return pd.DataFrame(rows, columns=[*keys, "seed", "differs"])
+
+
 def compare(before: str, after: str, metric: str = "R@1") -> pd.DataFrame:
     """:func:`shifts` for every per-seed table both runs have, stacked, with a ``row`` label column."""
     parts = []

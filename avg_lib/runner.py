@@ -143,12 +143,16 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
             if status != "ok":
                 return 1
     finally:
-        readme = report.write_results_readme(results_dir, profile_name)
-        print(
-            f"<== {readme.relative_to(REPO_ROOT) if readme.is_relative_to(REPO_ROOT) else readme} rewritten from "
-            "the tables and figures in that directory",
-            flush=True,
-        )
+        readmes = [report.write_results_readme(results_dir, profile_name)]
+        paired = report.paired_results_dir(profile_name)  # its README sets its claims beside this run's
+        if paired is not None and paired.resolve() != results_dir.resolve():
+            readmes.append(report.write_results_readme(paired, report.PAIRED_PROFILES[profile_name]))
+        for readme in readmes:
+            print(
+                f"<== {readme.relative_to(REPO_ROOT) if readme.is_relative_to(REPO_ROOT) else readme} rewritten from "
+                "the tables and figures in that directory",
+                flush=True,
+            )
         if env_before is None:
             os.environ.pop("AVG_PLAIN_PROGRESS", None)
     return 0

@@ -109,3 +109,42 @@ def test_ablation_table_deltas_are_paired_over_the_same_seeds():
     assert t.loc["without x", "delta_R@1"] == pytest.approx(-2.0)
     assert t.loc["without y", "delta_R@1"] == pytest.approx(1.0)  # only seed 1 is shared
     assert t.loc["AVG (full)", "R@1_std"] == pytest.approx(np.std([10, 14], ddof=1))
+
+
+def _claim(claim, verdict, low, high, seeds="0,1,2"):
+    return {
+        "claim": claim,
+        "seeds": seeds,
+        "difference": (low + high) / 2,
+        "low": low,
+        "high": high,
+        "verdict": verdict,
+    }
+
+
+def test_agreement_names_how_two_runs_verdicts_relate():
+    three = pd.DataFrame(
+        [
+            _claim("same", "holds", 1.0, 3.0),
+            _claim("decided by five seeds", "inconclusive", -0.5, 2.0),
+            _claim("decided by three only", "does not hold", -3.0, -1.0),
+            _claim("clash", "holds", 0.5, 1.5),
+            _claim("only in the default run", "holds", 1.0, 2.0),
+        ]
+    )
+    five = pd.DataFrame(
+        [
+            _claim("same", "holds", 1.5, 2.5, "0,1,2,3,4"),
+            _claim("decided by five seeds", "holds", 0.2, 1.8, "0,1,2,3,4"),
+            _claim("decided by three only", "inconclusive", -2.0, 0.1, "0,1,2,3,4"),
+            _claim("clash", "does not hold", -1.0, -0.1, "0,1,2,3,4"),
+        ]
+    )
+    got = claims.agreement(three, five).set_index("claim")["relation"].to_dict()
+    assert got == {
+        "same": "same verdict",
+        "decided by five seeds": "decided in b",
+        "decided by three only": "decided in a",
+        "clash": "contradiction",
+    }
+    assert claims.agreement(three, five.iloc[:0]).empty

@@ -71,3 +71,15 @@ def test_offline_default_encoders_are_real_pretrained_models():
     ds = load_synthetic(n_images=4)
     x = img_enc.encode_images([ds.image(i) for i in range(4)])
     assert x.shape == (4, 1280) and np.isfinite(x).all() and x.std() > 0
+
+
+def test_efficientnet_encodes_a_batch_in_micro_batches_with_the_same_features():
+    """The offline image encoder runs 4 images per forward pass on a CPU (faster: activations stay in cache);
+    a batch gives the features of one big pass (bit for bit on the CPUs measured, docs/run_time.md)."""
+    enc = features.EfficientNetLite0(image_size=64, device="cpu")
+    ds = load_synthetic(n_images=10)
+    images = [ds.image(i) for i in range(10)]
+    micro = enc.encode_images(images)
+    enc.cpu_micro_batch = 10
+    whole = enc.encode_images(images)
+    assert micro.shape == (10, 1280) and np.allclose(micro, whole, rtol=1e-5, atol=1e-6)

@@ -280,3 +280,31 @@ def test_a_new_study_is_linked_from_the_generated_readme_beside_it_and_nothing_e
     hand = tmp_path / "new" / "README.md"
     assert refresh_study_index(hand) is None and hand.read_text() == "# A new study\n\nbody\n"
     assert refresh_study_index(tmp_path / "missing.md") is None
+
+
+def test_the_paired_profiles_readme_sets_shared_claims_side_by_side(tmp_path, monkeypatch):
+    """The default run's README lists its claims beside the full run's: the verdicts, which ones five seeds
+    decided, and a contradiction flagged, never hidden."""
+    from avg_lib import claims
+
+    def claim_rows(d, rows):
+        d.mkdir(parents=True, exist_ok=True)
+        full = [dict.fromkeys(claims.COLUMNS, 0.0) | {"a": "A", "b": "B", "metric": "R@1"} | r for r in rows]
+        claims.table(full).to_csv(d / "claims.csv", index=False)
+        _write(d, "provenance.csv", [{"notebook": "06_main_table.ipynb", "status": "ok", "wall_s": 1.0}])
+
+    default, full = tmp_path / "results", tmp_path / "results" / "full"
+    claim_rows(default, [{"claim": "X beats Y", "seeds": "0,1,2", "low": -0.5, "high": 1.0, "verdict": "inconclusive"}])
+    claim_rows(full, [{"claim": "X beats Y", "seeds": "0,1,2,3,4", "low": 0.2, "high": 1.0, "verdict": "holds"}])
+    monkeypatch.setattr(report, "paired_results_dir", lambda p: full if p == "default" else default)
+    text = report.write_results_readme(default, "default").read_text()
+    assert "## The same claims in the `full` profile's run" in text
+    assert "inconclusive here, decided in `full`" in text
+    assert "Inconclusive here but decided in the `full` run (more seeds): X beats Y (holds, seeds 0,1,2,3,4)." in text
+    text = report.write_results_readme(full, "full").read_text()
+    assert "decided here, inconclusive in `default`" in text
+    claim_rows(
+        full, [{"claim": "X beats Y", "seeds": "0,1,2,3,4", "low": -2.0, "high": -1.0, "verdict": "does not hold"}]
+    )
+    claim_rows(default, [{"claim": "X beats Y", "seeds": "0,1,2", "low": 0.1, "high": 1.0, "verdict": "holds"}])
+    assert "**contradiction**" in report.write_results_readme(default, "default").read_text()

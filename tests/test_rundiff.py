@@ -64,3 +64,21 @@ def test_bad_sources_are_named(tmp_path, capsys):
         rundiff.read_table(str(tmp_path / "missing"), "main_table_runs")
     assert rundiff.main([str(tmp_path), str(tmp_path)]) == 2
     assert "no row with two or more common seeds" in capsys.readouterr().err
+
+
+def test_shared_rows_name_every_column_that_differs_and_ignore_timings():
+    before = pd.DataFrame(
+        [
+            {"method": "AVG", "pseudo_queries": False, "seed": 0, "R@1": 10.0, "cache": "g-1", "latency_ms": 2.0},
+            {"method": "AVG", "pseudo_queries": False, "seed": 1, "R@1": 11.0, "cache": "g-2", "latency_ms": 2.0},
+            {"method": "only before", "pseudo_queries": False, "seed": 0, "R@1": 1.0, "cache": "x", "latency_ms": 1.0},
+        ]
+    )
+    after = before.iloc[:2].copy()
+    after["latency_ms"] = [3.0, 4.0]  # timed again: not a difference
+    after.loc[1, ["R@1", "cache"]] = [11.5, "g-3"]
+    after = pd.concat([after, after.iloc[[0]].assign(seed=3)])  # a seed only the second run has
+    rows = rundiff.shared_rows(before, after, ["method", "pseudo_queries"])
+    assert rows[["method", "seed", "differs"]].values.tolist() == [["AVG", "0", ""], ["AVG", "1", "R@1, cache"]]
+    with pytest.raises(ValueError, match="appears twice"):
+        rundiff.shared_rows(pd.concat([before, before]), after, ["method", "pseudo_queries"])

@@ -56,6 +56,10 @@ class GeneratorConfig:
     # where training runs: "cpu", or "cuda" (the current CUDA device; under torchrun each rank's LOCAL_RANK
     # device, ranks joined by nccl). The trained model is saved and loaded on the CPU either way.
     device: str = "cpu"
+    # minilm: the library behind the voken decoder's float32 matrix products on a CPU, in training and decoding:
+    # "onednn", "mkl" (torch's default), or "auto" (oneDNN where torch reports AVX-512; avg_lib.kernels). The same
+    # arithmetic, summed in another order: results move by float rounding
+    cpu_matmul: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
@@ -65,6 +69,8 @@ class GeneratorConfig:
             raise ValueError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
+        if self.cpu_matmul not in ("auto", "mkl", "onednn"):
+            raise ValueError(f"cpu_matmul must be 'auto', 'mkl' or 'onednn', not {self.cpu_matmul!r}")
         if self.lm_train_layers < 0:
             raise ValueError(
                 f"lm_train_layers must be 0 (the whole LM) or a number of top layers, not {self.lm_train_layers}"
@@ -76,7 +82,7 @@ class GeneratorConfig:
 # settings only the decoder backend reads: left out of other backends' cache keys, which predate them
 DECODER_ONLY = ("lm_path", "prompt", "lm_lr", "lm_train_layers", "lm_cache_frozen")
 # settings added after the cache keys they would change: left out of a key while at this (their neutral) value
-ADDED_LATER = {"patience": 0, "lm_train_layers": 0, "lm_cache_frozen": False}
+ADDED_LATER = {"patience": 0, "lm_train_layers": 0, "lm_cache_frozen": False, "cpu_matmul": "mkl"}
 
 
 def cache_fields(cfg: GeneratorConfig) -> dict:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..dropout import Dropout
 from .base import VokenGenerator, project_codebook
 from .config import GeneratorConfig, minilm_dir
@@ -20,15 +21,19 @@ class DecoderBlock(nn.Module):
     """Pre-norm Transformer decoder block whose cross-attention keys/values are computed once per text
     (:meth:`memory_kv`) and then shared by every beam and every step, instead of once per beam per step."""
 
-    def __init__(self, d: int, heads: int, dropout: float, memory_dim: int | None = None):
+    def __init__(self, d: int, heads: int, dropout: float, memory_dim: int | None = None, onednn: bool = False):
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.n1, self.n2, self.n3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(memory_dim or d, 2 * d)  # text states (memory_dim wide) -> keys/values
-        self.o1, self.o2 = nn.Linear(d, d), nn.Linear(d, d)
-        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), Dropout(dropout), nn.Linear(4 * d, d))
+
+        def lin(a, b):  # oneDNN products where the profile's cpu_matmul picks them (avg_lib.kernels)
+            return kernels.Linear(a, b, onednn=onednn)
+
+        self.qkv = lin(d, 3 * d)
+        self.q = lin(d, d)
+        self.kv = lin(memory_dim or d, 2 * d)  # text states (memory_dim wide) -> keys/values
+        self.o1, self.o2 = lin(d, d), lin(d, d)
+        self.ff = nn.Sequential(lin(d, 4 * d), nn.GELU(), Dropout(dropout), lin(4 * d, d))
         self.drop = Dropout(dropout)
 
     def _split(self, x):  # (rows, t, d) -> (rows, heads, t, d / heads)
@@ -131,7 +136,8 @@ class MiniLMGenerator(VokenGenerator):
                 self.embed.weight[:codebook_size] = project_codebook(codebook, d, 0.02, cfg.seed)
         self.pos = nn.Embedding(depth + 2, d)
         nn.init.normal_(self.pos.weight, std=0.02)
-        self.blocks = nn.ModuleList(DecoderBlock(d, heads, cfg.dropout, enc_d) for _ in range(cfg.layers))
+        self.onednn = kernels.resolve(cfg.cpu_matmul)
+        self.blocks = nn.ModuleList(DecoderBlock(d, heads, cfg.dropout, enc_d, self.onednn) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(d)
         if cfg.joint_prior:
             if prior_head is None:
@@ -232,8 +238,7 @@ class MiniLMGenerator(VokenGenerator):
                 x, cache = blk(x, kv, mask, group, past=past)
                 new.append(cache)
             state["past"] = new
-            logits = self.norm(x[:, 0]) @ self.embed.weight[: self.codebook_size + 1].T
-            return F.log_softmax(logits * scale, dim=-1)
+            return F.log_softmax(self.logits(self.norm(x[:, 0])) * scale, dim=-1)
 
         return step
 
@@ -244,4 +249,9 @@ class MiniLMGenerator(VokenGenerator):
         x = self.embed(inp) + self.pos(torch.arange(t + 1, device=prefix.device))
         for blk, kv in zip(self.blocks, kvs):
             x = blk(x, kv, mask, group)
-        return (self.norm(x) @ self.embed.weight[: self.codebook_size + 1].T) * self.logit_scale
+        return self.logits(self.norm(x)) * self.logit_scale
+
+    def logits(self, h):
+        """Unscaled logits over the vokens and end-of-sequence: ``h`` against the (shared) voken embeddings."""
+        w = self.embed.weight[: self.codebook_size + 1]
+        return kernels.linear(h, w, None, onednn=True) if self.onednn else h @ w.T

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config, data, generator, identifiers, splits, stages
-from .paths import repo_path
+from .paths import data_dir, repo_path
 from .results import save_figure, write_csv, write_text
 
 
@@ -46,7 +46,9 @@ class Run:
         self.figures = self.out / "figures"
         self.progress = progress
         # frozen-encoder states shared by every generator of this run (and its other seeds)
-        self.text_states = text_states if text_states is not None else generator.TextStateCache()
+        if text_states is None:  # kept under data/ too, so the next notebook reuses what this one encodes
+            text_states = generator.TextStateCache(directory=data_dir() / "text_states")
+        self.text_states = text_states
         self.started = time.time()
         self._seeds = _seeds if _seeds is not None else {}  # the runs of other seeds, shared by all of them
         self._seeds.setdefault(cfg.seed, self)

@@ -250,7 +250,7 @@ def main(argv=None) -> None:
         "--settings",
         type=lambda s: tuple(tuple(x.split(":")) for x in s.split(",")),
         help="training: device:precision pairs to time, e.g. cpu:fp32,cuda:fp32 (default: cpu and cuda, fp32 and "
-        "bf16, where present)",
+        "bf16, where present); a third part picks the CPU matmul library: cpu:fp32:mkl,cpu:fp32:onednn",
     )
     ap.add_argument(
         "--captions",

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import kernels
 from .dropout import Dropout
 from .progress import tqdm
 from .selection import BestState
@@ -240,7 +241,8 @@ def train_tokenizer(
             g = torch.Generator().manual_seed(cfg.seed)
             for b in range(model.quantizer.codebooks.shape[0]):
                 model.quantizer.codebooks.data[b] = z[torch.randint(len(z), (cfg.codebook_size,), generator=g)]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    # one flat buffer for all parameters: the same updates as AdamW(foreach=True), in far fewer operations
+    opt = kernels.FlatAdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     best, history = BestState(min_delta=1e-6), []
     bar = tqdm(range(cfg.epochs), desc="rq-vae", disable=not progress)

@@ -163,11 +163,12 @@ def epoch_costs(
         return gen
 
     rows, scale = [], (full_pairs or len(data.texts)) / len(data.texts)
-    for backend, (device, precision) in ((b, s) for b in backends for s in settings):
+    for backend, (device, precision, *matmul) in ((b, s) for b in backends for s in settings):
         if device == "cuda" and not torch.cuda.is_available():
             continue
         settings_of, twice = parse_backend(backend)
-        cfg = dataclasses.replace(gen_cfg, **settings_of, device=device, precision=precision)
+        matmul = {"cpu_matmul": matmul[0]} if matmul else {}  # a third part: the CPU matmul library (mkl, onednn)
+        cfg = dataclasses.replace(gen_cfg, **settings_of, device=device, precision=precision, **matmul)
         _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)  # warm-up
         gen_s, _ = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=0), device)
         both_s, shared = _train_seconds(factory, data, dataclasses.replace(cfg, epochs=1, disc_epochs=1), device, twice)
@@ -181,6 +182,7 @@ def epoch_costs(
                 "mining_shares_prompts": shared,
                 "device": device,
                 "precision": precision,
+                "cpu_matmul": cfg.cpu_matmul,
                 "once_s": once_s * scale,
                 "generative_epoch_s": epoch_s * scale,
                 "discriminative_epoch_s": (both_s - gen_s) * scale,
@@ -192,7 +194,8 @@ def epoch_costs(
                 "hardware": hardware(device),
             }
         )
-        print(f"{backend} {device} {precision}: {rows[-1]['generator_s']:.1f} s per generator", flush=True)
+        label = f"{backend} {device} {precision}" + (f" {cfg.cpu_matmul}" if matmul else "")
+        print(f"{label}: {rows[-1]['generator_s']:.1f} s per generator", flush=True)
     table = pd.DataFrame(rows)
     table["speedup"] = table["generator_s"].iloc[0] / table["generator_s"]
     return table

@@ -297,3 +297,18 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_and_ends_as_an_unin
     for (name, a), b in zip(want.state_dict().items(), got.state_dict().values()):
         assert torch.equal(a, b), name
     assert all(torch.equal(want.generative_state[k], got.generative_state[k]) for k in want.generative_state)
+
+
+def test_text_states_kept_on_disk_are_what_the_next_process_reads_instead_of_encoding_again(tmp_path, monkeypatch):
+    """A run's state cache writes each batch it encodes as a shard under its directory; a new cache (the next
+    notebook) reads them and encodes nothing, and the generator sees the same tensors, bit for bit."""
+    book = np.random.default_rng(0).normal(size=(1, K, 16))
+    first = build_generator(K, D, SMALL, book, text_states=generator.TextStateCache(directory=tmp_path))
+    memory, mask = first.encoder_states(TEXTS[:4])
+    first.encoder_states(TEXTS)  # a second batch: only the two new texts are encoded (and kept)
+    assert len(list(tmp_path.rglob("*.pt"))) == 2 and not list(tmp_path.rglob("*.partial"))
+    second = build_generator(K, D, SMALL, book, text_states=generator.TextStateCache(directory=tmp_path))
+    monkeypatch.setattr(second.encoder, "forward", lambda *a, **k: pytest.fail("encoded again"))
+    again, again_mask = second.encoder_states(TEXTS[:4])
+    assert torch.equal(again, memory) and torch.equal(again_mask, mask)
+    assert second.text_states.size == sum(len(second.tokenizer(t)["input_ids"]) for t in TEXTS) * 384

@@ -73,3 +73,59 @@ def test_modes_resolve_as_documented(monkeypatch):
         kernels.resolve("onednn")
     with pytest.raises(ValueError, match="cpu_matmul must be"):
         GeneratorConfig(cpu_matmul="fast")
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.LayerNorm(16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+
+
+def _train(model, opt, steps, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(8, 6, generator=g)
+        loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_flat_adamw_updates_exactly_like_adamw_with_groups_and_a_frozen_parameter():
+    def groups(m):
+        return [{"params": list(m[0].parameters()), "lr": 1e-2}, {"params": list(m[3].parameters()), "lr": 3e-3}]
+
+    ref, flat = _model(), _model()
+    for m in (ref, flat):
+        m[1].weight.requires_grad_(False)  # frozen: left out of the flat buffer, never updated
+    want = _train(ref, torch.optim.AdamW(groups(ref), weight_decay=0.01, foreach=True), 25)
+    opt = kernels.FlatAdamW(groups(flat), weight_decay=0.01)
+    got = _train(flat, opt, 25)
+    assert torch.equal(got, want)
+    assert [g["lr"] for g in opt.param_groups] == [1e-2, 3e-3] and len(opt.param_groups[0]["params"]) == 1
+    assert flat[1].weight.grad is None and torch.equal(flat[1].weight, ref[1].weight)
+    # the parameters stay views of the buffer: a state dict loaded into the model is what the optimizer updates
+    flat.load_state_dict(ref.state_dict())
+    assert flat[0].weight.data_ptr() == opt.param_groups[0]["params"][0].data_ptr()
+
+
+def test_flat_adamw_resumes_from_its_state_dict_like_an_uninterrupted_run():
+    whole = _model()
+    want = _train(whole, kernels.FlatAdamW(whole.parameters(), lr=1e-2), 20)
+    first = _model()
+    opt = kernels.FlatAdamW(first.parameters(), lr=1e-2)
+    _train(first, opt, 10)
+    second = _model()
+    second.load_state_dict(first.state_dict())
+    opt2 = kernels.FlatAdamW(second.parameters(), lr=1e-2)
+    opt2.load_state_dict(opt.state_dict())
+    g = torch.Generator().manual_seed(1)
+    for _ in range(10):  # the first ten batches were the first run's
+        torch.randn(8, 6, generator=g)
+    for _ in range(10):
+        x = torch.randn(8, 6, generator=g)
+        loss = second(x).square().mean()
+        opt2.zero_grad()
+        loss.backward()
+        opt2.step()
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in second.parameters()]), want)

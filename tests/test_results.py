@@ -13,6 +13,8 @@ from avg_lib.paths import REPO_ROOT
 from avg_lib.runner import PARALLEL_STEP, notebooks
 
 RESULTS = REPO_ROOT / "results"
+# the committed profile runs of the notebooks: the default (the paper's questions) and full (everything else too)
+RUNS = {"default": RESULTS, "full": RESULTS / "full"}
 NOTEBOOK_07_TABLES = [
     "ablation",
     "ablation_runs",
@@ -24,7 +26,6 @@ NOTEBOOK_07_TABLES = [
 TABLES = [
     "two_tower",
     "tokenizer",
-    "generator_backends",
     "generator_training",
     "evaluation",
     "decoding_benchmark",
@@ -70,50 +71,59 @@ RECALL_TABLES = [
 PER_RUN = {"ablation": "ablation_runs"}  # mean ± std tables whose gallery and query counts are in their per-seed runs
 
 
-def read(name):
-    return pd.read_csv(RESULTS / f"{name}.csv")
+def tables(profile):
+    """The tables a run of ``profile`` writes: the backend comparison only where the profile switches it on."""
+    return TABLES + (["generator_backends"] if config.load_config(profile).backends.compare else [])
 
 
-@pytest.mark.parametrize("name", TABLES)
-def test_table_has_provenance_from_a_clean_default_run(name):
-    df = read(name)
+def read(name, profile="default"):
+    return pd.read_csv(RUNS[profile] / f"{name}.csv")
+
+
+@pytest.mark.parametrize(("profile", "name"), [(p, n) for p in RUNS for n in tables(p)])
+def test_table_has_provenance_from_a_clean_run_of_its_profile(profile, name):
+    df = read(name, profile)
     assert len(df) > 0
     for col in ("profile", "seed", "git_commit", "created_utc"):
         assert col in df.columns
-    assert set(df["profile"]) == {"default"}
+    assert set(df["profile"]) == {profile}
     commits = set(df["git_commit"].astype(str))
     assert not any(c.endswith("+dirty") or c == "unknown" for c in commits), commits
 
 
-def test_provenance_covers_every_notebook():
-    prov = read("provenance")
-    parallel = config.load_config("default").parallel.workers > 1
+@pytest.mark.parametrize("profile", RUNS)
+def test_provenance_covers_every_notebook_and_names_the_cpu(profile):
+    prov = read("provenance", profile)
+    parallel = config.load_config(profile).parallel.workers > 1
     steps = [PARALLEL_STEP] if parallel else []  # every model trained first, in parallel
     assert sorted(prov["notebook"]) == steps + [p.name for p in notebooks()]
     assert set(prov["status"]) == {"ok"} and (prov["wall_s"] > 0).all()
-    assert set(prov["profile"]) == {"default"}
+    assert set(prov["profile"]) == {profile}
+    assert prov["hardware"].str.contains(r"CPU \(", regex=True).all()  # "AMD EPYC CPU (AVX512), 2 cores, ..."
 
 
-def test_every_notebook_ran_with_the_listed_packages():
+@pytest.mark.parametrize("profile", RUNS)
+def test_every_notebook_ran_with_the_listed_packages(profile):
     """One set of installed packages for the whole committed run, the one environment.csv lists."""
-    prov, env = read("provenance"), pd.read_csv(RESULTS / "environment.csv", dtype=str)
+    prov, env = read("provenance", profile), pd.read_csv(RUNS[profile] / "environment.csv", dtype=str)
     assert set(prov["environment"]) == {results.environment_hash(env)}
 
 
-@pytest.mark.parametrize("name", RECALL_TABLES)
-def test_recall_columns_are_consistent(name):
-    df = read(name)
+@pytest.mark.parametrize(("profile", "name"), [(p, n) for p in RUNS for n in RECALL_TABLES])
+def test_recall_columns_are_consistent(profile, name):
+    df = read(name, profile)
     for k in ("R@1", "R@5", "R@10"):
         assert df[k].between(0, 100).all()
     assert (df["R@1"] <= df["R@5"] + 1e-9).all() and (df["R@5"] <= df["R@10"] + 1e-9).all()
     assert ((df["R@1"] + df["R@5"] + df["R@10"] - df["rSum"]).abs() < 0.01).all()
-    df = read(PER_RUN.get(name, name))
+    df = read(PER_RUN.get(name, name), profile)
     assert df["gallery_size"].nunique() == 1 and df["queries"].nunique() == 1
-    assert df["gallery_size"].iloc[0] == read("two_tower")["gallery_size"].iloc[0]
+    assert df["gallery_size"].iloc[0] == read("two_tower", profile)["gallery_size"].iloc[0]
 
 
-def test_evaluation_two_tower_row_matches_notebook_01():
-    ev, tt = read("evaluation"), read("two_tower")
+@pytest.mark.parametrize("profile", RUNS)
+def test_evaluation_two_tower_row_matches_notebook_01(profile):
+    ev, tt = read("evaluation", profile), read("two_tower", profile)
     assert ev["method"].str.startswith("AVG").sum() >= 2 and ev["pseudo_queries"].any()
     two = ev[ev["method"] == "two-tower (CLIP-lite)"].iloc[0]
     ref = tt[tt["method"] == "two-tower (CLIP-lite)"].iloc[0]
@@ -121,10 +131,12 @@ def test_evaluation_two_tower_row_matches_notebook_01():
     assert (ev["latency_ms"] > 0).all()
 
 
-def test_main_table_has_every_family_and_three_seeds_for_avg_and_two_tower():
-    main, runs = read("main_table"), read("main_table_runs")
-    assert {"one-tower", "two-tower", "generative baseline", "AVG"} <= set(main["family"])
-    # three seeds for two-tower and for AVG in both settings (the default profile sets 06's seed_pseudo)
+@pytest.mark.parametrize("profile", RUNS)
+def test_main_table_has_every_family_and_three_seeds_for_avg_and_two_tower(profile):
+    main, runs = read("main_table", profile), read("main_table_runs", profile)
+    assert {"one-tower", "two-tower", "generative baseline", "AVG", "AVG + re-rank"} <= set(main["family"])
+    assert ("AVG backend" in set(main["family"])) == config.load_config(profile).backends.compare
+    # three seeds for two-tower and for AVG in both settings (the profiles set 06's seed_pseudo)
     assert (main[main["family"] == "two-tower"]["n_seeds"] >= 3).all()
     assert (main[main["family"] == "AVG"]["n_seeds"] >= 3).all()
     assert set(main[main["family"] == "AVG"]["pseudo_queries"]) == {True, False}
@@ -137,24 +149,25 @@ def test_main_table_has_every_family_and_three_seeds_for_avg_and_two_tower():
         assert abs(avg["R@1"].mean() - row["R@1"]) < 1e-3
 
 
-def test_rerank_rows_stay_under_their_candidate_ceiling():
-    rr = read("rerank")
-    assert set(rr["k"]) >= {10, 50, 100} and (rr["n_seeds"] >= 1).all()  # the K sweep: the run's seed
-    assert {"none (AVG order)", "embedding", "fusion (embedding)", "cross-encoder"} <= set(rr["reranker"])
+@pytest.mark.parametrize("profile", RUNS)
+def test_rerank_rows_stay_under_their_candidate_ceiling(profile):
+    rr, cfg = read("rerank", profile), config.load_config(profile).rerank
+    assert set(rr["k"]) == set(cfg.ks) and (rr["n_seeds"] >= 1).all()  # the K sweep: the run's seed
+    names = {"none (AVG order)", *cfg.rerankers, *(f"fusion ({r})" for r in cfg.rerankers)}
+    assert set(rr["reranker"]) == names
     for _k, g in rr.groupby(["k", "pseudo_queries"]):
         assert (g[["R@1", "R@5", "R@10"]].max(axis=1) <= g["ceiling"] + 1e-9).all()  # a permutation of the beams
         assert g["ceiling"].nunique() == 1  # one beam list per (K, seed, setting) behind every re-ranker
     fused = rr[rr["reranker"].str.startswith("fusion")]
     assert fused["fusion_weight"].between(0, 1).all()
-    main = read("main_table")
-    assert (main["family"] == "AVG + re-rank").sum() >= 4 and (
-        main[main["family"] == "AVG + re-rank"]["n_seeds"] >= 3
-    ).all()
+    main = read("main_table", profile)
+    reranked = main[main["family"] == "AVG + re-rank"]
+    assert len(reranked) == 2 * 2 * len(cfg.rerankers) and (reranked["n_seeds"] >= 3).all()  # x fusion x setting
 
 
-@pytest.mark.parametrize("name", ["claims", "ablation_claims"])
-def test_every_claim_has_a_difference_an_interval_and_a_verdict(name):
-    c = read(name)
+@pytest.mark.parametrize(("profile", "name"), [(p, n) for p in RUNS for n in ("claims", "ablation_claims")])
+def test_every_claim_has_a_difference_an_interval_and_a_verdict(profile, name):
+    c = read(name, profile)
     assert len(c) and set(c["verdict"]) <= {"holds", "does not hold", "inconclusive"}
     assert ((c["low"] <= c["difference"] + 1e-9) & (c["difference"] <= c["high"] + 1e-9)).all()
     assert ((c["verdict"] == "holds") == (c["low"] > 0)).all()
@@ -163,8 +176,9 @@ def test_every_claim_has_a_difference_an_interval_and_a_verdict(name):
     assert (c["seeds"].astype(str).str.count(",") >= 2).all()  # three seeds behind every claim
 
 
-def test_main_table_rows_used_by_claims_carry_intervals():
-    main, claims = read("main_table"), read("claims")
+@pytest.mark.parametrize("profile", RUNS)
+def test_main_table_rows_used_by_claims_carry_intervals(profile):
+    main, claims = read("main_table", profile), read("claims", profile)
     labels = main["method"] + main["pseudo_queries"].map({True: " + pseudo queries", False: ""})
     used = set(claims["a"]) | set(claims["b"])
     rows = main[labels.isin(used)]
@@ -173,23 +187,47 @@ def test_main_table_rows_used_by_claims_carry_intervals():
         assert (rows[f"{k}_low"] <= rows[k] + 1e-9).all() and (rows[k] <= rows[f"{k}_high"] + 1e-9).all()
 
 
-def test_ablation_table_names_every_ablation():
-    abl = read("ablation")
-    want = {
-        "AVG (full)",
-        "without semantic alignment",
-        "without discriminative training",
-        "without codebook-embedding init",
-        "without k-means init",
-    }
-    assert want <= set(abl["variant"]) and abl["variant"].str.startswith("unresolved").any()
+@pytest.mark.parametrize("profile", RUNS)
+def test_ablation_table_names_every_ablation_of_its_profile(profile):
+    abl, ab = read("ablation", profile), config.load_config(profile).ablations
+    assert set(abl["variant"]) == {"AVG (full)", *ab.names, "unresolved collisions (string-match evaluation of AVG)"}
     full = abl[abl["variant"] == "AVG (full)"].iloc[0]
     assert ((abl["R@1"] - full["R@1"] - abl["delta_R@1"]).abs() < 1e-3).all()
-    assert (abl["n_seeds"] >= 3).all()
+    assert (abl["n_seeds"] == len(ab.seeds)).all()
+    claimed = set(read("ablation_claims", profile)["claim"])
+    assert {f"AVG (full) beats AVG {n}" for n in ab.names} <= claimed
 
 
-def test_efficiency_covers_every_method_up_to_100k_images():
-    eff = read("efficiency")
+def test_the_paper_claims_of_the_default_run_never_contradict_the_full_run():
+    """The default's three seeds and the full profile's five answer the same questions: no claim holds in one and
+    does not hold in the other, and where more seeds decided one, the default's README says so."""
+    from avg_lib import claims
+
+    for name in ("claims", "ablation_claims"):
+        both = claims.agreement(read(name, "default"), read(name, "full"))
+        assert len(both) >= (4 if name == "claims" else 3), f"{name}: too few shared claims"
+        assert not (both["relation"] == "contradiction").any(), both[both["relation"] == "contradiction"]
+        text = (RESULTS / "README.md").read_text()
+        for claim in both.loc[both["relation"] == "decided in b", "claim"]:
+            assert claim in text.split("Inconclusive here but decided in the `full` run")[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "keys"), [("main_table_runs", ["method", "pseudo_queries"]), ("ablation_runs", ["variant"])]
+)
+def test_per_seed_rows_the_two_runs_share_are_identical(name, keys):
+    """A model both profiles train is one cached model, so its per-seed row is the same in both runs (timings
+    and provenance aside)."""
+    from avg_lib import rundiff
+
+    shared = rundiff.shared_rows(read(name, "default"), read(name, "full"), keys)
+    assert len(shared) >= 10, f"{name}: the two runs share only {len(shared)} rows"
+    assert (shared["differs"] == "").all(), shared[shared["differs"] != ""]
+
+
+@pytest.mark.parametrize("profile", RUNS)
+def test_efficiency_covers_every_method_up_to_100k_images(profile):
+    eff = read("efficiency", profile)
     assert eff["method"].str.startswith(("generative", "two-tower", "one-tower")).all()
     assert {"two-tower (FAISS HNSW)", "two-tower (FAISS IVF-PQ)", "two-tower (exact search)"} <= set(eff["method"])
     assert eff["gallery_size"].max() >= 100_000 and eff["gallery_size"].min() <= 1_000
@@ -198,34 +236,39 @@ def test_efficiency_covers_every_method_up_to_100k_images():
     ann = eff[eff["method"].str.contains("FAISS")]
     # the target recall is either reached or the setting says it was missed
     assert ((ann["recall_at_10"] >= 0.95) | ann["setting"].str.contains("misses")).all()
-    cross = read("efficiency_crossovers")
+    cross = read("efficiency_crossovers", profile)
     assert set(cross["against"]) == set(eff["method"]) - {m for m in eff["method"] if m.startswith("generative")}
 
 
-def test_results_readme_is_generated_and_lists_every_table():
-    text = (RESULTS / "README.md").read_text()
-    assert "profile `default`" in text and "## The paper's claims, checked on this run" in text
+@pytest.mark.parametrize("profile", RUNS)
+def test_results_readme_is_generated_and_lists_every_table(profile):
+    text = (RUNS[profile] / "README.md").read_text()
+    assert f"profile `{profile}`" in text and "## The paper's claims, checked on this run" in text
     assert "## Not produced in this run" not in text
+    other = {"default": "full", "full": "default"}[profile]
+    assert f"## The same claims in the `{other}` profile's run" in text
     for name in ("main_table", "ablation", "efficiency"):
         assert f"`{name}.csv`" in text
 
 
-def test_tokenizer_report_resolves_every_collision():
-    tok = read("tokenizer")
+@pytest.mark.parametrize("profile", RUNS)
+def test_tokenizer_report_resolves_every_collision(profile):
+    tok = read("tokenizer", profile)
     assert (tok["collision_rate_after"] == 0).all()
     assert tok["collision_rate_all"].between(0, 1).all()
     assert (tok["identifier_entropy_bits"] <= tok["max_entropy_bits"] + 1e-9).all()
     assert set(tok["align_weight"]) == {0.0, 1.0}  # the alignment ablation is reported next to the full model
 
 
-def test_decoding_benchmark_compares_both_decoders_on_identical_rankings():
-    b = read("decoding_benchmark")
+@pytest.mark.parametrize("profile", RUNS)
+def test_decoding_benchmark_compares_both_decoders_on_identical_rankings(profile):
+    b = read("decoding_benchmark", profile)
     assert set(b["method"]) == {"batched trie (avg_lib)", "prefix_allowed_tokens_fn (transformers)"}
     assert (b["identical_rankings"] == 1.0).all()
     assert (b["queries_per_s"] > 0).all() and set(b["batch_size"]) == {1, 64}
     # the benchmark times the generator that produced the results: its configuration is the run's
-    meta = json.loads((RESULTS / "config" / "decoding_benchmark.json").read_text())
-    assert meta["config"]["generator"]["temperature"] == config.load_config("default").generator.temperature
+    meta = json.loads((RUNS[profile] / "config" / "decoding_benchmark.json").read_text())
+    assert meta["config"]["generator"]["temperature"] == config.load_config(profile).generator.temperature
 
 
 @pytest.mark.parametrize("table", ["efficiency", "decoding_benchmark"])
@@ -239,9 +282,9 @@ def test_gpu_results_name_the_gpu_and_a_commit(table):
         assert gpu["gallery_size"].max() >= 10_000_000
 
 
-@pytest.mark.parametrize("name", FIGURES)
-def test_figure_exists(name):
-    path = RESULTS / "figures" / f"{name}.png"
+@pytest.mark.parametrize(("profile", "name"), [(p, n) for p in RUNS for n in FIGURES])
+def test_figure_exists(profile, name):
+    path = RUNS[profile] / "figures" / f"{name}.png"
     assert path.is_file() and path.stat().st_size > 5_000
 
 
@@ -257,17 +300,20 @@ def test_the_ablation_settings_are_read_by_notebook_07_alone():
     """ONLY_FEEDS exempts every other table from the ablations section; that holds while nothing else reads it."""
     files = [*REPO_ROOT.glob("avg_lib/**/*.py"), *REPO_ROOT.glob("notebooks/*.ipynb")]
     readers = sorted(p.name for p in files if ".ablations" in p.read_text())
-    assert readers == ["07_ablations_analyses.ipynb", "parallel.py"]
+    # experiments.py: ablation_variants, which notebook 07 (and the pool's plan) calls
+    assert readers == ["07_ablations_analyses.ipynb", "experiments.py", "parallel.py"]
+    called = [p.name for p in files if "ablation_variants(" in p.read_text()]
+    assert sorted(called) == ["07_ablations_analyses.ipynb", "experiments.py", "parallel.py"]
 
 
-@pytest.mark.parametrize("name", TABLES)
-def test_each_table_has_the_run_configuration_that_made_it(name):
-    """``results/config/<table>.json`` (written with the table) holds the configuration of the run; every setting
-    it shares with today's default profile has the same value, so a profile change without a rerun is caught."""
-    meta = json.loads((RESULTS / "config" / f"{name}.json").read_text())
-    assert meta["table"] == f"{name}.csv" and meta["profile"] == "default"
-    assert meta["git_commit"] in set(read(name)["git_commit"].astype(str))
-    now = config.load_config("default").to_dict()
+@pytest.mark.parametrize(("profile", "name"), [(p, n) for p in RUNS for n in tables(p)])
+def test_each_table_has_the_run_configuration_that_made_it(profile, name):
+    """``<run>/config/<table>.json`` (written with the table) holds the configuration of the run; every setting
+    it shares with today's profile has the same value, so a profile change without a rerun is caught."""
+    meta = json.loads((RUNS[profile] / "config" / f"{name}.json").read_text())
+    assert meta["table"] == f"{name}.csv" and meta["profile"] == profile
+    assert meta["git_commit"] in set(read(name, profile)["git_commit"].astype(str))
+    now = config.load_config(profile).to_dict()
     for section, values in meta["config"].items():
         if section in ONLY_FEEDS and name not in ONLY_FEEDS[section]:
             continue  # a timing study's (or notebook 07's or 09's) settings change its own tables only
@@ -288,9 +334,12 @@ def test_gpu_training_speed_compares_the_gpu_with_a_cpu_baseline_of_the_same_run
     assert t["created_utc"].nunique() == 1 and (t["generator_s"] > 0).all()
 
 
-@pytest.mark.parametrize("name", ["analysis_codebook_size", "analysis_voken_length", "analysis_beam_size"])
-def test_analysis_recalls_carry_their_bootstrap_intervals(name):
-    df = pd.read_csv(RESULTS / f"{name}.csv")
+@pytest.mark.parametrize(
+    ("profile", "name"),
+    [(p, n) for p in RUNS for n in ("analysis_codebook_size", "analysis_voken_length", "analysis_beam_size")],
+)
+def test_analysis_recalls_carry_their_bootstrap_intervals(profile, name):
+    df = read(name, profile)
     for k in (1, 5, 10):
         assert (df[f"R@{k}_low"] <= df[f"R@{k}"] + 1e-9).all() and (df[f"R@{k}"] <= df[f"R@{k}_high"] + 1e-9).all()
 

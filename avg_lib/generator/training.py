@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+from .. import kernels
 from ..cache import distributed
 from ..metrics import recall_at_k
 from ..progress import tqdm
@@ -155,8 +156,8 @@ def train_generator(
     texts, codes = train[0], torch.as_tensor(np.asarray(train[1]), dtype=torch.long, device=device)
     val_texts, val_targets, val_codes = val
     val_trie = VokenTrie(val_codes).to(device)  # the trie's tables live where decoding runs
-    # foreach: one kernel per step for all parameters; the same update, bit for bit, as the per-tensor loop
-    opt = torch.optim.AdamW(gen.parameter_groups(), weight_decay=cfg.weight_decay, foreach=True)
+    # one flat buffer per parameter group: the same update, bit for bit, as AdamW(foreach=True), in far fewer ops
+    opt = kernels.FlatAdamW(gen.parameter_groups(), weight_decay=cfg.weight_decay)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     total = cfg.epochs + cfg.disc_epochs
     best, history = BestState(), []

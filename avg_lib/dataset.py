@@ -235,7 +235,7 @@ def load_folder(
     if not path.is_file():
         raise DataError(f"{path}: captions file not found")
     report = LoadReport(source=str(path))
-    items, seen, checks = [], {}, image_checks(path) if verify_images else None
+    items, seen, checks = [], {}, ImageChecks.for_dataset(path) if verify_images else None
     for lineno, row in _read_jsonl(path):
         where = f"{path}:{lineno}"
         for key in ("image", "captions", "split"):
@@ -255,13 +255,6 @@ def load_folder(
         image = (root / row["image"]).resolve()
         _add_item(items, report, item_id, row["captions"], row["split"], image, checks, strict, where)
     return _finish(name or root.name, items, report, path, checks)
-
-
-def image_checks(source: Path) -> ImageChecks:
-    """The image verdicts of the dataset described by ``source`` (its captions or split file), kept under
-    ``<data dir>/image_checks/`` so that every notebook after the first reuses them."""
-    key = hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:16]
-    return ImageChecks(data_dir() / "image_checks" / f"{key}.json")
 
 
 def _add_item(items, report, item_id, captions, split, image: Path, checks, strict, where) -> None:
@@ -326,7 +319,7 @@ def load_karpathy(
     if restval not in ("train", "val", "test", "skip"):
         raise ValueError(f"restval must be train, val, test or skip, not {restval!r}")
     report = LoadReport(source=str(json_path))
-    items, seen, checks = [], {}, image_checks(json_path) if verify_images else None
+    items, seen, checks = [], {}, ImageChecks.for_dataset(json_path) if verify_images else None
     for k, img in enumerate(doc["images"]):
         where = f"{json_path}: images[{k}]"
         if not isinstance(img, dict) or "filename" not in img or "split" not in img:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .paths import data_dir
+
 
 class ImageError(ValueError):
     """A file that cannot be turned into an RGB image; the message names the file."""
@@ -155,6 +157,13 @@ class ImageChecks:
         except (OSError, ValueError):
             self.verdicts = {}
         self._dirty = False
+
+    @classmethod
+    def for_dataset(cls, source: str | Path) -> ImageChecks:
+        """The verdicts of the dataset described by ``source`` (its captions or split file), kept under
+        ``<data dir>/image_checks/`` so that every notebook after the first reuses them."""
+        key = hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:16]
+        return cls(data_dir() / "image_checks" / f"{key}.json")
 
     def problem(self, image: str | Path) -> str | None:
         """``None`` for a readable image, else the reason it is skipped (a missing file is never cached)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import config, report
+from . import config, findings, report
 from .paths import REPO_ROOT, repo_path
 from .results import atomic_write, environment, environment_hash, git_commit, hardware, utc_now
 
@@ -144,9 +144,9 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
                 return 1
     finally:
         readmes = [report.write_results_readme(results_dir, profile_name)]
-        paired = report.paired_results_dir(profile_name)  # its README sets its claims beside this run's
+        paired = findings.paired_results_dir(profile_name)  # its README sets its claims beside this run's
         if paired is not None and paired.resolve() != results_dir.resolve():
-            readmes.append(report.write_results_readme(paired, report.PAIRED_PROFILES[profile_name]))
+            readmes.append(report.write_results_readme(paired, findings.PAIRED_PROFILES[profile_name]))
         for readme in readmes:
             print(
                 f"<== {readme.relative_to(REPO_ROOT) if readme.is_relative_to(REPO_ROOT) else readme} rewritten from "

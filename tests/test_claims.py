@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avg_lib import claims, report
+from avg_lib import claims, findings
 
 
 def _lists(hit_rows, n_images=60, per_image=2):
@@ -67,7 +67,7 @@ def test_readme_states_difference_interval_and_verdict(tmp_path):
     pd.DataFrame([row]).to_csv(tmp_path / "claims.csv", index=False)
     ablation = {**row, "claim": "AVG (full) beats AVG without alignment", "verdict": "inconclusive"}
     pd.DataFrame([ablation]).to_csv(tmp_path / "ablation_claims.csv", index=False)
-    text = report.claims(tmp_path)
+    text = findings.claims(tmp_path)
     assert text[1].startswith("AVG (full) beats AVG without alignment: **inconclusive**. ")
     assert text[:1] == [
         "Pseudo queries improve AVG: **holds**. AVG + pseudo queries 15.90 vs AVG 13.50 R@1: difference +2.40 points, "

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avg_lib import report, tables
+from avg_lib import findings, report, tables
 
 
 def test_mean_std_and_markdown():
@@ -183,7 +183,7 @@ def test_paired_claims_and_efficiency_claims_are_stated_from_their_tables(tmp_pa
         ]
     ]
     _write(tmp_path, "decoding_benchmark.csv", dec)
-    found = report.claims(tmp_path)
+    found = findings.claims(tmp_path)
     assert found[0].startswith("Pseudo queries improve AVG: **holds**. AVG (minilm) + pseudo queries 16.55 vs")
     assert "difference +3.06 points, 95% interval [+1.57, +4.74]" in found[0]
     (cross,) = [c for c in found if c.startswith("Where generative")]

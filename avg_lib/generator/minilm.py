@@ -91,9 +91,10 @@ class TextStateCache:
 
     With a ``directory``, states are also kept on disk for the next process (the next notebook): every batch of
     texts encoded is written as one shard file (written whole, then renamed, so two processes may share the
-    directory), and a table reads the shards of its encoder when it is first asked for. A text's state is the one
-    its first encoding computed, so later notebooks reuse what the first one computed instead of encoding the
-    captions again (about 16 s per notebook for the emoji captions on a 2-core CPU)."""
+    directory), and a table reads the shards of its encoder when it is first asked for. A text is then encoded
+    once, by the first notebook that needs it, and read back by the others instead of encoded again (about 16 s
+    per notebook for the emoji captions on a 2-core CPU). Two runs that encode a text at the same time each keep
+    a shard; later tables read the one whose file name sorts first."""
 
     def __init__(self, max_floats: int = 500_000_000, directory: str | Path | None = None):  # 2 GB of float32
         self.max_floats = max_floats

@@ -17,7 +17,6 @@ sections, and each section is a frozen dataclass whose fields are the section's 
     rerank:      {ks: [10, 50, 100], k: 50, ...}                   -> RerankConfig
     visualization, backends, benchmark, main_table, ablations, efficiency, language_models: the
                  studies of notebooks 03-09 (their dataclasses are in avg_lib.studies)
-    parallel:    {workers: 1, threads: 0}                          -> ParallelConfig (here)
 
 An unknown section or key, a value of the wrong type, or a ``seed`` inside a section is an error
 that names the profile file and the key. :meth:`RunConfig.to_dict` is what is saved as JSON beside
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import types
 import typing
 import warnings
@@ -113,20 +111,6 @@ class RerankConfig:  # the re-ranking stage over AVG's beams (notebook 06)
             raise ValueError(f"unknown re-ranker(s) {sorted(unknown)}; expected 'embedding' or 'cross-encoder'")
 
 
-@dataclass(frozen=True)
-class ParallelConfig:  # avg_lib.parallel: training every model first, in worker processes
-    workers: int = 1  # processes training at once before the notebooks run; 1: the notebooks train as they go
-    threads: int = 0  # torch threads per worker; 0: the machine's cores divided by workers
-
-    def __post_init__(self):
-        if self.workers < 1 or self.threads < 0:
-            raise ValueError(f"workers must be at least 1 and threads at least 0, got {self.workers}, {self.threads}")
-
-    def threads_per_worker(self, workers: int | None = None) -> int:
-        """``threads``, or the machine's cores shared among ``workers`` (default: this profile's)."""
-        return self.threads or max(1, (os.cpu_count() or 1) // (workers or self.workers))
-
-
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "encoder": EncoderConfig,
@@ -143,7 +127,6 @@ SECTIONS: dict[str, type] = {
     "ablations": AblationsConfig,
     "efficiency": EfficiencyConfig,
     "language_models": LanguageModelsConfig,
-    "parallel": ParallelConfig,
 }
 SEEDED = (
     "two_tower",
@@ -175,7 +158,6 @@ class RunConfig:
     ablations: AblationsConfig
     efficiency: EfficiencyConfig
     language_models: LanguageModelsConfig
-    parallel: ParallelConfig
     overrides: dict = field(default_factory=dict)  # applied on top of the profile (papermill `overrides`)
 
     def with_seed(self, seed: int) -> RunConfig:

@@ -4,11 +4,10 @@ Each notebook's ``parameters`` cell names the profile (``profile = "smoke"`` as 
 fresh Jupyter run the smoke settings); the runner injects the chosen profile's name and the notebook
 builds everything else from it (:func:`avg_lib.pipeline.setup`). The profile is validated before
 anything runs (:mod:`avg_lib.config`). The run stops at the first failing notebook and exits
-non-zero, naming it. With ``parallel.workers`` > 1 (and no ``--only``) every model is first trained in that
-many processes (:mod:`avg_lib.parallel`), a step of its own. ``<results_dir>/provenance.csv`` gets one row per
-notebook and step (status, wall time, commit, profile, seed, hardware, and ``environment``: the hash of the installed
-packages, listed in ``<results_dir>/environment.csv``, :func:`avg_lib.results.environment`), and after the
-notebooks it ran the runner rewrites ``<results_dir>/README.md`` from the tables and figures then in that directory
+non-zero, naming it. ``<results_dir>/provenance.csv`` gets one row per notebook (status, wall time, commit,
+profile, seed, hardware, and ``environment``: the hash of the installed packages, listed in
+``<results_dir>/environment.csv``, :func:`avg_lib.results.environment`), and after the notebooks it ran the runner
+rewrites ``<results_dir>/README.md`` from the tables and figures then in that directory
 (:mod:`avg_lib.report`), so ``--only`` and ``--from`` leave it true.
 """
 
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,6 @@ from .paths import REPO_ROOT, repo_path
 from .results import atomic_write, environment, environment_hash, git_commit, hardware, utc_now
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-PARALLEL_STEP = "00_parallel_training"  # its provenance row (before the notebooks; profiles with parallel.workers > 1)
 
 
 def notebooks() -> list[Path]:
@@ -110,14 +107,6 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
         print(f"<== {name}: {status} in {row['wall_s']:.0f}s", flush=True)
 
     try:
-        if cfg.parallel.workers > 1 and not only:  # every model first, in parallel (avg_lib.parallel)
-            print(f"==> every model, {cfg.parallel.workers} processes at once (python -m avg_lib.parallel)", flush=True)
-            t0, started = time.time(), utc_now()
-            rc = subprocess.run([sys.executable, "-m", "avg_lib.parallel", "--profile", profile_name], cwd=REPO_ROOT)
-            record(PARALLEL_STEP, "ok" if rc.returncode == 0 else f"failed: exit {rc.returncode}", t0, started)
-            if rc.returncode != 0:
-                print(f"\nFAILED: parallel training (exit {rc.returncode}); the log names the job", file=sys.stderr)
-                return 1
         for nb in todo:
             params = parameters_for(nb, profile_name)
             print(f"==> {nb.relative_to(REPO_ROOT)}  profile={profile_name}  parameters={params}", flush=True)

@@ -51,7 +51,7 @@ def test_key_is_stable_and_order_free():
 
 
 def test_two_processes_needing_one_artefact_build_it_once(tmp_path):
-    """Parallel training (avg_lib.parallel) and two notebooks at once: the second process waits on the first's
+    """Two runs or notebooks at once: the second process waits on the first's
     lock and then reads its artefact instead of building it again into the same partial folder."""
     import subprocess
     import sys

@@ -10,7 +10,7 @@ import pytest
 
 from avg_lib import config, results
 from avg_lib.paths import REPO_ROOT
-from avg_lib.runner import PARALLEL_STEP, notebooks
+from avg_lib.runner import notebooks
 
 RESULTS = REPO_ROOT / "results"
 # the committed profile runs of the notebooks: the default (the paper's questions) and full (everything else too)
@@ -94,9 +94,7 @@ def test_table_has_provenance_from_a_clean_run_of_its_profile(profile, name):
 @pytest.mark.parametrize("profile", RUNS)
 def test_provenance_covers_every_notebook_and_names_the_cpu(profile):
     prov = read("provenance", profile)
-    parallel = config.load_config(profile).parallel.workers > 1
-    steps = [PARALLEL_STEP] if parallel else []  # every model trained first, in parallel
-    assert sorted(prov["notebook"]) == steps + [p.name for p in notebooks()]
+    assert sorted(prov["notebook"]) == [p.name for p in notebooks()]
     assert set(prov["status"]) == {"ok"} and (prov["wall_s"] > 0).all()
     assert set(prov["profile"]) == {profile}
     assert prov["hardware"].str.contains(r"CPU \(", regex=True).all()  # "AMD EPYC CPU (AVX512), 2 cores, ..."
@@ -292,7 +290,7 @@ ONLY_FEEDS = {
     "benchmark": {"decoding_benchmark"},
     "efficiency": {"efficiency", "efficiency_crossovers"},
     "language_models": {"lm_claims", "lm_table"},  # notebook 09's, which the default profile switches off
-    "ablations": set(NOTEBOOK_07_TABLES),  # read by notebook 07 alone (and the pool's plan, which only trains ahead)
+    "ablations": set(NOTEBOOK_07_TABLES),  # read by notebook 07 alone
 }
 
 
@@ -300,10 +298,10 @@ def test_the_ablation_settings_are_read_by_notebook_07_alone():
     """ONLY_FEEDS exempts every other table from the ablations section; that holds while nothing else reads it."""
     files = [*REPO_ROOT.glob("avg_lib/**/*.py"), *REPO_ROOT.glob("notebooks/*.ipynb")]
     readers = sorted(p.name for p in files if ".ablations" in p.read_text())
-    # experiments.py: ablation_variants, which notebook 07 (and the pool's plan) calls
-    assert readers == ["07_ablations_analyses.ipynb", "experiments.py", "parallel.py"]
+    # experiments.py: ablation_variants, which notebook 07 calls
+    assert readers == ["07_ablations_analyses.ipynb", "experiments.py"]
     called = [p.name for p in files if "ablation_variants(" in p.read_text()]
-    assert sorted(called) == ["07_ablations_analyses.ipynb", "experiments.py", "parallel.py"]
+    assert sorted(called) == ["07_ablations_analyses.ipynb", "experiments.py"]
 
 
 @pytest.mark.parametrize(("profile", "name"), [(p, n) for p in RUNS for n in tables(p)])

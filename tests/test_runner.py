@@ -1,5 +1,3 @@
-import subprocess
-
 import nbformat
 import pandas as pd
 import pytest
@@ -104,31 +102,6 @@ def test_list_and_help(capsys):
     with pytest.raises(SystemExit):
         runner.main(["--help"])
     assert "--profile" in capsys.readouterr().out
-
-
-def test_a_profile_with_workers_trains_first_and_records_the_step(sandbox, monkeypatch, capsys):
-    """parallel.workers > 1: the runner first runs `python -m avg_lib.parallel` (a provenance row of its own);
-    if it fails, no notebook runs; --only skips it (a selection trains what it needs as it goes)."""
-    (sandbox / "profiles" / "t.yaml").write_text(f"results_dir: {sandbox / 'res'}\nparallel: {{workers: 2}}\n")
-    _nb(sandbox / "notebooks" / "01_ok.ipynb", 'profile = "smoke"', "open('ran_01', 'w').write('x')")
-    calls, code, real_run = [], [0], subprocess.run
-
-    def fake_run(cmd, **kw):  # the parallel step only; git and the rest run for real
-        if "avg_lib.parallel" not in cmd:
-            return real_run(cmd, **kw)
-        calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, code[0])
-
-    monkeypatch.setattr(runner.subprocess, "run", fake_run)
-    assert runner.main(["--profile", "t", "--quiet"]) == 0
-    assert calls[0][1:] == ["-m", "avg_lib.parallel", "--profile", "t"]
-    prov = pd.read_csv(sandbox / "res" / "provenance.csv")
-    assert prov["notebook"].tolist() == [runner.PARALLEL_STEP, "01_ok.ipynb"] and set(prov["status"]) == {"ok"}
-    assert runner.main(["--profile", "t", "--quiet", "--only", "01"]) == 0 and len(calls) == 1
-    (sandbox / "ran_01").unlink()
-    code[0] = 3
-    assert runner.main(["--profile", "t", "--quiet"]) == 1
-    assert "FAILED: parallel training" in capsys.readouterr().err and not (sandbox / "ran_01").exists()
 
 
 def test_the_environment_hash_names_the_listing():

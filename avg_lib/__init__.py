@@ -20,6 +20,7 @@ Modules, one concern each (imports run one way; tests/test_architecture.py check
   benchmark    decoding (against transformers' prefix_allowed_tokens_fn) and dropout timings
   efficiency   the gallery-size study (latency, throughput, build time, bytes per image, crossovers);
                ann: exact search and FAISS HNSW / IVF-PQ; speed: both studies without trained models
+  cli          the one command line (``python -m avg_lib COMMAND``, ``avg COMMAND``); search: ``avg search``
   stats        recall intervals (bootstrap over images), paired differences, verdicts
   metrics, tables, viz, report, results, runner, paths, progress, selection, dropout
 """

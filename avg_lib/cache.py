@@ -21,6 +21,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 MARKER = "stage.json"
+_READ_ONLY = [False]  # set by reading_only(): a missing artefact is an error instead of being built
+
+
+class NotCached(LookupError):
+    """An artefact asked for under :func:`reading_only` that no run has built yet."""
+
+
+@contextlib.contextmanager
+def reading_only():
+    """Within this block :func:`cached` never builds: an artefact not on disk raises :class:`NotCached` naming its
+    directory (commands that only read trained models, such as ``search``, must not start a training run)."""
+    before, _READ_ONLY[0] = _READ_ONLY[0], True
+    try:
+        yield
+    finally:
+        _READ_ONLY[0] = before
 
 
 def key(obj) -> str:
@@ -31,6 +47,13 @@ def key(obj) -> str:
 def is_done(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds a published artefact."""
     return (Path(directory) / MARKER).is_file()
+
+
+def may_build(directory: str | os.PathLike, what: str) -> None:
+    """Raise :class:`NotCached` if ``directory`` (the artefact ``what``) is not built and :func:`reading_only` is
+    on: for stages that start work of their own before :func:`cached` (streamed features)."""
+    if _READ_ONLY[0] and not is_done(directory):
+        raise NotCached(f"{directory}: not built yet ({what})")
 
 
 def cached(
@@ -46,6 +69,7 @@ def cached(
     stage's settings and inputs, JSON-able) is saved beside them as ``stage.json``. ``force=True``
     deletes the artefact and computes it again."""
     out = Path(directory)
+    may_build(out, config.get("stage", "artefact"))
     dist = distributed()
     if dist is not None:
         return _cached_by_rank_0(dist, out, build, config, force)
@@ -61,22 +85,32 @@ def cached(
     return out
 
 
+_HELD: set[Path] = set()  # the locks this process holds: building() is re-entrant within one process
+
+
 @contextlib.contextmanager
 def building(out: Path):
     """Hold an exclusive lock on ``out`` (a hidden ``.<name>.lock`` file beside it) between processes, so that
-    two processes needing the same artefact (parallel training, two notebooks at once) build it once: the
-    second waits, then finds it published. A no-op where ``fcntl`` does not exist (Windows)."""
+    two processes needing the same artefact (two runs sharing ``data/``, two notebooks at once) build it once: the
+    second waits, then finds it published. Re-entrant within a process (a stage that holds it around work of its
+    own before :func:`cached` takes it again). A no-op where ``fcntl`` does not exist (Windows)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on Linux or macOS
         yield
         return
+    lock = (out.parent / f".{out.name}.lock").absolute()
+    if lock in _HELD:
+        yield
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as fh:
+    with open(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
+        _HELD.add(lock)
         try:
             yield
         finally:
+            _HELD.discard(lock)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 

@@ -17,6 +17,7 @@ recomputes only when the dataset, the encoder or its settings change (or ``force
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -228,7 +229,25 @@ def extract_features(
         shutil.rmtree(stream, ignore_errors=True)
     if force and group is not None:
         group.barrier()
+    # one process streaming alone (not one of several ranks) holds the artefact's lock from the first chunk to the
+    # publication, so a second run sharing data/ waits and then loads what the first published
+    alone = group is None and world == 1
+    with cache.building(out_dir) if alone else contextlib.nullcontext():
+        out = _stream_and_publish(ds, image_encoder, text_encoder, batch_size, out_dir, stream, progress, rank, world)
+    if out is None:
+        return None
     names = ("image.npy", "text.npy", "text_owner.npy")
+    arrays = [np.load(out / n, mmap_mode="r") for n in names]
+    if len(arrays[0]) != len(ds) or len(arrays[1]) != len(arrays[2]):
+        raise RuntimeError(f"{out}: cached features do not match the dataset; rerun with force=True")
+    return Features(np.asarray(arrays[0]), np.asarray(arrays[1]), np.asarray(arrays[2]), out)
+
+
+def _stream_and_publish(ds, image_encoder, text_encoder, batch_size, out_dir, stream, progress, rank, world):
+    """Stream any chunks this rank still owes, then (rank 0, every chunk done) publish the features through the
+    cache; returns the published directory, or ``None`` on a rank whose share is done before publication."""
+    cache.may_build(out_dir, "frozen features")
+    group = cache.distributed()
     side = getattr(image_encoder, "decode_side", None)  # large images: decoded once, reduced, cached
     texts, owner = ds.captions()
     if not cache.is_done(out_dir):
@@ -280,7 +299,4 @@ def extract_features(
             "text_encoder": text_encoder.key,
         },
     )
-    arrays = [np.load(out / n, mmap_mode="r") for n in names]
-    if len(arrays[0]) != len(ds) or len(arrays[1]) != len(arrays[2]):
-        raise RuntimeError(f"{out}: cached features do not match the dataset; rerun with force=True")
-    return Features(np.asarray(arrays[0]), np.asarray(arrays[1]), np.asarray(arrays[2]), out)
+    return out

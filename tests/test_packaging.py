@@ -1,6 +1,7 @@
 """The two install descriptions say the same thing, and CI runs exactly the README's test command."""
 
 import re
+from pathlib import Path
 
 import yaml
 
@@ -42,3 +43,83 @@ def test_the_constraints_agree_with_every_pin():
     setup = (REPO_ROOT / "scripts" / "setup.sh").read_text()
     assert setup.count("-c constraints.txt") == 2
     assert "--upgrade pip==" in setup  # pip itself pinned: it is in every run's environment.csv
+
+
+def _third_party_imports() -> set[str]:
+    """Top-level names avg_lib imports that are neither the standard library nor avg_lib itself."""
+    import ast
+    import sys
+
+    names = set()
+    for path in (REPO_ROOT / "avg_lib").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "avg_lib"}
+
+
+def _declared() -> set[str]:
+    import tomllib
+
+    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0].lower() for d in deps}
+
+
+def test_every_package_the_library_imports_is_declared():
+    """pyproject's dependencies name the distribution of every third-party module avg_lib imports (a wheel
+    installed with its dependencies runs), and each declared one is pinned in requirements.txt."""
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    declared = _declared()
+    for name in _third_party_imports():
+        owners = {d.lower() for d in dists.get(name, [])}
+        assert owners & declared, f"avg_lib imports {name!r} ({owners or 'not installed'}): not in pyproject"
+    pinned = {p.split("==")[0].lower() for p in _pins((REPO_ROOT / "requirements.txt").read_text().splitlines())}
+    assert declared <= pinned, f"declared but not pinned: {sorted(declared - pinned)}"
+
+
+def test_a_wheel_built_from_the_repository_installs_and_imports_every_module(tmp_path):
+    """Build the wheel from a copy of the packaging files, install it (no dependencies) into a fresh environment
+    that sees this one's packages only through a path entry, and import every module of the installed copy, away
+    from the checkout; the ``avg`` console script is installed and answers ``--help``."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO_ROOT / name, src / name)
+    shutil.copytree(REPO_ROOT / "avg_lib", src / "avg_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, cwd=tmp_path)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("avg_replication-*.whl")
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    py = env / "bin" / "python"
+    subprocess.run([*pip, "--python", str(py), "install", "--no-deps", "--no-index", str(wheel)], check=True)
+    site = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # this environment's packages
+    code = (
+        "import importlib, pkgutil, avg_lib\n"
+        "mods = [m.name for m in pkgutil.walk_packages(avg_lib.__path__, 'avg_lib.')]\n"
+        "mods = [m for m in mods if not m.endswith('__main__')]\n"
+        "[importlib.import_module(m) for m in mods]\n"
+        "print(avg_lib.__file__, len(mods))\n"
+    )
+    out = subprocess.run([py, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path).stdout.split()
+    assert out[0].startswith(site), f"imported {out[0]}, not the installed wheel"
+    expected = [p for p in (REPO_ROOT / "avg_lib").rglob("*.py") if p.name != "__main__.py"]
+    assert int(out[1]) == len(expected) - 1  # every module but the package's own __init__
+    help_text = subprocess.run([env / "bin" / "avg", "--help"], check=True, capture_output=True, text=True).stdout
+    assert all(cmd in help_text for cmd in ("run", "search", "speed", "compare"))

@@ -54,3 +54,35 @@ def test_extract_features_split_across_two_ranks_equals_one_process(tmp_path):
     assert np.array_equal(r0.image, one.image) and np.array_equal(r0.text, one.text)
     again = features.extract_features(ds, CountingEncoder(), CountingEncoder(), 4, tmp_path / "two", rank=1, world=2)
     assert again is not None and np.array_equal(again.image, one.image)  # published: every rank loads it
+
+
+def test_two_processes_extracting_the_same_features_at_once_both_get_one_published_copy(tmp_path):
+    """Two runs sharing one empty data/ ask for the same features together: the second waits on the first's lock
+    and loads what it published (no chunk computed twice, no ledger read after the first removed it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, time; import numpy as np\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from helpers import CountingEncoder\n"
+        "from avg_lib import features\n"
+        "from avg_lib.synthetic import load_synthetic\n"
+        "class Slow(CountingEncoder):\n"
+        "    def _step(self):\n"
+        "        super()._step(); open(sys.argv[2], 'a').write('chunk\\n'); time.sleep(0.05)\n"
+        "f = features.extract_features(load_synthetic(n_images=24), Slow(), Slow(), 4, root=sys.argv[1],"
+        " progress=False)\n"
+        "np.save(sys.argv[3], f.text)\n"
+    )
+    log = tmp_path / "chunks.log"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "data"), str(log), str(tmp_path / f"{i}.npy")])
+        for i in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    n_captions = load_synthetic(n_images=24).n_captions()
+    assert len(log.read_text().split()) == 24 // 4 + -(-n_captions // 16)  # one extraction's chunks, not two
+    assert np.array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
+    assert not list((tmp_path / "data").rglob("*.stream")) and not list((tmp_path / "data").rglob("*.done.*"))

@@ -319,7 +319,7 @@ def main(argv=None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(
-        prog="python -m avg_lib.benchmark",
+        prog="avg bench",
         description="Micro-benchmarks that back speed claims in the code (the decoding "
         "and gallery-size benchmarks run in notebooks 05 and 08).",
     )

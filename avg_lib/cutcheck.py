@@ -65,7 +65,7 @@ def check(run, seeds: list[int], changes: dict, pseudo: int = 0) -> tuple[pd.Dat
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m avg_lib.cutcheck", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="avg cut", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="default", help="profiles/<name>.yaml (default: default)")
     ap.add_argument("--seeds", type=int, nargs="+", required=True, help="the seeds of the paired comparison")
     ap.add_argument("--changes", required=True, help='generator settings to change, as JSON: {"precision": "bf16"}')

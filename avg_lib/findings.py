@@ -167,4 +167,65 @@ def agreement_lines(d: Path, other: Path, profile: str, other_profile: str) -> l
 
 
 def _iv(r, side: str) -> str:
-    return f"{r[f'difference_{side}']:+.2f} [{r[f'low_{side}']:+.2f}, {r[f'high_{side}']:+.2f}]"
+    """``difference [low, high]`` of a claim row (``side``: "" for a claims.csv row, "a" or "b" in an agreement)."""
+    s = f"_{side}" if side else ""
+    return f"{r[f'difference{s}']:+.2f} [{r[f'low{s}']:+.2f}, {r[f'high{s}']:+.2f}]"
+
+
+HEADLINE_MARKERS = ("<!-- headline:start -->", "<!-- headline:end -->")
+
+
+def _headline_rows(main: pd.DataFrame) -> list[tuple[str, pd.Series]]:
+    """The four systems of the headline, in order: two-tower, AVG, + pseudo queries, + embedding re-rank."""
+    avg = main["method"].str.startswith("AVG") & ~main["method"].str.contains("re-rank")
+    rerank = main["method"].str.contains("re-rank") & ~main["method"].str.contains("fusion")
+    picks = [
+        main[main["family"] == "two-tower"],
+        main[avg & ~main["pseudo_queries"]],
+        main[avg & main["pseudo_queries"]],
+        main[rerank & main["pseudo_queries"]],
+    ]
+    rows = []
+    for p in picks:
+        if len(p):
+            r = p.iloc[0]
+            rows.append((r["method"] + (" + pseudo queries" if r["pseudo_queries"] else ""), r))
+    return rows
+
+
+def headline(d: Path) -> str | None:
+    """The README's headline table from results directory ``d``: two-tower, AVG, AVG + pseudo queries and AVG +
+    pseudo queries + embedding re-rank, each with R@1 (95% interval over test images) and the paired claim that
+    checks it: against the row above it where such a claim exists (pseudo queries against AVG alone), otherwise
+    against the two-tower model. ``None`` without the main table and its claims."""
+    main, claims_ = read_csv(d, "main_table.csv"), read_csv(d, "claims.csv")
+    if main is None or claims_ is None:
+        return None
+    rows, out = _headline_rows(main), []
+    two_tower = rows[0][0] if rows else None
+    for n, (label, r) in enumerate(rows):
+        found = claims_[claims_["b"] == label]
+        prev = rows[n - 1][0] if n else None
+        pick = found[found["a"] == prev] if len(found[found["a"] == prev]) else found[found["a"] == two_tower]
+        c = pick.iloc[0] if len(pick) else None
+        out.append(
+            {
+                "system": label,
+                "R@1 [95%]": f"{r['R@1']:.2f} [{r['R@1_low']:.2f}, {r['R@1_high']:.2f}]",
+                "R@5": f"{r['R@5']:.2f}",
+                "R@10": f"{r['R@10']:.2f}",
+                "seeds": int(r["n_seeds"]),
+                "checked against": "" if c is None else c["a"],
+                "R@1 difference [95%]": ""
+                if c is None
+                else f"{c['difference']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]",
+                "verdict": "" if c is None else f"**{c['verdict']}**",
+            }
+        )
+    ds = main["dataset"].iloc[0] if "dataset" in main else "the profile's data"
+    gallery = int(main["gallery_size"].iloc[0]) if "gallery_size" in main else None
+    note = (
+        f"Test R@K in percent on `{ds}` ({gallery:,} test images), mean over the seeds; interval: 95% bootstrap over "
+        "test images; difference: paired, mean over seeds, with its verdict (holds / does not hold / inconclusive)."
+    )
+    return markdown(pd.DataFrame(out)).rstrip("\n") + "\n\n" + note + "\n"

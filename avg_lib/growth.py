@@ -101,7 +101,7 @@ def check(small: pd.DataFrame, large: pd.DataFrame, measured: pd.DataFrame) -> p
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m avg_lib.growth", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="avg growth", description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", type=Path, nargs="+", help="folders with each run's stages.csv, smallest first (2+)")
     ap.add_argument("--to", type=int, nargs="+", default=[31783, 123287], help="image counts to extrapolate to")
     ap.add_argument("--out", type=Path, help="write the table here (CSV with provenance)")

@@ -28,7 +28,7 @@ def available() -> bool:
 
 
 def resolve(mode: str) -> bool:
-    """Whether ``mode`` (``"auto"``, ``"mkl"`` or ``"onednn"``) means oneDNN on this machine: ``auto`` where torch
+    """Whether ``mode`` (``"auto"``, ``"mkl"`` or ``"onednn"``) means oneDNN on the CPU running it: ``auto`` where torch
     reports AVX-512 (``torch.backends.cpu.get_cpu_capability()``) and the operator exists."""
     if mode not in MODES:
         raise ValueError(f"cpu_matmul must be one of {', '.join(MODES)}, not {mode!r}")

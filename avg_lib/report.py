@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .findings import PAIRED_PROFILES, agreement_lines, claims, efficiency_claims, paired_results_dir, read_csv
+from .findings import (
+    HEADLINE_MARKERS,
+    PAIRED_PROFILES,
+    agreement_lines,
+    claims,
+    efficiency_claims,
+    headline,
+    paired_results_dir,
+    read_csv,
+)
 from .results import environment_note, refresh_study_index, study_index, write_text
 from .tables import markdown
 
@@ -259,3 +268,20 @@ def write_speed_readme(results_dir: str | Path, profile: str) -> Path:
     written = write_text("\n".join(lines), d / "README.md")
     refresh_study_index(d.parent / "README.md")  # a generated README above links the study
     return written
+
+
+def write_readme_headline(readme: str | Path, results_dir: str | Path) -> bool:
+    """Replace the headline block of ``readme`` (between :data:`findings.HEADLINE_MARKERS`) with the headline table
+    of ``results_dir``; returns whether the file changed. A README without the markers is an error naming it."""
+    readme, start, end = Path(readme), *HEADLINE_MARKERS
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"{readme}: no headline block (the lines {start} and {end})")
+    table = headline(Path(results_dir))
+    if table is None:
+        return False
+    head, rest = text.split(start, 1)
+    new = f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}"
+    if new != text:
+        write_text(new, readme)
+    return new != text

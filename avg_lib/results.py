@@ -29,8 +29,8 @@ PROVENANCE_COLUMNS = ("profile", "seed", "git_commit", "created_utc")
 
 def git_commit(root: Path = REPO_ROOT) -> str:
     """The checkout's commit (``+dirty`` with uncommitted code changes). ``AVG_GIT_COMMIT``, when set, is
-    used instead: a copy of a checkout run on another machine (a lent GPU) names the commit it was copied
-    from, which that copy's git metadata may not know."""
+    used instead: a copy of a checkout run on another machine names the commit it was copied from, which that
+    copy's git metadata may not know."""
     if os.environ.get("AVG_GIT_COMMIT"):
         return os.environ["AVG_GIT_COMMIT"]
     try:

@@ -140,7 +140,7 @@ def summary(table: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m avg_lib.rundiff", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="avg compare", description=__doc__.split("\n\n")[0])
     p.add_argument("before", help="results directory, or <git revision>:<results directory>")
     p.add_argument("after", help="results directory, or <git revision>:<results directory>")
     p.add_argument("--metric", default="R@1", help="column compared (default R@1)")

@@ -26,6 +26,7 @@ from .paths import REPO_ROOT, repo_path
 from .results import atomic_write, environment, environment_hash, git_commit, hardware, utc_now
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+HEADLINE_PROFILE = "default"  # the profile whose run writes the headline table of the repository's README.md
 
 
 def notebooks() -> list[Path]:
@@ -136,6 +137,8 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
         paired = findings.paired_results_dir(profile_name)  # its README sets its claims beside this run's
         if paired is not None and paired.resolve() != results_dir.resolve():
             readmes.append(report.write_results_readme(paired, findings.PAIRED_PROFILES[profile_name]))
+        if profile_name == HEADLINE_PROFILE and report.write_readme_headline(REPO_ROOT / "README.md", results_dir):
+            readmes.append(REPO_ROOT / "README.md")  # its headline table, from this run's main table and claims
         for readme in readmes:
             print(
                 f"<== {readme.relative_to(REPO_ROOT) if readme.is_relative_to(REPO_ROOT) else readme} rewritten from "

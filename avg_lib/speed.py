@@ -212,7 +212,7 @@ def main(argv=None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(
-        prog="python -m avg_lib.speed",
+        prog="avg speed",
         description="Decoding benchmark and efficiency study on a random-weight generator of the profile's "
         "architecture (no trained model, no download); writes <results_dir>/decoding_benchmark.csv, "
         "efficiency.csv and efficiency_crossovers.csv.",
@@ -229,7 +229,7 @@ def main(argv=None) -> None:
         default="both",
         help="decoding: the decoding benchmark; efficiency: the gallery-size study; both (default); profile: "
         "where batch-1 and batched decoding spend their time (torch.profiler, CPU); training: seconds per "
-        "generator epoch on every device and precision this machine has (avg_lib.trainbench)",
+        "generator epoch on every device and precision the machine running it has (avg_lib.trainbench)",
     )
     ap.add_argument(
         "--backends",

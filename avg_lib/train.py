@@ -24,7 +24,7 @@ import time
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m avg_lib.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="avg train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="default", help="profiles/<name>.yaml (default: default)")
     ap.add_argument("--overrides", default="{}", help="settings merged over the profile, as JSON")
     ap.add_argument("--seeds", type=int, nargs="+", help="generator seeds (default: the profile's main_table.seeds)")
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
 
     cfg = load_config(args.profile, json.loads(args.overrides))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = cfg.generator.device == "cuda"
+    cuda = cfg.generator.uses_cuda()
     if cuda and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if world > 1 and not dist.is_initialized():

@@ -142,8 +142,8 @@ def epoch_costs(
     backends: tuple[str, ...] = ("minilm",),
     full_pairs: int | None = None,
 ):
-    """One row per backend and (device, precision) in ``settings`` that this machine has: seconds of the work done
-    once per training (``once_s``: the pass over the frozen layers of ``lm_cache_frozen``, else 0), per
+    """One row per backend and (device, precision) in ``settings`` that the machine running it has: seconds of the
+    work done once per training (``once_s``: the pass over the frozen layers of ``lm_cache_frozen``, else 0), per
     generative and per discriminative epoch (validation included), milliseconds per training pair, the estimated
     time of a ``epochs`` + ``disc_epochs`` generator, and its speedup over the first row's.
 

@@ -207,7 +207,7 @@ def test_on_cuda_it_scores_as_on_the_cpu_and_trains(llama, scoring):
 
 
 class Interrupt(Exception):
-    """Stands in for a session that ends mid-training."""
+    """Stands in for a run interrupted mid-training."""
 
 
 def states(rr) -> dict:

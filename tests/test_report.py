@@ -308,3 +308,29 @@ def test_the_paired_profiles_readme_sets_shared_claims_side_by_side(tmp_path, mo
     )
     claim_rows(default, [{"claim": "X beats Y", "seeds": "0,1,2", "low": 0.1, "high": 1.0, "verdict": "holds"}])
     assert "**contradiction**" in report.write_results_readme(default, "default").read_text()
+
+
+def test_the_readme_headline_is_the_committed_default_runs():
+    """README.md's headline block is exactly what the default run's tables give (run_all.sh rewrites it)."""
+    from avg_lib.paths import REPO_ROOT
+
+    start, end = findings.HEADLINE_MARKERS
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text.split(start, 1)[1].split(end, 1)[0]
+    assert block == "\n" + findings.headline(REPO_ROOT / "results")
+    assert "**holds**" in block or "**does not hold**" in block or "**inconclusive**" in block
+
+
+def test_the_headline_block_is_rewritten_in_place(tmp_path):
+    from avg_lib.paths import REPO_ROOT
+
+    start, end = findings.HEADLINE_MARKERS
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n\nbefore\n{start}\nstale\n{end}\nafter\n")
+    assert report.write_readme_headline(readme, REPO_ROOT / "results")
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("# t\n\nbefore\n") and text.endswith(f"{end}\nafter\n")
+    assert not report.write_readme_headline(readme, REPO_ROOT / "results")  # nothing changes a second time
+    readme.write_text("# no block\n")
+    with pytest.raises(ValueError, match="no headline block"):
+        report.write_readme_headline(readme, REPO_ROOT / "results")

@@ -363,8 +363,8 @@ def test_lm_backend_claim_rests_on_the_same_seeds_with_an_interval(where):
 
 
 def test_the_lm_gpu_profile_ran_every_notebook_from_committed_code_and_its_lms_on_a_gpu():
-    """results/lm_gpu_profile: ``./run_all.sh --profile lm-gpu`` whole, its LMs trained on a lent GPU through the
-    hand-off (``python -m avg_lib.lmstage --profile lm-gpu``), every LM claim over the same three seeds."""
+    """results/lm_gpu_profile: ``./run_all.sh --profile lm-gpu`` whole, its LMs trained on a GPU from the job
+    ``python -m avg_lib.lmstage --profile lm-gpu`` exports, every LM claim over the same three seeds."""
     where = RESULTS / "lm_gpu_profile"
     prov = pd.read_csv(where / "provenance.csv")
     assert sorted(prov["notebook"]) == [p.name for p in notebooks()] and set(prov["status"]) == {"ok"}

@@ -49,7 +49,7 @@ def test_training_on_the_gpu_follows_the_cpu(backend, tmp_path):
 
     weights = ("model.safetensors", "pytorch_model.bin")
     if backend == "minilm" and not any((Path(minilm_dir()) / w).is_file() for w in weights):
-        pytest.skip("MiniLM's weights are not installed (a lent GPU gets its tokenizer files only)")
+        pytest.skip("MiniLM's weights are not installed (a checkout without the pretrained packages)")
     data = trainbench.synthetic_training_set(40, 2, 10, 20, depth=2, vocab=8)
     lm = {"lm_path": str(save_tiny_llama(tmp_path / "lm"))} if backend != "minilm" else {}
     if backend == "decoder-cached":

@@ -53,8 +53,9 @@ class GeneratorConfig:
     # float32; on a CPU with AMX the decoder's matrix products run about 4x faster); every decode (validation,
     # negative mining, test) stays float32. "fp32": everything in float32.
     precision: str = "fp32"
-    # where training runs: "cpu", or "cuda" (the current CUDA device; under torchrun each rank's LOCAL_RANK
-    # device, ranks joined by nccl). The trained model is saved and loaded on the CPU either way.
+    # where training runs: "cpu", "cuda" (the current CUDA device; under torchrun each rank's LOCAL_RANK device,
+    # ranks joined by nccl), or "auto" (CUDA where torch sees a device, else the CPU). The trained model is saved
+    # and loaded on the CPU either way.
     device: str = "cpu"
     # minilm: the library behind the voken decoder's float32 matrix products on a CPU, in training and decoding:
     # "onednn", "mkl" (torch's default), or "auto" (oneDNN where torch reports AVX-512; avg_lib.kernels). The same
@@ -62,13 +63,19 @@ class GeneratorConfig:
     cpu_matmul: str = "auto"
     seed: int = 0
 
+    def uses_cuda(self) -> bool:
+        """Whether training runs on CUDA: ``device`` "cuda", or "auto" where torch sees a CUDA device."""
+        import torch
+
+        return self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
+
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be 'minilm', 't5' or 'decoder', not {self.backend!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', not {self.device!r}")
         if self.cpu_matmul not in ("auto", "mkl", "onednn"):
             raise ValueError(f"cpu_matmul must be 'auto', 'mkl' or 'onednn', not {self.cpu_matmul!r}")
         if self.lm_train_layers < 0:

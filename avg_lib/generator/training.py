@@ -84,8 +84,9 @@ def evaluate(
 
 def training_device(cfg) -> torch.device:
     """The device a generator with settings ``cfg`` trains on: the CPU, or for ``device="cuda"`` the CUDA
-    device of this process (``LOCAL_RANK``'s under torchrun), with a clear error where there is none."""
-    if cfg.device == "cpu":
+    device of this process (``LOCAL_RANK``'s under torchrun), with a clear error where there is none; ``"auto"``:
+    CUDA where there is a device, else the CPU."""
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("generator.device is 'cuda' but torch sees no CUDA device; set it to 'cpu'")

@@ -26,6 +26,7 @@ from .paths import REPO_ROOT, repo_path
 from .results import atomic_write, environment, environment_hash, git_commit, hardware, utc_now
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+SCREEN_WIDTH = 900  # pixels: the widest figure in a committed executed notebook
 HEADLINE_PROFILE = "default"  # the profile whose run writes the headline table of the repository's README.md
 
 
@@ -132,6 +133,7 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
             record(nb.name, status, t0, started)
             if status != "ok":
                 return 1
+            screen_resolution(out_dir / nb.name)  # the executed copy is committed: its figures at screen size
     finally:
         readmes = [report.write_results_readme(results_dir, profile_name)]
         paired = findings.paired_results_dir(profile_name)  # its README sets its claims beside this run's
@@ -148,6 +150,32 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
         if env_before is None:
             os.environ.pop("AVG_PLAIN_PROGRESS", None)
     return 0
+
+
+def screen_resolution(notebook: Path, max_width: int = SCREEN_WIDTH) -> None:
+    """Re-encode every PNG output of an executed notebook at screen resolution (at most ``max_width`` pixels wide,
+    256 colours), so that committed notebooks stay small; the figures in ``<results_dir>/figures/`` keep their own
+    resolution. Text and table outputs are left as they are."""
+    import base64
+    import io
+
+    import nbformat
+    from PIL import Image
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "image/png" not in data:
+                continue
+            im = Image.open(io.BytesIO(base64.b64decode(data["image/png"]))).convert("RGB")
+            if im.width > max_width:
+                im = im.resize((max_width, round(im.height * max_width / im.width)), Image.LANCZOS)
+            buf = io.BytesIO()
+            im.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(buf, "PNG", optimize=True)
+            data["image/png"] = base64.b64encode(buf.getvalue()).decode()
+            out.get("metadata", {}).pop("image/png", None)  # a stored width/height would stretch the smaller image
+    atomic_write(notebook, lambda tmp: nbformat.write(nb, str(tmp)))
 
 
 def main(argv: list[str] | None = None) -> int:

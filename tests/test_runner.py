@@ -111,3 +111,33 @@ def test_the_environment_hash_names_the_listing():
     assert results.environment_hash(env) == results.environment_hash(same)
     assert results.environment_hash(env) != results.environment_hash(moved)
     assert len(results.environment_hash(env)) == 12
+
+
+def test_executed_notebooks_keep_their_figures_at_screen_resolution(tmp_path):
+    """The committed executed notebooks: each PNG output at most SCREEN_WIDTH wide and re-encoded, text untouched."""
+    import base64
+    import io
+
+    import nbformat
+    import numpy as np
+    from PIL import Image
+
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (500, 2000, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    png = base64.b64encode(buf.getvalue()).decode()
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("plot()")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", text="R@1 25.41\n"),
+        nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
+    ]
+    nb.cells = [cell]
+    path = tmp_path / "01_x.ipynb"
+    nbformat.write(nb, str(path))
+    runner.screen_resolution(path)
+    out = nbformat.read(path, as_version=4).cells[0].outputs
+    assert out[0]["text"] == "R@1 25.41\n" and out[1]["data"]["text/plain"] == "<Figure>"
+    small = Image.open(io.BytesIO(base64.b64decode(out[1]["data"]["image/png"])))
+    assert small.size == (runner.SCREEN_WIDTH, round(500 * runner.SCREEN_WIDTH / 2000))
+    assert len(out[1]["data"]["image/png"]) < len(png)

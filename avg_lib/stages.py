@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -237,6 +236,13 @@ class TrainedGenerator:
         }
 
 
+def checkpoint_beside(tmp: Path) -> Path:
+    """The checkpoint file of the training that builds the cache folder ``tmp`` (``<name>.partial``, or
+    ``<name>.rank<r>.partial`` under torchrun): ``<name>.checkpoint.pt`` beside it, which survives an interruption
+    (the next call starts ``tmp`` afresh but resumes from the checkpoint) and is removed when training ends."""
+    return tmp.with_name(tmp.name.split(".", 1)[0] + ".checkpoint.pt")
+
+
 def voken_generator(
     js: JointSpace,
     vt: VokenTokenizer,
@@ -280,6 +286,9 @@ def voken_generator(
         extra["pseudo_recipe"] = recipe
 
     def build(tmp: Path) -> None:
+        checkpoint = checkpoint_beside(tmp)
+        if force:  # a forced retraining starts from scratch, not from an interrupted one's checkpoint
+            checkpoint.unlink(missing_ok=True)
         texts, codes = generator_training_pairs(js, vt, pseudo, **recipe)
         val = retrieval_split(js, vt, "val")
         train_imgs = js.ds.split_indices("train")
@@ -291,13 +300,13 @@ def voken_generator(
             prior_head=js.model.text_head if cfg.joint_prior else None,
             text_states=text_states,
         )
-        t0 = time.time()
         gen, history = generator.train_generator(
             gen.to(generator.training_device(cfg)),
             (texts, codes),
             (val.texts, val.targets, val.gallery_codes),
             train_codes_all=vt.ids.codes[train_imgs],
             progress=progress,
+            checkpoint=checkpoint,  # an interrupted training resumes at its last finished epoch
         )
         gen.cpu()  # saved, loaded and evaluated on the CPU whatever trained it
         generator.save(
@@ -307,7 +316,8 @@ def voken_generator(
                 "pseudo_queries_per_test_image": pseudo,
                 "pseudo_recipe": recipe["recipe"] if pseudo else None,
                 "train_pairs": len(texts),
-                "train_seconds": round(time.time() - t0, 1),
+                "train_seconds": round(gen.train_seconds, 1),  # summed over the pieces of a resumed training
+                "train_pieces": gen.train_pieces,
             },
         )
         pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)

@@ -88,3 +88,33 @@ def test_the_training_device_is_not_part_of_a_generators_cache_key(run, monkeypa
 
     monkeypatch.setattr(generator, "training_device", lambda cfg: __import__("torch").device("cpu"))
     assert run.generator(0, device="cuda").directory == run.generator(0).directory
+
+
+def test_an_interrupted_generator_stage_resumes_at_its_last_epoch(run, tmp_path, monkeypatch):
+    """The cached generator stage keeps a checkpoint beside its folder while it trains: a run interrupted after
+    the first epoch, called again, continues there and publishes what one uninterrupted call publishes (the
+    checkpoint gone); ``force`` starts afresh."""
+    import torch
+
+    from avg_lib import generator
+
+    want = run.generator(0, epochs=2, disc_epochs=1, seed=5)
+    evaluate, calls = generator.training.evaluate, []
+
+    def stop_after_one(*args, **kw):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kw)
+
+    monkeypatch.setattr(generator.training, "evaluate", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run.generator(0, epochs=2, disc_epochs=1, seed=5, force=True)
+    monkeypatch.setattr(generator.training, "evaluate", evaluate)
+    (ckpt,) = run.vt.directory.glob("generator-*.checkpoint.pt")
+    assert ckpt.name == f"{want.directory.name}.checkpoint.pt" and not want.directory.exists()
+    got = run.generator(0, epochs=2, disc_epochs=1, seed=5)
+    assert not ckpt.exists() and got.meta["train_pieces"] == 2 and want.meta["train_pieces"] == 1
+    assert got.history.drop(columns="val_latency_ms").equals(want.history.drop(columns="val_latency_ms"))
+    for (name, a), b in zip(want.model.state_dict().items(), got.model.state_dict().values()):
+        assert torch.equal(a, b), name

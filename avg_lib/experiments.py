@@ -188,19 +188,23 @@ def one_tower_result(js, cfg: baselines.OneTowerConfig, split: str = "test", pro
     }, model
 
 
-def rerank_results(run, pseudo: int = 0, cross_encoder=None, ks=None) -> tuple[list[dict], dict]:
+def rerank_results(run, pseudo: int = 0, cross_encoder=None, ks=None, rerankers=None) -> tuple[list[dict], dict]:
     """AVG (``run``'s generator with ``pseudo``) followed by each re-ranker of ``run.cfg.rerank``, for each
     beam-list size ``K`` in ``ks`` (default: the profile's): one row per (K, re-ranker) with recall on test,
     the candidate ceiling (recall@K of the beams) and the latency of decoding plus re-ranking. Fusion weights
     are chosen on the validation split's own K beams. ``cross_encoder``: the one-tower model (a
     :class:`~avg_lib.baselines.CrossEncoder`) the cross-encoder re-ranker uses; without it that re-ranker is
-    skipped. Returns ``(rows, ranked)`` with ``ranked[(K, re-ranker name)]`` the test ranked lists."""
+    skipped. ``rerankers``: instead of the profile's list, names or re-ranker objects (anything with a ``name``
+    and ``score``, such as notebook 09's trained LM re-ranker; a ``rerank_ms`` attribute stands for its measured
+    time per query). Returns ``(rows, ranked)`` with ``ranked[(K, re-ranker name)]`` the test ranked lists."""
     cfg = run.cfg.rerank
     tg = run.generator(pseudo)
     val, test = (rerank.inputs(run.js, run.split(s)) for s in ("val", "test"))
     base = []
-    for name in cfg.rerankers:
-        if name == "embedding":
+    for name in cfg.rerankers if rerankers is None else rerankers:
+        if not isinstance(name, str):
+            base.append(name)
+        elif name == "embedding":
             base.append(rerank.EmbeddingReranker(run.js.model))
         elif name == "cross-encoder":
             base += [rerank.CrossEncoderReranker(cross_encoder)] if cross_encoder is not None else []
@@ -217,6 +221,7 @@ def rerank_results(run, pseudo: int = 0, cross_encoder=None, ks=None) -> tuple[l
         for r in base:
             for variant in (r, rerank.FusionReranker(r, grid=grid).fit(val, vc)):
                 items, ms = rerank.rerank(variant, test, tc)
+                ms = getattr(r, "rerank_ms", ms)  # a re-ranker whose scores were computed (and timed) elsewhere
                 ranked[(k, variant.name)] = items
                 rows.append({**common, "reranker": variant.name, **recall_at_k(items, test.targets)})
                 w = getattr(variant, "weight", float("nan"))

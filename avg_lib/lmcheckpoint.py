@@ -4,9 +4,9 @@ On a CPU one ``lm``-profile re-ranker takes about 50 minutes (three alignment ep
 and test beams); an interruption used to lose all of it. :class:`RerankCheckpoint` is one file per seed that
 :meth:`avg_lib.lmrerank.LMReranker.fit` writes after every epoch (the trained modules, and mid-stage the
 optimiser, random states and validation selection), once more when training ends (the selected state), and that
-:func:`avg_lib.rerankjob.train` extends with the scores of each chunk of queries as it scores them. A call that
-finds the file goes on after what it holds, so a seed runs in pieces and ends as one uninterrupted call would
-(the tests check this); :func:`avg_lib.rerankjob.train` removes the file once the seed's results are written.
+:func:`avg_lib.lmroles.trained_reranker` extends with the scores of each chunk of queries as it scores them. A call
+that finds the file goes on after what it holds, so a seed runs in pieces and ends as one uninterrupted call would
+(the tests check this); :func:`avg_lib.lmroles.trained_reranker` removes the file once its scores are stored.
 """
 
 from __future__ import annotations

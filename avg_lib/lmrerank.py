@@ -21,7 +21,7 @@ images (``-log P(caption | image)``, LLaVA's first stage), keeping the epoch wit
 ``negatives`` candidates from AVG's beams, with a softmax cross-entropy over each group's scores (the positive
 first).
 
-What it learns from is the caller's choice; :mod:`avg_lib.rerankjob` gives it a sample of *training* captions with
+What it learns from is the caller's choice; :mod:`avg_lib.lmroles` gives it a sample of *training* captions with
 AVG's beams over the training gallery (AVG has memorised those captions, so their beams hold the right image plus
 its nearest neighbours in voken space: hard negatives), keeps validation for the fusion weight and test untouched.
 """

@@ -55,7 +55,7 @@ PROVENANCE = ["profile", "seed", "git_commit", "created_utc"]
 # the tables of python -m avg_lib.speed's README; the last is written by that command only, never by a notebook
 SPEED_TABLES = ("decoding_benchmark.csv", "efficiency.csv", "efficiency_crossovers.csv", "training_speed.csv")
 SPEED_ONLY = ("training_speed.csv",)
-OPTIONAL = ("lm_table.csv",)  # from a notebook most profiles switch off: not listed as missing
+OPTIONAL = ("lm_table.csv", "generator_backends.csv")  # from studies most profiles switch off: not listed as missing
 SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance))
     (
         "main_table.csv",

@@ -28,11 +28,7 @@ PROVENANCE_COLUMNS = ("profile", "seed", "git_commit", "created_utc")
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
-    """The checkout's commit (``+dirty`` with uncommitted code changes). ``AVG_GIT_COMMIT``, when set, is
-    used instead: a copy of a checkout run on another machine names the commit it was copied from, which that
-    copy's git metadata may not know."""
-    if os.environ.get("AVG_GIT_COMMIT"):
-        return os.environ["AVG_GIT_COMMIT"]
+    """The checkout's commit (``+dirty`` with uncommitted code changes; ``unknown`` outside a git checkout)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True

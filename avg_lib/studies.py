@@ -117,7 +117,7 @@ LM_RERANK_SETTINGS = (
 
 
 @dataclass(frozen=True)
-class LanguageModelsConfig:  # notebook 09 (avg_lib.lmstage): a pretrained causal LM as generator and as re-ranker
+class LanguageModelsConfig:  # notebook 09 (avg_lib.lmroles): a pretrained causal LM as generator and as re-ranker
     enabled: bool = False  # hours on a 2-core CPU, so the default run leaves it off; profiles lm and lm-gpu turn it on
     seeds: tuple[int, ...] = (0, 1, 2)  # the LM rows and the profile's own generator, paired on these seeds
     lm: str = "smollm2"  # "smollm2" (offline, `setup.sh --lm`) | "tiny-random" (a random 2-layer Llama) | a directory

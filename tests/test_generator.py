@@ -281,7 +281,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_and_ends_as_an_unin
     with pytest.raises(KeyboardInterrupt):
         run(checkpoint=ckpt)
     monkeypatch.setattr(generator.training, "evaluate", evaluate)
-    where = generator.training.checkpoint_progress(ckpt)  # what `lmstage --status` reports
+    where = generator.training.checkpoint_progress(ckpt)  # how far it got, read without loading it
     assert (where["epoch"], where["epochs"], where["pieces"]) == (done, 5, 1) and where["seconds"] > 0
     with pytest.raises(ValueError, match=f"{ckpt.name}: a checkpoint of other generator settings \\(lr\\)"):
         run(dataclasses.replace(cfg, lr=0.5), ckpt)

@@ -108,12 +108,10 @@ def test_results_readme_checks_claims_from_the_tables(tmp_path):
     assert "| AVG (minilm) | True | 11.00 |" in text
 
 
-def test_git_commit_ignores_rewritten_results_but_not_code(tmp_path, monkeypatch):
+def test_git_commit_ignores_rewritten_results_but_not_code(tmp_path):
     import subprocess
 
     from avg_lib.results import git_commit
-
-    monkeypatch.delenv("AVG_GIT_COMMIT", raising=False)
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -130,9 +128,6 @@ def test_git_commit_ignores_rewritten_results_but_not_code(tmp_path, monkeypatch
     assert git_commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")  # uncommitted code
     assert git_commit(tmp_path) == clean + "+dirty"
-    monkeypatch.setenv("AVG_GIT_COMMIT", "0123456789ab")  # a copy run elsewhere names its source commit
-    assert git_commit(tmp_path) == git_commit(tmp_path / "no-repo") == "0123456789ab"
-    monkeypatch.delenv("AVG_GIT_COMMIT")
     assert git_commit(tmp_path / "no-repo") == "unknown"
 
 

@@ -20,7 +20,7 @@ class GeneratorConfig:
     # decoder only: 0 = the whole LM trains; k > 0 = only its top k transformer layers and what follows them (final
     # norm, output head, untied from the input embeddings); the input embeddings and lower layers stay frozen, so
     # their activations are computed without gradient (a generator 1.73x faster at 6 of SmolLM2's 30 layers on a
-    # CPU, results/lm/cpu)
+    # CPU, docs/language_models.md)
     lm_train_layers: int = 0
     # decoder only, with lm_train_layers > 0: run the frozen lower layers over every training pair once and train
     # the generative stage on their kept states (avg_lib.generator.frozen; the same loss up to float rounding)

@@ -102,3 +102,36 @@ def test_nothing_in_the_repository_points_outside_it():
         and outside in (REPO_ROOT / f).read_text(errors="ignore")
     ]
     assert not offenders
+
+
+# words about the environment a project is built in, not about the product (split so this file does not match)
+NOT_PRODUCT = [
+    r"\blent\b",
+    "sess" + "ion",
+    "device " + "call",
+    "warm " + "window",
+    "hand-" + "off",
+    "this " + "machine",
+    r"\bissue [0-9#]",
+    "carry " + "limit",
+]
+
+
+def test_text_speaks_of_the_product_only():
+    """README, docs, notebooks, library, scripts, profiles and tests say nothing about where the project was
+    developed (borrowed machines, their calls and limits, issue numbers)."""
+    import re
+
+    roots = ["README.md", "docs", "notebooks", "avg_lib", "scripts", "profiles", "tests"]
+    files = []
+    for r in roots:
+        p = REPO_ROOT / r
+        files += (
+            [p] if p.is_file() else [f for f in p.rglob("*") if f.suffix in {".py", ".ipynb", ".md", ".yaml", ".sh"}]
+        )
+    found = [
+        f"{f.relative_to(REPO_ROOT)}: {m.group(0)!r}"
+        for f in files
+        for m in re.finditer("|".join(NOT_PRODUCT), f.read_text(errors="ignore"), flags=re.IGNORECASE)
+    ]
+    assert not found, found

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import claims as paired_claims
-from .paths import REPO_ROOT, repo_path
+from .paths import REPO_ROOT
 from .tables import markdown
 
 CLAIMS = [("claims.csv", "06", "main_table.csv"), ("ablation_claims.csv", "07", "ablation.csv")]
@@ -97,22 +97,6 @@ def claims(d: Path) -> list[str]:
                 f"(query latency {float(ot['latency_ms'].iloc[0]):.2f} vs {float(tt['latency_ms'].iloc[0]):.3f} ms)."
             )
     return out + efficiency_claims(d)
-
-
-# profile runs whose shared claims are set side by side in each other's README (the default's three seeds and the
-# full profile's five): (profile, the profile it is compared with)
-PAIRED_PROFILES = {"default": "full", "full": "default"}
-
-
-def paired_results_dir(profile: str) -> Path | None:
-    """The results directory of the profile :data:`PAIRED_PROFILES` pairs with ``profile``, if it has a run."""
-    from . import config
-
-    other = PAIRED_PROFILES.get(profile)
-    if other is None:
-        return None
-    d = repo_path(config.load_config(other).results_dir)
-    return d if (d / "provenance.csv").is_file() else None
 
 
 def agreement_lines(d: Path, other: Path, profile: str, other_profile: str) -> list[str]:

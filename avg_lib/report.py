@@ -11,12 +11,10 @@ import pandas as pd
 
 from .findings import (
     HEADLINE_MARKERS,
-    PAIRED_PROFILES,
     agreement_lines,
     claims,
     efficiency_claims,
     headline,
-    paired_results_dir,
     read_csv,
 )
 from .results import environment_note, refresh_study_index, study_index, write_text
@@ -191,9 +189,10 @@ def _section(d: Path, csv: str, title: str, figs: list[str], cols: list[str] | N
     return lines + [f"![{f}](figures/{f})" for f in figs if (d / "figures" / f).is_file()] + [""]
 
 
-def write_results_readme(results_dir: str | Path, profile: str) -> Path:
+def write_results_readme(results_dir: str | Path, profile: str, paired: tuple[Path, str] | None = None) -> Path:
     """Write ``<results_dir>/README.md`` from the tables and figures in that directory (the runner calls
-    this after the notebooks it ran)."""
+    this after the notebooks it ran). ``paired``: ``(results directory, profile)`` of a run whose shared claims
+    are set beside this one's."""
     d = Path(results_dir)
     prov = read_csv(d, "provenance.csv")
     lines = [
@@ -228,9 +227,8 @@ def write_results_readme(results_dir: str | Path, profile: str) -> Path:
         "",
         markdown(ANCHORS),
     ]
-    other = paired_results_dir(profile)
-    if other is not None and other.resolve() != d.resolve():
-        lines += agreement_lines(d, other, profile, PAIRED_PROFILES[profile])
+    if paired is not None and paired[0].resolve() != d.resolve():
+        lines += agreement_lines(d, paired[0], profile, paired[1])
     missing = []
     for section in SECTIONS:
         if section[0] in SPEED_ONLY:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import config, findings, report
+from . import config, report
 from .paths import REPO_ROOT, repo_path
 from .results import atomic_write, environment, environment_hash, git_commit, hardware, utc_now
 
@@ -135,10 +135,10 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
                 return 1
             screen_resolution(out_dir / nb.name)  # the executed copy is committed: its figures at screen size
     finally:
-        readmes = [report.write_results_readme(results_dir, profile_name)]
-        paired = findings.paired_results_dir(profile_name)  # its README sets its claims beside this run's
-        if paired is not None and paired.resolve() != results_dir.resolve():
-            readmes.append(report.write_results_readme(paired, findings.PAIRED_PROFILES[profile_name]))
+        paired = paired_run(profile_name)  # its README sets its claims beside this run's, and this run's beside its
+        readmes = [report.write_results_readme(results_dir, profile_name, paired)]
+        if paired is not None and paired[0].resolve() != results_dir.resolve():
+            readmes.append(report.write_results_readme(paired[0], paired[1], (results_dir, profile_name)))
         if profile_name == HEADLINE_PROFILE and report.write_readme_headline(REPO_ROOT / "README.md", results_dir):
             readmes.append(REPO_ROOT / "README.md")  # its headline table, from this run's main table and claims
         for readme in readmes:
@@ -150,6 +150,20 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
         if env_before is None:
             os.environ.pop("AVG_PLAIN_PROGRESS", None)
     return 0
+
+
+# profile runs whose shared claims are set side by side in each other's README (the default's three seeds and the
+# full profile's five): profile -> the profile it is compared with
+PAIRED_PROFILES = {"default": "full", "full": "default"}
+
+
+def paired_run(profile: str) -> tuple[Path, str] | None:
+    """``(results directory, profile)`` of the run :data:`PAIRED_PROFILES` pairs with ``profile``, if it has one."""
+    other = PAIRED_PROFILES.get(profile)
+    if other is None:
+        return None
+    d = repo_path(config.load_config(other).results_dir)
+    return (d, other) if (d / "provenance.csv").is_file() else None
 
 
 def screen_resolution(notebook: Path, max_width: int = SCREEN_WIDTH) -> None:

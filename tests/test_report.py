@@ -277,7 +277,7 @@ def test_a_new_study_is_linked_from_the_generated_readme_beside_it_and_nothing_e
     assert refresh_study_index(tmp_path / "missing.md") is None
 
 
-def test_the_paired_profiles_readme_sets_shared_claims_side_by_side(tmp_path, monkeypatch):
+def test_the_paired_profiles_readme_sets_shared_claims_side_by_side(tmp_path):
     """The default run's README lists its claims beside the full run's: the verdicts, which ones five seeds
     decided, and a contradiction flagged, never hidden."""
     from avg_lib import claims
@@ -291,18 +291,17 @@ def test_the_paired_profiles_readme_sets_shared_claims_side_by_side(tmp_path, mo
     default, full = tmp_path / "results", tmp_path / "results" / "full"
     claim_rows(default, [{"claim": "X beats Y", "seeds": "0,1,2", "low": -0.5, "high": 1.0, "verdict": "inconclusive"}])
     claim_rows(full, [{"claim": "X beats Y", "seeds": "0,1,2,3,4", "low": 0.2, "high": 1.0, "verdict": "holds"}])
-    monkeypatch.setattr(report, "paired_results_dir", lambda p: full if p == "default" else default)
-    text = report.write_results_readme(default, "default").read_text()
+    text = report.write_results_readme(default, "default", (full, "full")).read_text()
     assert "## The same claims in the `full` profile's run" in text
     assert "inconclusive here, decided in `full`" in text
     assert "Inconclusive here but decided in the `full` run (more seeds): X beats Y (holds, seeds 0,1,2,3,4)." in text
-    text = report.write_results_readme(full, "full").read_text()
+    text = report.write_results_readme(full, "full", (default, "default")).read_text()
     assert "decided here, inconclusive in `default`" in text
     claim_rows(
         full, [{"claim": "X beats Y", "seeds": "0,1,2,3,4", "low": -2.0, "high": -1.0, "verdict": "does not hold"}]
     )
     claim_rows(default, [{"claim": "X beats Y", "seeds": "0,1,2", "low": 0.1, "high": 1.0, "verdict": "holds"}])
-    assert "**contradiction**" in report.write_results_readme(default, "default").read_text()
+    assert "**contradiction**" in report.write_results_readme(default, "default", (full, "full")).read_text()
 
 
 def test_the_readme_headline_is_the_committed_default_runs():

@@ -11,4 +11,4 @@ if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then
   . .venv/bin/activate
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec python -m avg_lib.runner "$@"
+exec python -m avg_lib.runs.runner "$@"

@@ -1,7 +1,7 @@
-"""``python -m avg_lib COMMAND``: the project's one command line (:mod:`avg_lib.cli`)."""
+"""``python -m avg_lib COMMAND``: the project's one command line (:mod:`avg_lib.tools.cli`)."""
 
 import sys
 
-from .cli import main
+from avg_lib.tools.cli import main
 
 sys.exit(main())

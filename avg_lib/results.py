@@ -3,7 +3,7 @@
 Every CSV row carries ``profile``, ``seed`` (the row's own, for tables with one row per seed),
 ``git_commit`` (``+dirty`` when tracked files outside ``results/`` had uncommitted changes) and
 ``created_utc``, and the run configuration that produced a table is saved beside it
-(``config/<name>.json``); :mod:`avg_lib.runner` adds the wall time of each notebook to
+(``config/<name>.json``); :mod:`avg_lib.runs.runner` adds the wall time of each notebook to
 ``<results_dir>/provenance.csv``, with a short hash of the installed packages (:func:`environment`, listed in
 ``<results_dir>/environment.csv``).
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .paths import REPO_ROOT, repo_path
+from avg_lib.paths import REPO_ROOT, repo_path
 
 PROVENANCE_COLUMNS = ("profile", "seed", "git_commit", "created_utc")
 

@@ -12,9 +12,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture()
 def toy_js(tmp_path):
     """A joint space of 120 synthetic items with random 16-d embeddings (captions = noisy copies of their image)."""
-    from avg_lib import stages
-    from avg_lib.features import Features
-    from avg_lib.synthetic import load_synthetic
+    from avg_lib.data.features import Features
+    from avg_lib.data.synthetic import load_synthetic
+    from avg_lib.runs import stages
 
     ds = load_synthetic(n_images=120)
     _texts, owner = ds.captions()
@@ -36,7 +36,7 @@ TOY_RUN = {
 def run(toy_js, tmp_path):
     """The smoke profile's run with a tiny tokenizer and generator, on the toy joint space (which stands in for
     the data and the encoders)."""
-    from avg_lib import pipeline
+    from avg_lib.runs import pipeline
 
     r = pipeline.setup("smoke", {**TOY_RUN, "results_dir": str(tmp_path / "results")}, progress=False)
     r.dataset, r.js = toy_js.ds, toy_js

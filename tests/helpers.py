@@ -77,8 +77,8 @@ def save_tiny_t5(directory: Path, d_model: int = 32, layers: int = 2) -> Path:
 
 def save_tiny_llama(directory: Path, hidden: int = 32, layers: int = 2, tie: bool = True) -> Path:
     """A random-weight LlamaForCausalLM (SmolLM2's architecture) + a WordPiece tokenizer, saved like a pretrained
-    checkpoint (:func:`avg_lib.lmroles.tiny_random_lm`, what the smoke profile's notebook 09 runs)."""
-    from avg_lib.lmroles import tiny_random_lm
+    checkpoint (:func:`avg_lib.runs.lmroles.tiny_random_lm`, what the smoke profile's notebook 09 runs)."""
+    from avg_lib.runs.lmroles import tiny_random_lm
 
     return tiny_random_lm(directory, hidden=hidden, layers=layers, tie=tie)
 

@@ -94,17 +94,41 @@ def test_modules_are_small(path):
 
 def test_generator_is_a_package_of_small_parts():
     assert {
-        "avg_lib.generator.config",
-        "avg_lib.generator.minilm",
-        "avg_lib.generator.t5",
-        "avg_lib.generator.training",
+        "avg_lib.models.generator.config",
+        "avg_lib.models.generator.minilm",
+        "avg_lib.models.generator.t5",
+        "avg_lib.models.generator.training",
     } <= set(GRAPH)
     # backends know the interface, not each other
-    assert "avg_lib.generator.t5" not in GRAPH["avg_lib.generator.minilm"]
-    assert "avg_lib.generator.minilm" not in GRAPH["avg_lib.generator.t5"]
+    assert "avg_lib.models.generator.t5" not in GRAPH["avg_lib.models.generator.minilm"]
+    assert "avg_lib.models.generator.minilm" not in GRAPH["avg_lib.models.generator.t5"]
 
 
 def test_import_graph_as_text():
     """The graph the stop note quotes (printed with -s)."""
     for mod, deps in GRAPH.items():
         print(f"{mod}: {', '.join(d.removeprefix('avg_lib.') for d in deps)}")
+
+
+# the floors of the library, bottom up: a module imports from its own floor or lower ones only
+FLOORS = {"core": 0, "data": 1, "retrieval": 1, "models": 2, "evaluation": 3, "runs": 4, "tools": 5}
+
+
+def floor_of(module: str) -> str:
+    """The subpackage a module belongs to (``core``: the top-level helpers paths, progress, cache, results)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in FLOORS else "core"
+
+
+def test_subpackages_import_one_way():
+    """data and retrieval over the core helpers, models over them, then evaluation, runs and tools: no module
+    imports from a higher floor (``python -m avg_lib``'s ``__main__`` is the entry point, above every floor)."""
+    upward = [
+        (module_name(p), target)
+        for p in MODULES
+        if module_name(p) != "avg_lib.__main__"
+        for target, _ in imports(p)
+        if FLOORS[floor_of(target)] > FLOORS[floor_of(module_name(p))]
+    ]
+    assert not upward, upward
+    assert {floor_of(module_name(p)) for p in MODULES} == set(FLOORS)

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from avg_lib import baselines
-from avg_lib.identifiers import collision_groups
-from avg_lib.metrics import evaluate_scores
-from avg_lib.trie import VokenTrie
+from avg_lib.models import baselines
+from avg_lib.models.identifiers import collision_groups
+from avg_lib.retrieval.metrics import evaluate_scores
+from avg_lib.retrieval.trie import VokenTrie
 
 IDS = [f"img{i:03d}" for i in range(120)]
 
@@ -69,7 +69,7 @@ def test_cross_encoder_scores_every_pair_and_learns():
 
 
 def test_unresolved_ranked_scores_like_the_string_match_evaluation():
-    from avg_lib.metrics import recall_at_k
+    from avg_lib.retrieval.metrics import recall_at_k
 
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 3, size=(40, 2))  # 9 strings for 40 images: many collisions

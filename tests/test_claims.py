@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avg_lib import claims, findings
+from avg_lib.evaluation import claims, findings
 
 
 def _lists(hit_rows, n_images=60, per_image=2):
@@ -94,7 +94,7 @@ def test_intervals_are_added_for_rows_with_lists_and_cover_the_estimate():
 
 
 def test_ablation_table_deltas_are_paired_over_the_same_seeds():
-    from avg_lib import tables
+    from avg_lib.evaluation import tables
 
     runs = pd.DataFrame(
         [

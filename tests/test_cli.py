@@ -1,9 +1,11 @@
-"""The one command line (avg_lib.cli): every command listed and answering --help, and `search` over a run's models
+"""The one command line (avg_lib.tools.cli): every command listed and answering --help, and `search` over a run's models
 (read from the cache, never trained by it)."""
 
 import pytest
 
-from avg_lib import cache, cli, search
+from avg_lib import cache
+from avg_lib.runs import search
+from avg_lib.tools import cli
 
 
 def test_help_lists_every_command(capsys):

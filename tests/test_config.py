@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from avg_lib import config
+from avg_lib.runs import config
 
 
 @pytest.fixture()

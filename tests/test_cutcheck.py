@@ -1,8 +1,8 @@
-"""The paired check of a settings change (avg_lib.cutcheck), on the toy run of conftest."""
+"""The paired check of a settings change (avg_lib.tools.cutcheck), on the toy run of conftest."""
 
 import pytest
 
-from avg_lib import cutcheck
+from avg_lib.tools import cutcheck
 
 
 def test_an_unchanged_setting_gives_a_zero_difference_and_no_verdict(run):
@@ -27,6 +27,6 @@ def test_a_real_change_trains_its_own_model_and_is_named_in_the_claim(run):
 
 def test_the_readme_names_the_command_and_states_the_claim(run):
     runs, claim = cutcheck.check(run, [0], {"num_beams": run.cfg.generator.num_beams})
-    text = cutcheck.readme(runs.drop(columns=["cache"]), claim, "python -m avg_lib.cutcheck --seeds 0")
-    assert "`python -m avg_lib.cutcheck --seeds 0`" in text and "**inconclusive**" in text
+    text = cutcheck.readme(runs.drop(columns=["cache"]), claim, "python -m avg_lib.tools.cutcheck --seeds 0")
+    assert "`python -m avg_lib.tools.cutcheck --seeds 0`" in text and "**inconclusive**" in text
     assert text.count("| profile") == 1 and text.count("| changed") == 1

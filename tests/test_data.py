@@ -14,10 +14,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avg_lib import data, images
-from avg_lib.data import CaptionedImages, DataError, Item, LoadReport, clean_captions, load_dataset, stable_split
-from avg_lib.emoji import _key, build_captions
-from avg_lib.synthetic import load_synthetic, split_of
+from avg_lib import data
+from avg_lib.data import (
+    CaptionedImages,
+    DataError,
+    Item,
+    LoadReport,
+    clean_captions,
+    images,
+    load_dataset,
+    stable_split,
+)
+from avg_lib.data.emoji import _key, build_captions
+from avg_lib.data.synthetic import load_synthetic, split_of
 
 # ------------------------------------------------------------------------------------ fixture helpers
 
@@ -771,7 +780,7 @@ def test_synthetic_split_rule_and_shape():
 
 
 def test_synthetic_captions_describe_the_scene():
-    from avg_lib.synthetic import scene
+    from avg_lib.data.synthetic import scene
 
     ds = load_synthetic(n_images=10, seed=4, captions_per_image=4)
     for i, it in enumerate(ds.items):
@@ -812,7 +821,7 @@ def test_captioned_images_renderer_and_default_report():
 
 
 def test_captioned_images_image_error_for_missing_file(tmp_path):
-    from avg_lib.images import ImageError
+    from avg_lib.data.images import ImageError
 
     ds = CaptionedImages("m", [_item(0, image=str(tmp_path / "gone.png"))])
     with pytest.raises(ImageError, match=re.escape(str(tmp_path / "gone.png"))):
@@ -848,7 +857,7 @@ def test_null_and_non_string_captions_are_dropped_not_stringified():
 def test_synthetic_karpathy_style_split():
     from collections import Counter
 
-    from avg_lib.synthetic import load_synthetic
+    from avg_lib.data.synthetic import load_synthetic
 
     ds = load_synthetic(60, n_val=5, n_test=7, captions_per_image=5)
     assert Counter(it.split for it in ds.items) == {"train": 48, "val": 5, "test": 7}

@@ -9,11 +9,11 @@ import pytest
 import torch
 from helpers import save_tiny_llama
 
-from avg_lib import generator
-from avg_lib.benchmark import hf_reference_retrieve
-from avg_lib.generator import DecoderGenerator, GeneratorConfig, build_generator, cache_fields
-from avg_lib.generator.base import project_codebook
-from avg_lib.trie import VokenTrie
+from avg_lib.evaluation.benchmark import hf_reference_retrieve
+from avg_lib.models import generator
+from avg_lib.models.generator import DecoderGenerator, GeneratorConfig, build_generator, cache_fields
+from avg_lib.models.generator.base import project_codebook
+from avg_lib.retrieval.trie import VokenTrie
 
 K, D = 8, 3
 CODES = np.array([[1, 2, 0], [1, 2, 3], [1, 0, 0], [4, 4, 4], [0, 2, 1], [7, 6, 5]])

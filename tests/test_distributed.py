@@ -10,9 +10,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import CountingEncoder
 
-from avg_lib import cache, features
-from avg_lib.generator import GeneratorConfig, build_generator, train_generator
-from avg_lib.synthetic import load_synthetic
+from avg_lib import cache
+from avg_lib.data import features
+from avg_lib.data.synthetic import load_synthetic
+from avg_lib.models.generator import GeneratorConfig, build_generator, train_generator
 
 CFG = GeneratorConfig(
     layers=1,
@@ -99,7 +100,7 @@ def test_two_gloo_processes_train_like_one(tmp_path):
 
 
 def test_torchrun_entry_point_trains_every_stage_like_one_process(tmp_path):
-    """`torchrun --nproc_per_node 2 -m avg_lib.train` on a tiny synthetic profile against one process with the
+    """`torchrun --nproc_per_node 2 -m avg_lib.tools.train` on a tiny synthetic profile against one process with the
     same thread count (torchrun gives each process one thread): the stages that train whole on each rank are
     bit-identical, the data-parallel generator follows the same losses, and nothing is left half-written."""
     import os
@@ -116,7 +117,7 @@ def test_torchrun_entry_point_trains_every_stage_like_one_process(tmp_path):
             "generator": {"epochs": 1, "disc_epochs": 1, "dropout": 0.0},
         }
     )
-    args = ["-m", "avg_lib.train", "--profile", "smoke", "--seeds", "0", "--pseudo", "0", "--overrides", over]
+    args = ["-m", "avg_lib.tools.train", "--profile", "smoke", "--seeds", "0", "--pseudo", "0", "--overrides", over]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     for name, launcher in (("one", []), ("two", torchrun)):

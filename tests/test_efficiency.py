@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from avg_lib import ann, efficiency
-from avg_lib.generator import GeneratorConfig, build_generator
+from avg_lib.evaluation import efficiency
+from avg_lib.models.generator import GeneratorConfig, build_generator
+from avg_lib.retrieval import ann
 
 
 def test_random_unique_codes_are_distinct_in_range_and_seeded():
@@ -89,7 +90,7 @@ def test_study_times_every_method_with_memory_build_time_and_recall():
     cfg = GeneratorConfig(backend="minilm", layers=1, decoder_width=32, heads=4, num_beams=4)
     gen = build_generator(16, 3, cfg, None).eval()
     dist = efficiency.GalleryDistribution.power_law(8, seed=0)
-    from avg_lib.baselines import CrossEncoder
+    from avg_lib.models.baselines import CrossEncoder
 
     table = efficiency.study(
         gen,
@@ -127,9 +128,9 @@ def test_study_times_every_method_with_memory_build_time_and_recall():
 
 
 def test_speed_command_writes_both_studies_with_provenance(tmp_path, capsys):
-    """`python -m avg_lib.speed` (what scripts/gpu_efficiency.sh runs on a GPU) on a tiny gallery, on the CPU; the
+    """`python -m avg_lib.tools.speed` (what scripts/gpu_efficiency.sh runs on a GPU) on a tiny gallery, on the CPU; the
     generated README of the folder above links the new study."""
-    from avg_lib import speed
+    from avg_lib.tools import speed
 
     with pytest.raises(SystemExit) as e:
         speed.main(["--help"])
@@ -152,8 +153,8 @@ def test_speed_command_writes_both_studies_with_provenance(tmp_path, capsys):
 
 
 def test_decode_profile_counts_operations_per_query_at_each_batch_size():
-    from avg_lib import speed
-    from avg_lib.trie import VokenTrie
+    from avg_lib.retrieval.trie import VokenTrie
+    from avg_lib.tools import speed
 
     torch.manual_seed(0)
     gen = build_generator(16, 3, GeneratorConfig(layers=1, decoder_width=32, heads=4), None).eval()

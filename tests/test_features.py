@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 from helpers import save_tiny_clip
 
-from avg_lib import features
-from avg_lib.data import CaptionedImages, Item
-from avg_lib.synthetic import load_synthetic
+from avg_lib.data import CaptionedImages, Item, features
+from avg_lib.data.synthetic import load_synthetic
 
 
 @pytest.fixture(scope="module")

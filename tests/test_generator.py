@@ -6,9 +6,9 @@ import torch
 from helpers import save_tiny_llama, save_tiny_t5
 from torch import nn
 
-from avg_lib import generator
-from avg_lib.generator import GeneratorConfig, build_generator, listwise_loss, project_codebook
-from avg_lib.trie import VokenTrie
+from avg_lib.models import generator
+from avg_lib.models.generator import GeneratorConfig, build_generator, listwise_loss, project_codebook
+from avg_lib.retrieval.trie import VokenTrie
 
 K, D = 8, 3
 CODES = np.array([[1, 2, 0], [1, 2, 3], [1, 0, 0], [4, 4, 4], [0, 2, 1], [7, 6, 5]])

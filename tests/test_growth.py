@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from avg_lib import growth
+from avg_lib.tools import growth
 
 
 def stages(n, times, peaks):

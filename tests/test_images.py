@@ -1,4 +1,4 @@
-"""avg_lib.images: every PIL mode becomes 8-bit RGB by the module's rules; bad files raise ImageError naming them.
+"""avg_lib.data.images: every PIL mode becomes 8-bit RGB by the module's rules; bad files raise ImageError naming them.
 
 All fixtures are tiny images built here with PIL (in memory or under ``tmp_path``)."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avg_lib.images import ImageError, check_readable, load_rgb, to_rgb
+from avg_lib.data.images import ImageError, check_readable, load_rgb, to_rgb
 
 WHITE, BLACK = [255, 255, 255], [0, 0, 0]
 
@@ -346,7 +346,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_load_rgb_reduces_large_images_and_leaves_small_ones(tmp_path):
-    from avg_lib.images import load_rgb
+    from avg_lib.data.images import load_rgb
 
     big = tmp_path / "big.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 2000, 3), dtype=np.uint8)).save(big, quality=90)
@@ -359,7 +359,7 @@ def test_load_rgb_reduces_large_images_and_leaves_small_ones(tmp_path):
 
 
 def test_thumbnails_decode_once_then_read_the_cache(tmp_path, monkeypatch):
-    from avg_lib import images
+    from avg_lib.data import images
 
     big = tmp_path / "big.jpg"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (900, 1200, 3), dtype=np.uint8)).save(big)
@@ -381,7 +381,7 @@ def test_thumbnails_decode_once_then_read_the_cache(tmp_path, monkeypatch):
 
 
 def test_dataset_images_come_through_the_thumbnail_cache(tmp_path, monkeypatch):
-    from avg_lib.dataset import CaptionedImages, Item
+    from avg_lib.data.dataset import CaptionedImages, Item
 
     monkeypatch.setenv("AVG_DATA_DIR", str(tmp_path / "data"))
     p = tmp_path / "photo.jpg"

@@ -1,12 +1,12 @@
-"""avg_lib.kernels: oneDNN products for nn.Linear on the CPU give what F.linear gives (up to float rounding),
+"""avg_lib.models.kernels: oneDNN products for nn.Linear on the CPU give what F.linear gives (up to float rounding),
 forward and backward, with the same parameters; the mode resolves as documented."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from avg_lib import kernels
-from avg_lib.generator.config import GeneratorConfig
+from avg_lib.models import kernels
+from avg_lib.models.generator.config import GeneratorConfig
 
 needs_onednn = pytest.mark.skipif(not kernels.available(), reason="this torch build has no oneDNN linear operator")
 

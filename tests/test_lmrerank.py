@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import save_tiny_llama
 
-from avg_lib import rerank
-from avg_lib.lmrerank import LMRerankConfig, LMReranker
+from avg_lib.models import rerank
+from avg_lib.models.lmrerank import LMRerankConfig, LMReranker
 
 K, D = 8, 3
 CODES = np.array([[1, 2, 0], [1, 2, 3], [1, 0, 0], [4, 4, 4], [0, 2, 1], [7, 6, 5]])
@@ -240,8 +240,8 @@ def test_an_interrupted_fit_resumes_at_its_last_epoch_and_ends_as_one_call_would
     clock the test holds). A checkpoint of other settings is refused by name."""
     import types
 
-    from avg_lib import lmcheckpoint
-    from avg_lib.lmcheckpoint import RerankCheckpoint, progress
+    from avg_lib.models import lmcheckpoint
+    from avg_lib.models.lmcheckpoint import RerankCheckpoint, progress
 
     clock = [0.0]
     monkeypatch.setattr(lmcheckpoint, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))

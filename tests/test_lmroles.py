@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avg_lib import config, lmrerank, lmroles
-from avg_lib.lmrerank import LMRerankConfig
-from avg_lib.studies import LM_RERANK_SETTINGS, LanguageModelsConfig
+from avg_lib.models import lmrerank
+from avg_lib.models.lmrerank import LMRerankConfig
+from avg_lib.runs import config, lmroles
+from avg_lib.runs.studies import LM_RERANK_SETTINGS, LanguageModelsConfig
 
 TINY = {
     "lm": "tiny-random",
@@ -80,7 +81,7 @@ def lm_run(run, tmp_path, monkeypatch):
     tiny random Llama and its data cache in ``tmp_path``."""
     import torch
 
-    from avg_lib.two_tower import TwoTower, TwoTowerConfig
+    from avg_lib.models.two_tower import TwoTower, TwoTowerConfig
 
     monkeypatch.setenv("AVG_DATA_DIR", str(tmp_path / "data"))
     torch.manual_seed(0)
@@ -164,7 +165,7 @@ def test_an_interrupted_reranker_resumes_from_its_checkpoint(lm_run, monkeypatch
 
 
 def test_stored_scores_refuse_other_beams(lm_run):
-    from avg_lib.rerank import Candidates
+    from avg_lib.models.rerank import Candidates
 
     lm = lmroles.trained_reranker(lm_run, progress=False)
     items, _ = lm._by["test"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from avg_lib.metrics import evaluate_scores, recall_at_k, top_k
+from avg_lib.retrieval.metrics import evaluate_scores, recall_at_k, top_k
 
 
 def test_recall_hand_computed():

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from avg_lib.paths import REPO_ROOT
-from avg_lib.runner import NOTEBOOK_DIR, declared_parameters, notebooks, parameters_for
+from avg_lib.runs.runner import NOTEBOOK_DIR, declared_parameters, notebooks, parameters_for
 
 NOTEBOOKS = notebooks()
 BLOCK = 6  # lines: a block this long appearing in two notebooks belongs in avg_lib

@@ -8,8 +8,8 @@ import json
 import pytest
 from helpers import save_tiny_clip, save_tiny_t5
 
-from avg_lib import config, experiments, pipeline
-from avg_lib.synthetic import load_synthetic
+from avg_lib.data.synthetic import load_synthetic
+from avg_lib.runs import config, experiments, pipeline
 
 
 @pytest.mark.parametrize("name", ["flickr30k", "coco"])

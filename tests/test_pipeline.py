@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from avg_lib import experiments, pipeline
+from avg_lib.runs import experiments, pipeline
 
 
 def test_setup_validates_the_profile_and_prints_the_run(capsys, tmp_path):
@@ -67,7 +67,7 @@ def test_record_writes_the_table_and_its_configuration(run, capsys):
 
 
 def test_best_by_validation_picks_the_best_mean_validation_recall_never_test():
-    from avg_lib import tables
+    from avg_lib.evaluation import tables
 
     runs = pd.DataFrame(
         {
@@ -84,7 +84,7 @@ def test_best_by_validation_picks_the_best_mean_validation_recall_never_test():
 
 def test_the_training_device_is_not_part_of_a_generators_cache_key(run, monkeypatch):
     """A generator trained with generator.device = cuda (under torchrun, say) is the one a CPU run then loads."""
-    from avg_lib import generator
+    from avg_lib.models import generator
 
     monkeypatch.setattr(generator, "training_device", lambda cfg: __import__("torch").device("cpu"))
     assert run.generator(0, device="cuda").directory == run.generator(0).directory
@@ -96,7 +96,7 @@ def test_an_interrupted_generator_stage_resumes_at_its_last_epoch(run, tmp_path,
     checkpoint gone); ``force`` starts afresh."""
     import torch
 
-    from avg_lib import generator
+    from avg_lib.models import generator
 
     want = run.generator(0, epochs=2, disc_epochs=1, seed=5)
     evaluate, calls = generator.training.evaluate, []

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avg_lib import findings, report, tables
+from avg_lib.evaluation import findings, report, tables
 
 
 def test_mean_std_and_markdown():
@@ -132,7 +132,7 @@ def test_git_commit_ignores_rewritten_results_but_not_code(tmp_path):
 
 
 def test_paired_claims_and_efficiency_claims_are_stated_from_their_tables(tmp_path):
-    from avg_lib import claims
+    from avg_lib.evaluation import claims
 
     row = dict.fromkeys(claims.COLUMNS, 0.0) | {
         "claim": "Pseudo queries improve AVG",
@@ -210,8 +210,8 @@ def test_write_csv_keeps_per_row_seeds_and_stamps_provenance(tmp_path):
 
 
 def test_write_csv_saves_the_run_configuration_beside_the_table(tmp_path):
-    from avg_lib import config
     from avg_lib.results import config_path, write_csv
+    from avg_lib.runs import config
 
     cfg = config.load_config("smoke")
     path = write_csv(pd.DataFrame({"a": [1]}), tmp_path / "t.csv", profile="smoke", seed=0, config=cfg.to_dict())
@@ -225,7 +225,7 @@ def test_write_csv_saves_the_run_configuration_beside_the_table(tmp_path):
 
 
 def test_notebook_09s_claims_and_table_appear_only_when_it_ran(tmp_path):
-    from avg_lib import claims
+    from avg_lib.evaluation import claims
 
     row = dict.fromkeys(claims.COLUMNS, 0.0) | {"claim": "The LM re-ranker beats AVG's own order", "a": "AVG order"}
     row |= {"b": "LM", "metric": "R@1", "seeds": "0", "per_seed_differences": "-3.1", "verdict": "does not hold"}
@@ -280,7 +280,7 @@ def test_a_new_study_is_linked_from_the_generated_readme_beside_it_and_nothing_e
 def test_the_paired_profiles_readme_sets_shared_claims_side_by_side(tmp_path):
     """The default run's README lists its claims beside the full run's: the verdicts, which ones five seeds
     decided, and a contradiction flagged, never hidden."""
-    from avg_lib import claims
+    from avg_lib.evaluation import claims
 
     def claim_rows(d, rows):
         d.mkdir(parents=True, exist_ok=True)

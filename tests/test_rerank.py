@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from avg_lib import baselines, rerank
-from avg_lib.metrics import recall_at_k
-from avg_lib.two_tower import TwoTower, TwoTowerConfig
+from avg_lib.models import baselines, rerank
+from avg_lib.models.two_tower import TwoTower, TwoTowerConfig
+from avg_lib.retrieval.metrics import recall_at_k
 
 
 def _case(n=40, gallery=30, k=6, seed=0):
@@ -60,7 +60,7 @@ def test_reorder_is_stable_and_keeps_empty_slots_last():
 def test_embedding_reranker_is_exact_search_within_the_candidates():
     inp, cand = _case()
     model = TwoTower(12, 8, TwoTowerConfig(dim=16, dropout=0.0))
-    from avg_lib.two_tower import embed
+    from avg_lib.models.two_tower import embed
 
     g, q = embed(model, inp.image_feats, inp.text_feats)
     full = q @ g.T
@@ -108,7 +108,8 @@ def test_ceiling_is_recall_at_k_of_the_beams():
 
 
 def test_inputs_line_up_with_the_split(toy_js):
-    from avg_lib import identifiers, splits
+    from avg_lib.models import identifiers
+    from avg_lib.runs import splits
 
     codes = np.stack([np.arange(len(toy_js.ds)) // 16, np.arange(len(toy_js.ds)) % 16], axis=1)
     ids = identifiers.Identifiers(toy_js.ds.ids, codes, codes, 16, "toy")

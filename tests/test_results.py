@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avg_lib import config, results
+from avg_lib import results
 from avg_lib.paths import REPO_ROOT
-from avg_lib.runner import notebooks
+from avg_lib.runs import config
+from avg_lib.runs.runner import notebooks
 
 RESULTS = REPO_ROOT / "results"
 # the committed profile runs of the notebooks: the default (the paper's questions) and full (everything else too)
@@ -199,7 +200,7 @@ def test_ablation_table_names_every_ablation_of_its_profile(profile):
 def test_the_paper_claims_of_the_default_run_never_contradict_the_full_run():
     """The default's three seeds and the full profile's five answer the same questions: no claim holds in one and
     does not hold in the other, and where more seeds decided one, the default's README says so."""
-    from avg_lib import claims
+    from avg_lib.evaluation import claims
 
     for name in ("claims", "ablation_claims"):
         both = claims.agreement(read(name, "default"), read(name, "full"))
@@ -216,7 +217,7 @@ def test_the_paper_claims_of_the_default_run_never_contradict_the_full_run():
 def test_per_seed_rows_the_two_runs_share_are_identical(name, keys):
     """A model both profiles train is one cached model, so its per-seed row is the same in both runs (timings
     and provenance aside)."""
-    from avg_lib import rundiff
+    from avg_lib.evaluation import rundiff
 
     shared = rundiff.shared_rows(read(name, "default"), read(name, "full"), keys)
     assert len(shared) >= 10, f"{name}: the two runs share only {len(shared)} rows"

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from avg_lib import rundiff
+from avg_lib.evaluation import rundiff
 
 
 def runs(values: dict) -> pd.DataFrame:

@@ -2,7 +2,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from avg_lib import config, results, runner
+from avg_lib import results
+from avg_lib.runs import config, runner
 
 
 def _nb(path, params_src, body="x = 1"):

@@ -1,6 +1,6 @@
 import torch
 
-from avg_lib.selection import BestState
+from avg_lib.models.selection import BestState
 
 
 def test_best_state_keeps_a_copy_of_the_best_and_counts_patience():

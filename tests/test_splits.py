@@ -6,7 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from avg_lib import identifiers, splits
+from avg_lib.models import identifiers
+from avg_lib.runs import splits
 
 
 class _Untouchable(tuple):

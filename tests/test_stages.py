@@ -4,7 +4,8 @@ import dataclasses
 
 import numpy as np
 
-from avg_lib import stages, tokenizer
+from avg_lib.models import tokenizer
+from avg_lib.runs import stages
 
 CFG = tokenizer.TokenizerConfig(codebook_size=4, levels=2, e_dim=8, hidden=(16,), epochs=3, batch_size=64)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from avg_lib import stats
+from avg_lib.evaluation import stats
 
 
 def test_hits_matrix():

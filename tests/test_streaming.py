@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from helpers import CountingEncoder
 
-from avg_lib import features, streaming
-from avg_lib.synthetic import load_synthetic
+from avg_lib.data import features, streaming
+from avg_lib.data.synthetic import load_synthetic
 
 
 def test_stream_rows_resumes_and_splits_across_ranks(tmp_path):
@@ -67,8 +67,8 @@ def test_two_processes_extracting_the_same_features_at_once_both_get_one_publish
         "import sys, time; import numpy as np\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from helpers import CountingEncoder\n"
-        "from avg_lib import features\n"
-        "from avg_lib.synthetic import load_synthetic\n"
+        "from avg_lib.data import features\n"
+        "from avg_lib.data.synthetic import load_synthetic\n"
         "class Slow(CountingEncoder):\n"
         "    def _step(self):\n"
         "        super()._step(); open(sys.argv[2], 'a').write('chunk\\n'); time.sleep(0.05)\n"

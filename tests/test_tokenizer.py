@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from avg_lib import identifiers, tokenizer
-from avg_lib.tokenizer import ResidualQuantizer, TokenizerConfig, kmeans, train_tokenizer
+from avg_lib.models import identifiers, tokenizer
+from avg_lib.models.tokenizer import ResidualQuantizer, TokenizerConfig, kmeans, train_tokenizer
 
 TINY = TokenizerConfig(codebook_size=8, levels=3, e_dim=8, hidden=(32,), epochs=6, batch_size=64, patience=50)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import save_tiny_llama
 
-from avg_lib import trainbench
-from avg_lib.generator import GeneratorConfig, build_generator, train_generator, training_device
+from avg_lib.models.generator import GeneratorConfig, build_generator, train_generator, training_device
+from avg_lib.tools import trainbench
 
 TINY = GeneratorConfig(layers=1, decoder_width=32, heads=4, epochs=1, batch_size=16, num_beams=4, disc_negatives=3)
 
@@ -45,7 +45,7 @@ def test_training_on_the_gpu_follows_the_cpu(backend, tmp_path):
     layer frozen and its states kept on the GPU (``lm_cache_frozen``)."""
     from pathlib import Path
 
-    from avg_lib.generator.config import minilm_dir
+    from avg_lib.models.generator.config import minilm_dir
 
     weights = ("model.safetensors", "pytorch_model.bin")
     if backend == "minilm" and not any((Path(minilm_dir()) / w).is_file() for w in weights):
@@ -73,7 +73,7 @@ def test_random_lm_has_smollm2_135m_shape():
     dequantised by transformers has the same count)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from avg_lib.randomgen import SMOLLM2_SHAPE
+    from avg_lib.tools.randomgen import SMOLLM2_SHAPE
 
     with torch.device("meta"):
         model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_SHAPE))
@@ -81,7 +81,7 @@ def test_random_lm_has_smollm2_135m_shape():
 
 
 def test_epoch_costs_time_each_backend_and_scale_a_fraction_to_the_whole(tmp_path, monkeypatch):
-    from avg_lib import randomgen
+    from avg_lib.tools import randomgen
 
     tiny_lm = dict(randomgen.SMOLLM2_SHAPE, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
     monkeypatch.setattr(randomgen, "SMOLLM2_SHAPE", dict(tiny_lm, num_attention_heads=4, num_key_value_heads=2))
@@ -121,7 +121,8 @@ def test_a_backend_entry_that_is_not_one_is_named(spec):
 def test_the_benchmark_can_draw_its_captions_from_real_ones():
     """``--captions real``: captions drawn with the seed from the data set's, identifiers still random; a pool
     smaller than the training set is drawn from again."""
-    from avg_lib import config, speed
+    from avg_lib.runs import config
+    from avg_lib.tools import speed
 
     pool = speed.real_captions(config.load_config("smoke"))
     assert pool and all(isinstance(c, str) and c for c in pool)
@@ -138,7 +139,7 @@ def test_the_benchmark_can_draw_its_captions_from_real_ones():
 def test_the_training_benchmark_command_records_its_captions(tmp_path):
     import json
 
-    from avg_lib import speed
+    from avg_lib.tools import speed
 
     args = ["--profile", "smoke", "--what", "training", "--settings", "cpu:fp32", "--fraction", "0.01"]
     speed.main([*args, "--captions", "real", "--out", str(tmp_path)])

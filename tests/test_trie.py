@@ -3,9 +3,9 @@ import pytest
 import torch
 from helpers import save_tiny_t5
 
-from avg_lib.benchmark import hf_reference_retrieve
-from avg_lib.generator import GeneratorConfig, T5Generator
-from avg_lib.trie import VokenTrie, beam_search
+from avg_lib.evaluation.benchmark import hf_reference_retrieve
+from avg_lib.models.generator import GeneratorConfig, T5Generator
+from avg_lib.retrieval.trie import VokenTrie, beam_search
 
 CODES = np.array([[1, 2, 0], [1, 2, 3], [1, 0, 0], [4, 4, 4], [0, 2, 1]])
 
@@ -123,7 +123,7 @@ def test_packed_and_row_wise_trie_construction_agree():
 
 @pytest.fixture(scope="module", params=[False, True], ids=["text states", "with joint-space prior"])
 def minilm_generator(request):
-    from avg_lib.generator import build_generator
+    from avg_lib.models.generator import build_generator
 
     torch.manual_seed(0)
     cfg = GeneratorConfig(
@@ -165,8 +165,8 @@ def test_graphed_retriever_padded_search_ranks_like_retrieve(prior):
     ranks and scores exactly like retrieve(); on the CPU it runs without a graph."""
     import dataclasses
 
-    from avg_lib.generator import build_generator
-    from avg_lib.generator.graphed import GraphedRetriever
+    from avg_lib.models.generator import build_generator
+    from avg_lib.models.generator.graphed import GraphedRetriever
 
     torch.manual_seed(0)
     cfg = GeneratorConfig(backend="minilm", layers=2, decoder_width=64, heads=4, temperature=0.5, max_text_len=24)

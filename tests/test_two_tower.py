@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import torch
 
-from avg_lib import two_tower as tt
-from avg_lib.metrics import evaluate_scores
+from avg_lib.models import two_tower as tt
+from avg_lib.retrieval.metrics import evaluate_scores
 
 
 def clustered(n_images, seed, d_img=24, d_txt=12, caps=3):
@@ -47,7 +47,7 @@ def test_ridge_reference_beats_chance():
 
 def test_fit_or_load_caches_and_round_trips(tmp_path):
     from avg_lib.data import CaptionedImages, Item
-    from avg_lib.features import Features
+    from avg_lib.data.features import Features
 
     img, txt, owner = clustered(50, 3)
     items = [
@@ -100,7 +100,7 @@ def test_search_keeps_the_best_candidate_on_validation():
 
 def test_search_runs_on_user_data_and_not_on_built_in_data(tmp_path):
     from avg_lib.data import CaptionedImages, Item
-    from avg_lib.features import Features
+    from avg_lib.data.features import Features
 
     img, txt, owner = clustered(50, 3)
     split = ["train" if i < 30 else "val" if i < 40 else "test" for i in range(50)]

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from avg_lib import viz
+from avg_lib.evaluation import viz
 
 
 def _history(generator: str, seed: int) -> pd.DataFrame:

@@ -1,0 +1,338 @@
+"""Decoding speed: our batched trie search against transformers' ``prefix_allowed_tokens_fn`` path.
+
+:func:`hf_reference_retrieve` is the baseline: ``generate()`` with beam search and a
+``prefix_allowed_tokens_fn`` that walks the trie in Python, called once per beam per step (the way the
+authors' code and most generative-retrieval code decode), on **the same network and weights** as
+:meth:`VokenGenerator.retrieve`: the T5 backend's own ``T5ForConditionalGeneration``, the decoder
+backend's causal LM (its prompts padded on the left), or, for the MiniLM backend, :class:`VokenDecoderLM`,
+a thin transformers wrapper around the generator's decoder (its own key/value cache, reordered by ``generate``
+between steps). The generator's logits temperature is
+applied by a logits processor placed before the trie constraint, so both decoders score
+``log_softmax(logits / T)`` over the full vocabulary. ``tests/test_trie.py`` checks that both rank
+identically (at temperature 0.5, at several batch sizes, and with fewer reachable items than beams);
+:func:`decoding_benchmark` times both in one run.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from avg_lib.evaluation.efficiency import timed
+from avg_lib.retrieval.trie import VokenTrie
+
+
+def _temperature_processor(temperature: float):
+    from transformers import LogitsProcessor
+
+    class TemperatureLogSoftmax(LogitsProcessor):
+        """``log_softmax(scores / T)``: on log-probabilities over the full vocabulary this equals
+        ``log_softmax(logits / T)`` (a row's constant shift cancels), the generator's own scoring."""
+
+        def __call__(self, input_ids, scores):
+            return F.log_softmax(scores / temperature, dim=-1)
+
+    return TemperatureLogSoftmax()
+
+
+def _voken_decoder_lm(gen):
+    """A transformers ``GenerationMixin`` model that runs ``gen``'s (MiniLM backend) decoder: the same
+    modules and weights, one new position per step, self-attention keys/values and the text's
+    cross-attention keys/values kept in a tuple cache that ``generate`` reorders with the beams."""
+    from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    class VokenDecoderConfig(PretrainedConfig):
+        model_type = "avg-voken-decoder"
+
+    class VokenDecoderLM(PreTrainedModel, GenerationMixin):
+        config_class = VokenDecoderConfig
+
+        def __init__(self, g):
+            vocab = g.codebook_size + 1
+            super().__init__(VokenDecoderConfig(vocab_size=vocab, bos_token_id=g.bos_id, eos_token_id=g.eos_id))
+            self.g = g
+
+        @classmethod
+        def _supports_default_dynamic_cache(cls):
+            return False  # the cache is the tuple below, reordered by _reorder_cache
+
+        def _reorder_cache(self, past, beam_idx):
+            return tuple(tuple(x[beam_idx] for x in layer) for layer in past)
+
+        def prepare_inputs_for_generation(
+            self, input_ids, attention_mask=None, past_key_values=None, memory=None, memory_mask=None, **kw
+        ):
+            return {
+                "input_ids": input_ids,
+                "past_key_values": past_key_values,
+                "memory": memory,
+                "memory_mask": memory_mask,
+            }
+
+        def forward(self, input_ids, attention_mask=None, past_key_values=None, memory=None, memory_mask=None, **kw):
+            # attention_mask: the decoder input is never padded (one start token per row); the text's padding
+            # is memory_mask
+            g = self.g
+            t = input_ids.shape[1] - 1  # position of the newest token (the start token is position 0)
+            x = (g.embed(input_ids[:, -1]) + g.pos.weight[t]).unsqueeze(1)
+            layers = []
+            for i, blk in enumerate(g.blocks):
+                if past_key_values is None:
+                    mk, mv = blk.memory_kv(memory, memory_mask)
+                    past = ()
+                else:
+                    past, (mk, mv) = past_key_values[i][:2], past_key_values[i][2:]
+                x, (k, v) = blk(x, (mk, mv), memory_mask, 1, past=past)
+                layers.append((k, v, mk, mv))
+            logits = g.logits(g.norm(x)) * g.logit_scale
+            return CausalLMOutputWithPast(logits=logits, past_key_values=tuple(layers))
+
+    return VokenDecoderLM(gen).eval()
+
+
+@torch.no_grad()
+def hf_reference_retrieve(
+    gen, texts: list[str], trie: VokenTrie, num_beams: int, batch_size: int = 16, return_scores: bool = False
+):
+    """Ranked item indices (n, num_beams) from transformers' generate() with prefix_allowed_tokens_fn, at
+    the generator's temperature. Hypotheses that left the trie (score -inf: fewer reachable items than
+    beams) and repeats of an item are -1, at the end, as in :func:`avg_lib.retrieval.trie.beam_search`.
+    ``return_scores``: also transformers' sequence scores (n, num_beams), in its beam order."""
+    from transformers import LogitsProcessorList
+    from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
+
+    off, eos, depth = gen.voken_offset, gen.eos_id, trie.depth
+    width = {"input": 1}  # columns before the first voken: the start token, or a decoder LM's padded prompts
+
+    def allowed(batch_id, sent):
+        prefix = [t - off for t in sent.tolist()[width["input"] :]]
+        if len(prefix) >= depth:
+            return [eos]
+        return [t + off for t in trie.next_tokens(prefix)]
+
+    processors = LogitsProcessorList(
+        [_temperature_processor(gen.cfg.temperature), PrefixConstrainedLogitsProcessor(allowed, num_beams)]
+    )
+    gen.eval()
+    is_t5, is_lm = gen.cfg.backend == "t5", gen.cfg.backend == "decoder"
+    lm = gen.model if is_t5 else gen.lm if is_lm else _voken_decoder_lm(gen)
+    out, scores = [], []
+    for s in range(0, len(texts), batch_size):
+        chunk = texts[s : s + batch_size]
+        if is_lm:  # the prompts, padded on the left; the vokens follow them
+            enc = gen.prompts(chunk)
+            inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        elif is_t5:
+            enc = gen.tokenizer(
+                chunk, return_tensors="pt", padding=True, truncation=True, max_length=gen.cfg.max_text_len
+            ).to(gen.model.device)
+            inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        else:
+            memory, mask = gen.memory(*gen.encoder_states(chunk))
+            start = torch.full((len(chunk), 1), gen.bos_id, dtype=torch.long, device=memory.device)
+            inputs = {
+                "input_ids": start,
+                "attention_mask": torch.ones_like(start),
+                "memory": memory,
+                "memory_mask": mask,
+            }
+        width["input"] = inputs["input_ids"].shape[1] if is_lm else 1  # otherwise sequences start at the start token
+        res = lm.generate(
+            **inputs,
+            num_beams=num_beams,
+            num_return_sequences=num_beams,
+            max_new_tokens=depth + 1,
+            logits_processor=processors,
+            length_penalty=0.0,
+            early_stopping=True,
+            do_sample=False,
+            pad_token_id=gen.tokenizer.pad_token_id if is_lm else eos,
+            **({"eos_token_id": eos} if is_lm else {}),
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        w = width["input"]
+        codes = res.sequences.reshape(-1, num_beams, res.sequences.shape[-1])[:, :, w : w + depth] - off
+        scores.append(res.sequences_scores.reshape(-1, num_beams).cpu())
+        finite = torch.isfinite(scores[-1])
+        for q, ok in zip(codes.tolist(), finite.tolist()):
+            items = [trie.lookup(c) if good and len(c) == depth else -1 for c, good in zip(q, ok)]
+            seen, ranked = set(), []
+            for i in items:
+                ranked.append(i if i >= 0 and i not in seen else -1)
+                seen.add(i)
+            ranked = [i for i in ranked if i >= 0] + [-1] * ranked.count(-1)
+            out.append(ranked)
+    return (np.asarray(out), torch.cat(scores).numpy()) if return_scores else np.asarray(out)
+
+
+AVG_DECODER = "batched trie (avg_lib)"
+HF_DECODER = "prefix_allowed_tokens_fn (transformers)"
+GRAPHED_DECODER = "batched trie, CUDA graph (avg_lib)"
+
+
+def decoding_benchmark(
+    gen,
+    texts: list[str],
+    trie: VokenTrie,
+    num_beams: int = 10,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    repeats: int = 1,
+    cuda_graphs: bool | None = None,
+) -> pd.DataFrame:
+    """The decoders on the same model, gallery and queries, at each batch size, in one run: ours, transformers'
+    and, on a GPU (``cuda_graphs``, default: when the model is on CUDA), ours replayed from a captured CUDA
+    graph (:mod:`avg_lib.models.generator.graphed`). One row per (decoder, batch size): ``ms_per_query``;
+    ``speedup_vs_transformers`` (same batch size); ``batch1_over_batched`` (this decoder's time per query at
+    ``batch_sizes[0]`` = 1 over its time per query at this batch size: how far batch-1 decoding is from
+    the batched floor); ``identical_rankings`` (fraction of queries ranked exactly like transformers)."""
+    from avg_lib.models.generator.graphed import GraphedRetriever
+
+    gen.eval()
+    gen.precompute(texts)  # text states of a frozen encoder: query-side features, outside the decoding time
+    device = next(gen.parameters()).device
+    ours = trie if device.type == "cpu" else copy.deepcopy(trie).to(device)  # the reference walks `trie` on the host
+    graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+    rows, per_query = [], {}
+    for bs in batch_sizes:
+        methods = {
+            AVG_DECODER: lambda: gen.retrieve(texts, ours, num_beams=num_beams, batch_size=bs).items.cpu().numpy(),
+            HF_DECODER: lambda: hf_reference_retrieve(gen, texts, trie, num_beams, batch_size=bs),
+        }
+        if graphs:
+            graphed = GraphedRetriever(gen, ours, num_beams, bs)
+            methods[GRAPHED_DECODER] = lambda: np.concatenate(
+                [graphed(texts[s : s + bs]).items.cpu().numpy() for s in range(0, len(texts), bs)]
+            )
+        found = {}
+        for method, fn in methods.items():
+            found[method] = fn()  # warm-up, and the rankings compared
+            per_query[method, bs] = timed(fn, repeats) / len(texts)
+        for method in methods:
+            rows.append(
+                {
+                    "method": method,
+                    "batch_size": bs,
+                    "queries": len(texts),
+                    "gallery_size": trie.size,
+                    "num_beams": num_beams,
+                    "ms_per_query": 1000 * per_query[method, bs],
+                    "queries_per_s": 1 / per_query[method, bs],
+                    "speedup_vs_transformers": per_query[HF_DECODER, bs] / per_query[method, bs],
+                    "batch1_over_batched": per_query[method, batch_sizes[0]] / per_query[method, bs],
+                    "identical_rankings": float((found[method] == found[HF_DECODER]).all(axis=1).mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------- dropout
+
+
+def _swap_dropout(model: torch.nn.Module, make) -> torch.nn.Module:
+    """Replace every :class:`avg_lib.models.dropout.Dropout` of ``model`` by ``make(p)`` (in place)."""
+    from avg_lib.models.dropout import Dropout
+
+    for name, child in model.named_children():
+        if isinstance(child, Dropout):
+            setattr(model, name, make(child.p))
+        else:
+            _swap_dropout(child, make)
+    return model
+
+
+def dropout_benchmark(repeats: int = 20, seed: int = 0) -> pd.DataFrame:
+    """Milliseconds of ``torch.nn.functional.dropout`` against :func:`avg_lib.models.dropout.dropout`, alone
+    (activation shapes of the tokenizer and of the voken decoder's discriminative batches) and inside
+    training steps: an RQ-VAE step (batch 256, the default tokenizer) and a forward + backward of a
+    2-block, 256-wide voken decoder on 640 rows (64 captions x 10 sequences). Same seed, same inputs,
+    best of ``repeats``; only the dropout differs."""
+    from avg_lib.models import generator, tokenizer
+    from avg_lib.models.dropout import dropout
+
+    torch.manual_seed(seed)
+    rows = []
+
+    def record(what, shape, fn_torch, fn_ours):
+        t_torch, t_ours = timed(fn_torch, repeats), timed(fn_ours, repeats)
+        rows.append(
+            {
+                "what": what,
+                "shape": shape,
+                "torch_ms": 1000 * t_torch,
+                "avg_lib_ms": 1000 * t_ours,
+                "speedup": t_torch / t_ours,
+            }
+        )
+
+    for shape, p in (((256, 512), 0.1), ((1400, 256), 0.3), ((1400, 1024), 0.3)):
+        x = torch.randn(shape)
+        record(f"dropout p={p}", "x".join(map(str, shape)), lambda: F.dropout(x, p, True), lambda: dropout(x, p, True))
+
+    cfg = tokenizer.TokenizerConfig()
+    x, t = F.normalize(torch.randn(256, 256), dim=1), F.normalize(torch.randn(256, 256), dim=1)
+
+    def rq_step(model, opt):
+        def run():
+            loss = model.losses(x, t)["total"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return run
+
+    models = {}
+    for kind in ("torch", "ours"):
+        torch.manual_seed(seed)
+        m = tokenizer.RQVAE(256, cfg).train()
+        if kind == "torch":
+            _swap_dropout(m, torch.nn.Dropout)
+        models[kind] = rq_step(m, torch.optim.AdamW(m.parameters(), lr=cfg.lr))
+    record("RQ-VAE training step", "256 rows", models["torch"], models["ours"])
+
+    texts, beams, depth, d = 64, 10, 3, 256
+    memory, mask = torch.randn(texts, 16, 384), torch.ones(texts, 16, dtype=torch.bool)
+    prefix = torch.randn(texts * beams, depth + 1, d)
+    for kind in ("torch", "ours"):
+        torch.manual_seed(seed)
+        blocks = torch.nn.ModuleList(generator.DecoderBlock(d, 4, 0.3, 384) for _ in range(2)).train()
+        if kind == "torch":
+            _swap_dropout(blocks, torch.nn.Dropout)
+
+        def step(blocks=blocks):
+            h = prefix
+            for blk in blocks:
+                h = blk(h, blk.memory_kv(memory, mask), mask, beams)
+            h.square().mean().backward()
+
+        models[kind] = step
+    record("voken decoder forward + backward", f"{texts * beams}x{depth + 1}x{d}", models["torch"], models["ours"])
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="avg bench",
+        description="Micro-benchmarks that back speed claims in the code (the decoding "
+        "and gallery-size benchmarks run in notebooks 05 and 08).",
+    )
+    ap.add_argument(
+        "what",
+        choices=["dropout"],
+        help="dropout: torch's dropout against avg_lib.models.dropout, alone and inside training steps",
+    )
+    ap.add_argument("--repeats", type=int, default=20, help="best of this many timings (default 20)")
+    args = ap.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(dropout_benchmark(args.repeats).round(3).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ from avg_lib.paths import REPO_ROOT
 
 LIB = REPO_ROOT / "avg_lib"
 MODULES = sorted(LIB.rglob("*.py"))
-MAX_LINES = 350
+MAX_LINES = 400  # a guard against sprawl, not a reason to cut one idea in two
 
 
 def module_name(path: Path) -> str:

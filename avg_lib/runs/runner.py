@@ -63,91 +63,113 @@ def parameters_for(nb: Path, profile_name: str) -> dict:
     return {"profile": profile_name}
 
 
-def run(profile_name: str, only: list[str] | None = None, start: str | None = None, log_output: bool = True) -> int:
-    import papermill as pm
-
-    try:
-        cfg = config.load_config(profile_name)
-    except config.ConfigError as e:
-        print(f"run_all.sh: {e}", file=sys.stderr)
-        return 2
-    results_dir = repo_path(cfg.results_dir)
-    out_dir = results_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = notebooks()
+def select(todo: list[Path], start: str | None = None, only: list[str] | None = None) -> list[Path]:
+    """The notebooks of ``todo`` from ``start`` on (a number or name prefix), then those ``only`` names."""
     if start:
         todo = [p for p in todo if p.stem >= start or p.stem.startswith(start)]
     if only:
         todo = [p for p in todo if any(p.stem.startswith(o) for o in only)]
-    if not todo:
-        print("no notebook matches the selection", file=sys.stderr)
-        return 2
-    prov_path = results_dir / "provenance.csv"
-    prov = pd.read_csv(prov_path) if prov_path.exists() else pd.DataFrame()
-    env_before = os.environ.get("AVG_PLAIN_PROGRESS")
-    os.environ["AVG_PLAIN_PROGRESS"] = "1"  # text progress bars in the executed notebooks and the log
-    commit, hw, env = git_commit(), hardware(), environment()
-    env_id = environment_hash(env)
-    atomic_write(results_dir / "environment.csv", lambda tmp: env.to_csv(tmp, index=False))
+    return todo
 
-    def record(name: str, status: str, t0: float, started: str) -> None:
-        nonlocal prov
+
+class Provenance:
+    """``<results_dir>/provenance.csv``: one row per notebook, rewritten atomically after each one, and the
+    installed packages beside it (``environment.csv``)."""
+
+    def __init__(self, results_dir: Path, profile: str, seed: int):
+        self.path, self.profile, self.seed = results_dir / "provenance.csv", profile, seed
+        self.table = pd.read_csv(self.path) if self.path.exists() else pd.DataFrame()
+        self.commit, self.hardware, env = git_commit(), hardware(), environment()
+        self.environment = environment_hash(env)
+        atomic_write(results_dir / "environment.csv", lambda tmp: env.to_csv(tmp, index=False))
+
+    def record(self, name: str, status: str, t0: float, started: str) -> None:
         row = {
             "notebook": name,
             "status": status,
             "wall_s": round(time.time() - t0, 1),
             "started_utc": started,
-            "profile": profile_name,
-            "seed": cfg.seed,
-            "git_commit": commit,
-            "hardware": hw,
-            "environment": env_id,
+            "profile": self.profile,
+            "seed": self.seed,
+            "git_commit": self.commit,
+            "hardware": self.hardware,
+            "environment": self.environment,
         }
-        if len(prov):
-            prov = prov[prov["notebook"] != name]
-        prov = pd.concat([prov, pd.DataFrame([row])], ignore_index=True).sort_values("notebook")
-        atomic_write(prov_path, lambda tmp: prov.to_csv(tmp, index=False))
+        prov = self.table[self.table["notebook"] != name] if len(self.table) else self.table
+        self.table = pd.concat([prov, pd.DataFrame([row])], ignore_index=True).sort_values("notebook")
+        atomic_write(self.path, lambda tmp: self.table.to_csv(tmp, index=False))
         print(f"<== {name}: {status} in {row['wall_s']:.0f}s", flush=True)
 
+
+def execute(nb: Path, out_dir: Path, profile: str, log_output: bool) -> str:
+    """Run one notebook with papermill into ``out_dir``; its status (``ok``, or ``failed: <error type>`` with the
+    error printed and the executed copy, traceback included, left in ``out_dir``)."""
+    import papermill as pm
+
+    params = parameters_for(nb, profile)
+    print(f"==> {nb.relative_to(REPO_ROOT)}  profile={profile}  parameters={params}", flush=True)
+    try:
+        pm.execute_notebook(
+            str(nb),
+            str(out_dir / nb.name),
+            parameters=params,
+            cwd=str(REPO_ROOT),
+            log_output=log_output,
+            progress_bar=False,
+            kernel_name="python3",
+        )
+    except Exception as e:
+        print(
+            f"\nFAILED: {nb.relative_to(REPO_ROOT)} ({type(e).__name__}); executed copy with the "
+            f"error: {(out_dir / nb.name).relative_to(REPO_ROOT)}\n{e}",
+            file=sys.stderr,
+        )
+        return f"failed: {type(e).__name__}"
+    return "ok"
+
+
+def rewrite_readmes(results_dir: Path, profile: str) -> None:
+    """The run's generated README, its paired profile's (each sets the other's shared claims beside its own) and,
+    for the default profile, the repository README's headline table."""
+    paired = paired_run(profile)
+    readmes = [report.write_results_readme(results_dir, profile, paired)]
+    if paired is not None and paired[0].resolve() != results_dir.resolve():
+        readmes.append(report.write_results_readme(paired[0], paired[1], (results_dir, profile)))
+    if profile == HEADLINE_PROFILE and report.write_readme_headline(REPO_ROOT / "README.md", results_dir):
+        readmes.append(REPO_ROOT / "README.md")  # its headline table, from this run's main table and claims
+    for readme in readmes:
+        shown = readme.relative_to(REPO_ROOT) if readme.is_relative_to(REPO_ROOT) else readme
+        print(f"<== {shown} rewritten from the tables and figures in that directory", flush=True)
+
+
+def run(profile_name: str, only: list[str] | None = None, start: str | None = None, log_output: bool = True) -> int:
+    """Run the selected notebooks of ``profile_name`` in order; 0, or 1 at the first failing notebook (2 for a
+    bad profile or an empty selection). The READMEs are rewritten whatever happened."""
+    try:
+        cfg = config.load_config(profile_name)
+    except config.ConfigError as e:
+        print(f"run_all.sh: {e}", file=sys.stderr)
+        return 2
+    todo = select(notebooks(), start, only)
+    if not todo:
+        print("no notebook matches the selection", file=sys.stderr)
+        return 2
+    results_dir = repo_path(cfg.results_dir)
+    out_dir = results_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env_before = os.environ.get("AVG_PLAIN_PROGRESS")
+    os.environ["AVG_PLAIN_PROGRESS"] = "1"  # text progress bars in the executed notebooks and the log
+    prov = Provenance(results_dir, profile_name, cfg.seed)
     try:
         for nb in todo:
-            params = parameters_for(nb, profile_name)
-            print(f"==> {nb.relative_to(REPO_ROOT)}  profile={profile_name}  parameters={params}", flush=True)
-            t0, started, status = time.time(), utc_now(), "ok"
-            try:
-                pm.execute_notebook(
-                    str(nb),
-                    str(out_dir / nb.name),
-                    parameters=params,
-                    cwd=str(REPO_ROOT),
-                    log_output=log_output,
-                    progress_bar=False,
-                    kernel_name="python3",
-                )
-            except Exception as e:
-                status = f"failed: {type(e).__name__}"
-                print(
-                    f"\nFAILED: {nb.relative_to(REPO_ROOT)} ({type(e).__name__}); executed copy with the "
-                    f"error: {(out_dir / nb.name).relative_to(REPO_ROOT)}\n{e}",
-                    file=sys.stderr,
-                )
-            record(nb.name, status, t0, started)
+            t0, started = time.time(), utc_now()
+            status = execute(nb, out_dir, profile_name, log_output)
+            prov.record(nb.name, status, t0, started)
             if status != "ok":
                 return 1
             screen_resolution(out_dir / nb.name)  # the executed copy is committed: its figures at screen size
     finally:
-        paired = paired_run(profile_name)  # its README sets its claims beside this run's, and this run's beside its
-        readmes = [report.write_results_readme(results_dir, profile_name, paired)]
-        if paired is not None and paired[0].resolve() != results_dir.resolve():
-            readmes.append(report.write_results_readme(paired[0], paired[1], (results_dir, profile_name)))
-        if profile_name == HEADLINE_PROFILE and report.write_readme_headline(REPO_ROOT / "README.md", results_dir):
-            readmes.append(REPO_ROOT / "README.md")  # its headline table, from this run's main table and claims
-        for readme in readmes:
-            print(
-                f"<== {readme.relative_to(REPO_ROOT) if readme.is_relative_to(REPO_ROOT) else readme} rewritten from "
-                "the tables and figures in that directory",
-                flush=True,
-            )
+        rewrite_readmes(results_dir, profile_name)
         if env_before is None:
             os.environ.pop("AVG_PLAIN_PROGRESS", None)
     return 0

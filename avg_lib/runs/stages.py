@@ -12,6 +12,7 @@ builds it from one profile) and gets the cached result in seconds; ``force=True`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -238,6 +239,49 @@ class TrainedGenerator:
         }
 
 
+def _train_into(tmp: Path, js, vt, cfg, pseudo: int, recipe: dict, text_states, progress: bool, force: bool) -> None:
+    """Train one generator of :func:`voken_generator` into the cache folder ``tmp``: training pairs (with ``pseudo``
+    pseudo queries per test image), validation split, the model on its training device, resumable from a checkpoint
+    beside ``tmp``; saved for the CPU with its history (and, with a discriminative stage, its generative state)."""
+    checkpoint = checkpoint_beside(tmp)
+    if force:  # a forced retraining starts from scratch, not from an interrupted one's checkpoint
+        checkpoint.unlink(missing_ok=True)
+    texts, codes = generator_training_pairs(js, vt, pseudo, **recipe)
+    val = retrieval_split(js, vt, "val")
+    train_imgs = js.ds.split_indices("train")
+    gen = generator.build_generator(
+        vt.ids.codebook_size,
+        vt.ids.depth,
+        cfg,
+        vt.codebooks,
+        prior_head=js.model.text_head if cfg.joint_prior else None,
+        text_states=text_states,
+    )
+    gen, history = generator.train_generator(
+        gen.to(generator.training_device(cfg)),
+        (texts, codes),
+        (val.texts, val.targets, val.gallery_codes),
+        train_codes_all=vt.ids.codes[train_imgs],
+        progress=progress,
+        checkpoint=checkpoint,  # an interrupted training resumes at its last finished epoch
+    )
+    gen.cpu()  # saved, loaded and evaluated on the CPU whatever trained it
+    generator.save(
+        gen,
+        tmp,
+        {
+            "pseudo_queries_per_test_image": pseudo,
+            "pseudo_recipe": recipe["recipe"] if pseudo else None,
+            "train_pairs": len(texts),
+            "train_seconds": round(gen.train_seconds, 1),  # summed over the pieces of a resumed training
+            "train_pieces": gen.train_pieces,
+        },
+    )
+    pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+    if cfg.disc_epochs:
+        torch.save(gen.generative_state, tmp / "generator_generative.pt")
+
+
 def checkpoint_beside(tmp: Path) -> Path:
     """The checkpoint file of the training that builds the cache folder ``tmp`` (``<name>.partial``, or
     ``<name>.rank<r>.partial`` under torchrun): ``<name>.checkpoint.pt`` beside it, which survives an interruption
@@ -287,44 +331,17 @@ def voken_generator(
     if pseudo and recipe["recipe"] != "borrowed":  # the borrowed recipe keeps the cache keys it always had
         extra["pseudo_recipe"] = recipe
 
-    def build(tmp: Path) -> None:
-        checkpoint = checkpoint_beside(tmp)
-        if force:  # a forced retraining starts from scratch, not from an interrupted one's checkpoint
-            checkpoint.unlink(missing_ok=True)
-        texts, codes = generator_training_pairs(js, vt, pseudo, **recipe)
-        val = retrieval_split(js, vt, "val")
-        train_imgs = js.ds.split_indices("train")
-        gen = generator.build_generator(
-            vt.ids.codebook_size,
-            vt.ids.depth,
-            cfg,
-            vt.codebooks,
-            prior_head=js.model.text_head if cfg.joint_prior else None,
-            text_states=text_states,
-        )
-        gen, history = generator.train_generator(
-            gen.to(generator.training_device(cfg)),
-            (texts, codes),
-            (val.texts, val.targets, val.gallery_codes),
-            train_codes_all=vt.ids.codes[train_imgs],
-            progress=progress,
-            checkpoint=checkpoint,  # an interrupted training resumes at its last finished epoch
-        )
-        gen.cpu()  # saved, loaded and evaluated on the CPU whatever trained it
-        generator.save(
-            gen,
-            tmp,
-            {
-                "pseudo_queries_per_test_image": pseudo,
-                "pseudo_recipe": recipe["recipe"] if pseudo else None,
-                "train_pairs": len(texts),
-                "train_seconds": round(gen.train_seconds, 1),  # summed over the pieces of a resumed training
-                "train_pieces": gen.train_pieces,
-            },
-        )
-        pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
-        if cfg.disc_epochs:
-            torch.save(gen.generative_state, tmp / "generator_generative.pt")
+    build = functools.partial(
+        _train_into,
+        js=js,
+        vt=vt,
+        cfg=cfg,
+        pseudo=pseudo,
+        recipe=recipe,
+        text_states=text_states,
+        progress=progress,
+        force=force,
+    )
 
     out = cache.trained(
         vt.directory,

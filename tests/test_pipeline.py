@@ -118,3 +118,35 @@ def test_an_interrupted_generator_stage_resumes_at_its_last_epoch(run, tmp_path,
     assert got.history.drop(columns="val_latency_ms").equals(want.history.drop(columns="val_latency_ms"))
     for (name, a), b in zip(want.model.state_dict().items(), got.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_two_runs_sharing_one_empty_data_dir_both_finish_with_the_same_models(tmp_path):
+    """Two processes set up the same profile on one empty data directory at once and train the whole chain (data,
+    features, joint space, tokenizer, generator, one table row): both finish, with identical rows and histories
+    (each cached stage is built once, under its lock, and read by the other)."""
+    import subprocess
+    import sys
+
+    over = {
+        "data": {"kwargs": {"n_images": 60}},
+        "two_tower": {"epochs": 3},
+        "tokenizer": {"codebook_size": 8, "epochs": 5},
+        "generator": {"epochs": 1, "disc_epochs": 1, "layers": 1, "decoder_width": 32},
+    }
+    code = (
+        "import json, sys\n"
+        "from avg_lib.runs import experiments, pipeline\n"
+        f"run = pipeline.setup('smoke', {over!r}, progress=False)\n"
+        "row = experiments.avg_result(run, 0)\n"
+        "keep = {k: row[k] for k in ('R@1', 'R@5', 'R@10', 'val_R@1', 'selected_epoch', 'cache')}\n"
+        "hist = run.generator(0).history.drop(columns='val_latency_ms').to_dict('list')\n"
+        "json.dump({'row': keep, 'history': hist}, open(sys.argv[1], 'w'))\n"
+    )
+    env = {**__import__("os").environ, "AVG_DATA_DIR": str(tmp_path / "data"), "TQDM_DISABLE": "1"}
+    outs = [tmp_path / f"{i}.json" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(o)], env=env, stderr=subprocess.PIPE) for o in outs]
+    errors = [p.communicate(timeout=600)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    a, b = (json.loads(o.read_text()) for o in outs)
+    assert a == b and 0 <= a["row"]["R@1"] <= 100
+    assert not list((tmp_path / "data").rglob("*.partial")) and not list((tmp_path / "data").rglob("*.stream"))

@@ -142,3 +142,17 @@ def test_executed_notebooks_keep_their_figures_at_screen_resolution(tmp_path):
     small = Image.open(io.BytesIO(base64.b64decode(out[1]["data"]["image/png"])))
     assert small.size == (runner.SCREEN_WIDTH, round(500 * runner.SCREEN_WIDTH / 2000))
     assert len(out[1]["data"]["image/png"]) < len(png)
+
+
+def test_executed_notebooks_name_no_path_of_the_machine_that_ran_them(tmp_path):
+    root, data = tmp_path / "checkout", tmp_path / "cache"
+    nb = tmp_path / "01_x.ipynb"
+    nb.write_text(
+        f'{{"metadata": {{"papermill": {{"input_path": "{root}/notebooks/01_x.ipynb"}}}}, '
+        f'"text": "loaded {data}/features/emoji-1/x.npy and {root}/results/figures/a.png"}}'
+    )
+    runner.portable(nb, root, data)
+    text = nb.read_text()
+    assert str(tmp_path) not in text
+    assert '"input_path": "notebooks/01_x.ipynb"' in text and "loaded data/features/emoji-1/x.npy" in text
+    assert "results/figures/a.png" in text

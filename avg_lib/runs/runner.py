@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from avg_lib.evaluation import report
-from avg_lib.paths import REPO_ROOT, repo_path
+from avg_lib.paths import REPO_ROOT, data_dir, repo_path
 from avg_lib.results import atomic_write, environment, environment_hash, git_commit, hardware, utc_now
 from avg_lib.runs import config
 
@@ -168,6 +168,7 @@ def run(profile_name: str, only: list[str] | None = None, start: str | None = No
             if status != "ok":
                 return 1
             screen_resolution(out_dir / nb.name)  # the executed copy is committed: its figures at screen size
+            portable(out_dir / nb.name)  # and no path of the machine that ran it
     finally:
         rewrite_readmes(results_dir, profile_name)
         if env_before is None:
@@ -213,6 +214,18 @@ def screen_resolution(notebook: Path, max_width: int = SCREEN_WIDTH) -> None:
             data["image/png"] = base64.b64encode(buf.getvalue()).decode()
             out.get("metadata", {}).pop("image/png", None)  # a stored width/height would stretch the smaller image
     atomic_write(notebook, lambda tmp: nbformat.write(nb, str(tmp)))
+
+
+def portable(notebook: Path, root: Path = REPO_ROOT, data: Path | None = None) -> None:
+    """Write the checkout's and the data directory's absolute paths in an executed notebook as relative ones
+    (``notebooks/01_x.ipynb``, ``data/features/...``), in its outputs and papermill's metadata alike, so that a
+    committed copy says nothing about the machine that ran it."""
+    data = Path(data or data_dir())
+    text = notebook.read_text()
+    new = text.replace(f"{data.resolve()}/", "data/").replace(f"{data}/", "data/")
+    new = new.replace(f"{Path(root).resolve()}/", "").replace(f"{root}/", "")
+    if new != text:
+        atomic_write(notebook, lambda tmp: Path(tmp).write_text(new))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ provenance and cross-file consistency. These check that the files are whole and 
 pipeline from committed code; they do not re-derive any number."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -387,3 +388,22 @@ def test_scale_growth_extrapolates_every_stage_to_flickr30k_and_coco_sizes():
         grows = at > g["wall_s_large"] if n > g["n_images_large"].max() else np.isclose(at, g["wall_s_large"])
         assert grows.all() and (g[f"peak_mb_at_{n}"] > 0).all()
     assert g["git_commit"].astype(str).str.fullmatch(r"[0-9a-f]{12}").all()
+
+
+def test_the_default_runs_executed_notebooks_are_committed_with_their_outputs():
+    """results/notebooks: every notebook as the default run executed it (profile injected, outputs and figures
+    kept, no error), naming no absolute path of the machine that ran it."""
+    import json
+
+    for nb in notebooks():
+        done = RESULTS / "notebooks" / nb.name
+        assert done.is_file(), f"{done.name}: not committed"
+        book = json.loads(done.read_text())
+        assert book["metadata"]["papermill"]["parameters"]["profile"] == "default"
+        outputs = [o for c in book["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+        assert outputs and not [o for o in outputs if o["output_type"] == "error"], done.name
+        text = done.read_text()
+        assert str(REPO_ROOT) not in text and not re.search(r'"(input|output)_path": "/', text), done.name
+    figures = [o for c in json.loads((RESULTS / "notebooks" / "06_main_table.ipynb").read_text())["cells"]
+               for o in c.get("outputs", []) if "image/png" in o.get("data", {})]  # fmt: skip
+    assert figures

@@ -234,7 +234,9 @@ def extract_features(
     # publication, so a second run sharing data/ waits and then loads what the first published
     alone = group is None and world == 1
     with cache.building(out_dir) if alone else contextlib.nullcontext():
-        out = _stream_and_publish(ds, image_encoder, text_encoder, batch_size, out_dir, stream, progress, rank, world)
+        out = _stream_and_publish(
+            ds, image_encoder, text_encoder, batch_size, out_dir, stream, progress, group, rank, world
+        )
     if out is None:
         return None
     names = ("image.npy", "text.npy", "text_owner.npy")
@@ -244,11 +246,10 @@ def extract_features(
     return Features(np.asarray(arrays[0]), np.asarray(arrays[1]), np.asarray(arrays[2]), out)
 
 
-def _stream_and_publish(ds, image_encoder, text_encoder, batch_size, out_dir, stream, progress, rank, world):
+def _stream_and_publish(ds, image_encoder, text_encoder, batch_size, out_dir, stream, progress, group, rank, world):
     """Stream any chunks this rank still owes, then (rank 0, every chunk done) publish the features through the
     cache; returns the published directory, or ``None`` on a rank whose share is done before publication."""
     cache.may_build(out_dir, "frozen features")
-    group = cache.distributed()
     side = getattr(image_encoder, "decode_side", None)  # large images: decoded once, reduced, cached
     texts, owner = ds.captions()
     if not cache.is_done(out_dir):

@@ -113,8 +113,8 @@ def add_intervals(table: pd.DataFrame, ranked: dict, targets: np.ndarray, ks=sta
         if not lists:
             continue
         h, _ = _seed_hits(lists, targets, sorted(lists), ks)
-        for k, iv in zip(ks, stats.recall_interval(h, targets, n_resamples=n_resamples)):
-            out.loc[i, f"R@{k}_low"], out.loc[i, f"R@{k}_high"] = iv.low, iv.high
+        for column, value in stats.interval_columns(h, targets, ks, n_resamples=n_resamples).items():
+            out.loc[i, column] = value
     return out
 
 

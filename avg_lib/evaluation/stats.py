@@ -85,6 +85,14 @@ def recall_interval(
     return out
 
 
+def interval_columns(h: np.ndarray, image: np.ndarray, ks=KS, **kw) -> dict[str, float]:
+    """:func:`recall_interval` of each column of ``h`` as table columns: ``R@k_low``, ``R@k_high`` for each k."""
+    out = {}
+    for k, iv in zip(ks, recall_interval(h, image, **kw)):
+        out[f"R@{k}_low"], out[f"R@{k}_high"] = iv.low, iv.high
+    return out
+
+
 def paired_difference(
     h_a: np.ndarray,
     h_b: np.ndarray,

@@ -75,8 +75,7 @@ def avg_result(
         "cache": tg.directory.name,
     }
     if intervals:
-        for k, iv in zip(KS, stats.recall_interval(stats.hits(items, sp.targets), sp.targets)):
-            row[f"R@{k}_low"], row[f"R@{k}_high"] = iv.low, iv.high
+        row.update(stats.interval_columns(stats.hits(items, sp.targets), sp.targets))
     if unresolved:
         u = baselines.unresolved_collision_recall(items, sp.targets, ident.raw[sp.image_index])
         row.update({f"unresolved_{k}": v for k, v in u.items()})

@@ -103,9 +103,7 @@ def _recall_row(name: str, seed: int, ranked: np.ndarray, targets: np.ndarray) -
     """R@K of one ranked list with each 95% interval over test images."""
     hits = stats.hits(ranked, targets)
     row = {"model": name, "seed": seed, **{f"R@{k}": 100 * hits[:, i].mean() for i, k in enumerate(stats.KS)}}
-    for k, iv in zip(stats.KS, stats.recall_interval(hits, targets)):
-        row[f"R@{k}_low"], row[f"R@{k}_high"] = iv.low, iv.high
-    return row
+    return row | stats.interval_columns(hits, targets)
 
 
 def generator_rows(run) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -153,13 +153,14 @@ def test_speed_command_writes_both_studies_with_provenance(tmp_path, capsys):
 
 
 def test_decode_profile_counts_operations_per_query_at_each_batch_size():
+    from avg_lib.evaluation import benchmark
     from avg_lib.retrieval.trie import VokenTrie
     from avg_lib.tools import speed
 
     torch.manual_seed(0)
     gen = build_generator(16, 3, GeneratorConfig(layers=1, decoder_width=32, heads=4), None).eval()
     trie = VokenTrie(efficiency.random_unique_codes(300, 3, 16))
-    prof = speed.decode_profile(gen, speed.synthetic_queries(8), trie, num_beams=4, batch_sizes=(1, 8))
+    prof = benchmark.decode_profile(gen, speed.synthetic_queries(8), trie, num_beams=4, batch_sizes=(1, 8))
     assert prof["batch_size"].tolist() == [1, 8]
     one, eight = prof.iloc[0], prof.iloc[1]
     assert one["ops_per_query"] > 8 * eight["ops_per_query"] * 0.9  # batching shares every operation by 8

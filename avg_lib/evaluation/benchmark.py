@@ -231,6 +231,50 @@ def decoding_benchmark(
     return pd.DataFrame(rows)
 
 
+# matrix products: torch's BLAS calls, and oneDNN's where the profile's cpu_matmul picks it (avg_lib.models.kernels)
+MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise")
+ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math")
+
+
+@torch.no_grad()
+def decode_profile(gen, texts: list[str], trie, num_beams: int, batch_sizes=(1, 64)) -> pd.DataFrame:
+    """Where decoding time goes at each batch size (torch.profiler, CPU): tensor operations per query, and
+    the time per query in matrix products, in attention, and in everything else (views, indexing, norms,
+    the beam bookkeeping), beside the unprofiled wall time per query. Profiled time runs above wall time (the
+    profiler's own cost), so compare the columns of one row, and rows with each other. Matrix products do the
+    same arithmetic per query at every batch size; at batch 1 each product streams the decoder's weights for
+    the beams of one query, so its time per query says how far batch 1 is from the batched floor."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = []
+    for bs in batch_sizes:
+        gen.retrieve(texts[:bs], trie, num_beams, bs)  # warm-up
+        wall = timed(lambda bs=bs: gen.retrieve(texts, trie, num_beams, bs)) / len(texts)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for s in range(0, len(texts), bs):
+                gen.retrieve(texts[s : s + bs], trie, num_beams, bs)
+        events = prof.key_averages()
+        per = 1000.0 * len(texts)  # microseconds -> ms per query
+
+        def total(keys=None, ev=events):
+            return sum(e.self_cpu_time_total for e in ev if keys is None or e.key in keys)
+
+        mm, att, everything = total(MATMUL_OPS), total(ATTENTION_OPS), total()
+        rows.append(
+            {
+                "batch_size": bs,
+                "ops_per_query": sum(e.count for e in events) / len(texts),
+                "matmul_calls_per_query": sum(e.count for e in events if e.key in MATMUL_OPS) / len(texts),
+                "ms_per_query": 1000 * wall,
+                "ms_per_query_profiled": everything / per,
+                "matmul_ms": mm / per,
+                "attention_ms": att / per,
+                "other_ops_ms": (everything - mm - att) / per,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------------- dropout
 
 

@@ -44,7 +44,13 @@ ANCHORS = pd.DataFrame(
 PROVENANCE = ["profile", "seed", "git_commit", "created_utc"]
 
 # the tables of avg speed's README; the last is written by that command only, never by a notebook
-SPEED_TABLES = ("decoding_benchmark.csv", "efficiency.csv", "efficiency_crossovers.csv", "training_speed.csv")
+SPEED_TABLES = (
+    "decoding_benchmark.csv",
+    "decode_profile.csv",
+    "efficiency.csv",
+    "efficiency_crossovers.csv",
+    "training_speed.csv",
+)
 SPEED_ONLY = ("training_speed.csv",)
 OPTIONAL = ("lm_table.csv", "generator_backends.csv")  # from studies most profiles switch off: not listed as missing
 SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance))
@@ -159,6 +165,12 @@ SECTIONS = [  # (csv, title, figures, columns to show (None = all but provenance
     (
         "decoding_benchmark.csv",
         "Decoding speed: batched trie vs transformers' prefix_allowed_tokens_fn on the AVG generator (notebook 05)",
+        [],
+        None,
+    ),
+    (
+        "decode_profile.csv",
+        "Where decoding time goes: operations and time per query by batch size, under torch.profiler (notebook 05)",
         [],
         None,
     ),

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from avg_lib.tools.randomgen import random_weight_generator, synthetic_queries
 
@@ -103,7 +102,7 @@ def run(
 
             write_speed_readme(out, cfg.profile)
         if "profile" in what:
-            prof = decode_profile(gen, texts[: cfg.benchmark.queries], trie, cfg.generator.num_beams)
+            prof = benchmark.decode_profile(gen, texts[: cfg.benchmark.queries], trie, cfg.generator.num_beams)
             prof["device"], prof["hardware"] = device, where
             write_csv(prof, out / "decode_profile.csv", cfg.profile, cfg.seed, conf)
             _show(prof.drop(columns=["hardware"]))
@@ -153,45 +152,6 @@ def run(
     write_speed_readme(out, cfg.profile)
     print(f"wrote {out}/efficiency.csv and efficiency_crossovers.csv; {time.perf_counter() - t0:.0f} s", flush=True)
     return bench, table, crossings
-
-
-MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm")
-ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math")
-
-
-@torch.no_grad()
-def decode_profile(gen, texts: list[str], trie, num_beams: int, batch_sizes=(1, 64)) -> pd.DataFrame:
-    """Where decoding time goes at each batch size (torch.profiler, CPU): tensor operations per query, and
-    the time per query in matrix products, in attention, and in everything else (views, indexing, norms,
-    the beam bookkeeping). Profiled time runs above wall time (the profiler's own cost), so compare the
-    columns of one row, not a row with the benchmark."""
-    from torch.profiler import ProfilerActivity, profile
-
-    rows = []
-    for bs in batch_sizes:
-        gen.retrieve(texts[:bs], trie, num_beams, bs)  # warm-up
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for s in range(0, len(texts), bs):
-                gen.retrieve(texts[s : s + bs], trie, num_beams, bs)
-        events = prof.key_averages()
-        per = 1000.0 * len(texts)  # microseconds -> ms per query
-
-        def total(keys=None, ev=events):
-            return sum(e.self_cpu_time_total for e in ev if keys is None or e.key in keys)
-
-        mm, att, everything = total(MATMUL_OPS), total(ATTENTION_OPS), total()
-        rows.append(
-            {
-                "batch_size": bs,
-                "ops_per_query": sum(e.count for e in events) / len(texts),
-                "matmul_calls_per_query": sum(e.count for e in events if e.key in MATMUL_OPS) / len(texts),
-                "ms_per_query_profiled": everything / per,
-                "matmul_ms": mm / per,
-                "attention_ms": att / per,
-                "other_ops_ms": (everything - mm - att) / per,
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 def plot(out: Path | str) -> Path:

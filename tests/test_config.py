@@ -49,10 +49,12 @@ def test_smoke_gpu_and_efficiency_extend_the_default():
             results_dir="results",
             efficiency=default.efficiency,
             benchmark=default.benchmark,
+            generator=dataclasses.replace(gpu.generator, device=default.generator.device),
         )
         == default
     )
     assert gpu.efficiency.device == "cuda" and max(gpu.efficiency.gallery_sizes) == 10_000_000
+    assert gpu.generator.device == "cuda"  # every generator trains on the GPU: the default's models, on CUDA
 
 
 def test_values_are_typed_and_lists_become_tuples(profiles):

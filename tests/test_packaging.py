@@ -123,3 +123,23 @@ def test_a_wheel_built_from_the_repository_installs_and_imports_every_module(tmp
     assert int(out[1]) == len(expected) - 1  # every module but the package's own __init__
     help_text = subprocess.run([env / "bin" / "avg", "--help"], check=True, capture_output=True, text=True).stdout
     assert all(cmd in help_text for cmd in ("run", "search", "speed", "compare"))
+
+
+def test_setup_installs_the_cuda_build_of_torch_on_request():
+    """`scripts/setup.sh --cuda` takes torch's pinned version from PyTorch's CUDA index; without it the pin alone."""
+    import subprocess
+
+    def commands(*flags):
+        out = subprocess.run(
+            ["bash", "scripts/setup.sh", "--dry-run", *flags], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    torch_cpu = [c for c in commands() if " torch==" in c]
+    torch_cuda = [c for c in commands("--cuda", "--lm") if " torch==" in c]
+    assert torch_cpu == ["python -m pip install -q torch==2.13.0"]
+    assert len(torch_cuda) == 1 and "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu" in torch_cuda[0]
+    assert any("requirements-lm.txt" in c for c in commands("--lm")) and not any("lm" in c for c in commands())
+    bad = subprocess.run(["bash", "scripts/setup.sh", "--gpu"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option --gpu" in bad.stderr

@@ -167,3 +167,9 @@ def test_decode_profile_counts_operations_per_query_at_each_batch_size():
     assert one["matmul_calls_per_query"] >= 1 and (prof["other_ops_ms"] > 0).all()
     parts = prof["matmul_ms"] + prof["attention_ms"] + prof["other_ops_ms"]
     assert np.allclose(parts, prof["ms_per_query_profiled"])
+    # the decoder's products: 1 row per query at the first step, then 4 beams at each of the other 2 + end steps
+    d, k = 32, 16
+    per_row = 2 * (d * 3 * d + d * d + d * d + d * 4 * d + 4 * d * d + d * d) + 2 * d * (k + 1)  # one block + logits
+    assert prof["mflop_per_query"].iloc[0] == prof["mflop_per_query"].iloc[1]
+    assert prof["mflop_per_query"].iloc[0] * 1e6 >= (1 + 3 * 4) * per_row
+    assert (prof["floor_ms"] < prof["ms_per_query"]).all() and (prof["over_floor"] > 1).all()

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from avg_lib.evaluation.efficiency import timed
 from avg_lib.retrieval.trie import VokenTrie
@@ -238,18 +239,24 @@ ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_sc
 
 @torch.no_grad()
 def decode_profile(gen, texts: list[str], trie, num_beams: int, batch_sizes=(1, 64)) -> pd.DataFrame:
-    """Where decoding time goes at each batch size (torch.profiler, CPU): tensor operations per query, and
-    the time per query in matrix products, in attention, and in everything else (views, indexing, norms,
-    the beam bookkeeping), beside the unprofiled wall time per query. Profiled time runs above wall time (the
-    profiler's own cost), so compare the columns of one row, and rows with each other. Matrix products do the
-    same arithmetic per query at every batch size; at batch 1 each product streams the decoder's weights for
-    the beams of one query, so its time per query says how far batch 1 is from the batched floor."""
+    """Where decoding time goes at each batch size (torch.profiler, CPU): tensor operations per query, and the time
+    per query in matrix products, in attention and in everything else (views, indexing, norms, the beam
+    bookkeeping), beside the unprofiled wall time per query. Profiled time runs above wall time (the profiler's own
+    cost), so compare the columns of one row, and rows with each other.
+
+    And the arithmetic floor: ``mflop_per_query`` (the matrix products' floating-point operations, counted by
+    ``torch.utils.flop_counter``; the same at every batch size) over ``peak_gflop_per_s`` (this machine's rate on one
+    large product, measured here) is ``floor_ms``, the time a query would take at peak; ``over_floor`` is the wall
+    time's multiple of it."""
     from torch.profiler import ProfilerActivity, profile
 
+    peak = peak_gflop_per_s()
     rows = []
     for bs in batch_sizes:
         gen.retrieve(texts[:bs], trie, num_beams, bs)  # warm-up
         wall = timed(lambda bs=bs: gen.retrieve(texts, trie, num_beams, bs)) / len(texts)
+        with FlopCounterMode(display=False) as flops:
+            gen.retrieve(texts, trie, num_beams, bs)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for s in range(0, len(texts), bs):
                 gen.retrieve(texts[s : s + bs], trie, num_beams, bs)
@@ -260,6 +267,7 @@ def decode_profile(gen, texts: list[str], trie, num_beams: int, batch_sizes=(1, 
             return sum(e.self_cpu_time_total for e in ev if keys is None or e.key in keys)
 
         mm, att, everything = total(MATMUL_OPS), total(ATTENTION_OPS), total()
+        mflop = flops.get_total_flops() / len(texts) / 1e6
         rows.append(
             {
                 "batch_size": bs,
@@ -270,9 +278,37 @@ def decode_profile(gen, texts: list[str], trie, num_beams: int, batch_sizes=(1, 
                 "matmul_ms": mm / per,
                 "attention_ms": att / per,
                 "other_ops_ms": (everything - mm - att) / per,
+                "mflop_per_query": mflop,
+                "peak_gflop_per_s": peak,
+                "floor_ms": mflop / peak,
+                "over_floor": 1000 * wall / (mflop / peak),
             }
         )
     return pd.DataFrame(rows)
+
+
+def peak_gflop_per_s(n: int = 2048, repeats: int = 5) -> float:
+    """This CPU's float32 rate on one large ``n x n`` matrix product: the faster of torch's default BLAS and, where
+    this torch has it, oneDNN (:mod:`avg_lib.models.kernels`)."""
+    from avg_lib.models import kernels
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    candidates = [lambda: a @ b.T] + ([lambda: kernels._onednn(a, b, None)] if kernels.available() else [])
+
+    def best(fn):
+        fn()  # warm-up
+        return timed(fn, repeats)
+
+    return 2 * n**3 / min(best(fn) for fn in candidates) / 1e9
+
+
+def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """Floating-point operations of oneDNN's linear (``avg_lib.models.kernels``), for the flop counter."""
+    return 2 * x_shape[0] * x_shape[1] * w_shape[0]
+
+
+if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    register_flop_formula(torch.ops.mkldnn._linear_pointwise)(_onednn_linear_flops)
 
 
 # ----------------------------------------------------------------------------------- dropout

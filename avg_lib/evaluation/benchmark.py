@@ -120,28 +120,11 @@ def hf_reference_retrieve(
         [_temperature_processor(gen.cfg.temperature), PrefixConstrainedLogitsProcessor(allowed, num_beams)]
     )
     gen.eval()
-    is_t5, is_lm = gen.cfg.backend == "t5", gen.cfg.backend == "decoder"
-    lm = gen.model if is_t5 else gen.lm if is_lm else _voken_decoder_lm(gen)
+    is_lm = gen.cfg.backend == "decoder"
+    lm = gen.model if gen.cfg.backend == "t5" else gen.lm if is_lm else _voken_decoder_lm(gen)
     out, scores = [], []
     for s in range(0, len(texts), batch_size):
-        chunk = texts[s : s + batch_size]
-        if is_lm:  # the prompts, padded on the left; the vokens follow them
-            enc = gen.prompts(chunk)
-            inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-        elif is_t5:
-            enc = gen.tokenizer(
-                chunk, return_tensors="pt", padding=True, truncation=True, max_length=gen.cfg.max_text_len
-            ).to(gen.model.device)
-            inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-        else:
-            memory, mask = gen.memory(*gen.encoder_states(chunk))
-            start = torch.full((len(chunk), 1), gen.bos_id, dtype=torch.long, device=memory.device)
-            inputs = {
-                "input_ids": start,
-                "attention_mask": torch.ones_like(start),
-                "memory": memory,
-                "memory_mask": mask,
-            }
+        inputs = _generate_inputs(gen, texts[s : s + batch_size])
         width["input"] = inputs["input_ids"].shape[1] if is_lm else 1  # otherwise sequences start at the start token
         res = lm.generate(
             **inputs,
@@ -160,16 +143,34 @@ def hf_reference_retrieve(
         w = width["input"]
         codes = res.sequences.reshape(-1, num_beams, res.sequences.shape[-1])[:, :, w : w + depth] - off
         scores.append(res.sequences_scores.reshape(-1, num_beams).cpu())
-        finite = torch.isfinite(scores[-1])
-        for q, ok in zip(codes.tolist(), finite.tolist()):
-            items = [trie.lookup(c) if good and len(c) == depth else -1 for c, good in zip(q, ok)]
-            seen, ranked = set(), []
-            for i in items:
-                ranked.append(i if i >= 0 and i not in seen else -1)
-                seen.add(i)
-            ranked = [i for i in ranked if i >= 0] + [-1] * ranked.count(-1)
-            out.append(ranked)
+        out += [_ranked(trie, q, ok) for q, ok in zip(codes.tolist(), torch.isfinite(scores[-1]).tolist())]
     return (np.asarray(out), torch.cat(scores).numpy()) if return_scores else np.asarray(out)
+
+
+def _generate_inputs(gen, chunk: list[str]) -> dict:
+    """``generate()``'s inputs for ``chunk`` by backend: a decoder LM's prompts padded on the left (the vokens
+    follow them), T5's encoder inputs, or the start token with the MiniLM backend's text states as memory."""
+    if gen.cfg.backend in ("decoder", "t5"):
+        if gen.cfg.backend == "decoder":
+            enc = gen.prompts(chunk)
+        else:
+            enc = gen.tokenizer(
+                chunk, return_tensors="pt", padding=True, truncation=True, max_length=gen.cfg.max_text_len
+            ).to(gen.model.device)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    memory, mask = gen.memory(*gen.encoder_states(chunk))
+    start = torch.full((len(chunk), 1), gen.bos_id, dtype=torch.long, device=memory.device)
+    return {"input_ids": start, "attention_mask": torch.ones_like(start), "memory": memory, "memory_mask": mask}
+
+
+def _ranked(trie: VokenTrie, codes: list, finite: list) -> list[int]:
+    """One query's item indices in transformers' beam order; hypotheses off the trie and repeats become -1, last."""
+    items = [trie.lookup(c) if ok and len(c) == trie.depth else -1 for c, ok in zip(codes, finite)]
+    seen, ranked = set(), []
+    for i in items:
+        ranked.append(i if i >= 0 and i not in seen else -1)
+        seen.add(i)
+    return [i for i in ranked if i >= 0] + [-1] * ranked.count(-1)
 
 
 AVG_DECODER = "batched trie (avg_lib)"
@@ -332,7 +333,6 @@ def dropout_benchmark(repeats: int = 20, seed: int = 0) -> pd.DataFrame:
     training steps: an RQ-VAE step (batch 256, the default tokenizer) and a forward + backward of a
     2-block, 256-wide voken decoder on 640 rows (64 captions x 10 sequences). Same seed, same inputs,
     best of ``repeats``; only the dropout differs."""
-    from avg_lib.models import generator, tokenizer
     from avg_lib.models.dropout import dropout
 
     torch.manual_seed(seed)
@@ -354,30 +354,45 @@ def dropout_benchmark(repeats: int = 20, seed: int = 0) -> pd.DataFrame:
         x = torch.randn(shape)
         record(f"dropout p={p}", "x".join(map(str, shape)), lambda: F.dropout(x, p, True), lambda: dropout(x, p, True))
 
+    rq = _rq_vae_steps(seed)
+    record("RQ-VAE training step", "256 rows", rq["torch"], rq["ours"])
+    texts, beams, depth, d = 64, 10, 3, 256
+    dec = _decoder_steps(seed, texts, beams, depth, d)
+    record("voken decoder forward + backward", f"{texts * beams}x{depth + 1}x{d}", dec["torch"], dec["ours"])
+    return pd.DataFrame(rows)
+
+
+def _rq_vae_steps(seed: int) -> dict:
+    """A training step of the default RQ-VAE tokenizer on 256 rows, with torch's dropout and with ours."""
+    from avg_lib.models import tokenizer
+
     cfg = tokenizer.TokenizerConfig()
     x, t = F.normalize(torch.randn(256, 256), dim=1), F.normalize(torch.randn(256, 256), dim=1)
-
-    def rq_step(model, opt):
-        def run():
-            loss = model.losses(x, t)["total"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        return run
-
-    models = {}
+    steps = {}
     for kind in ("torch", "ours"):
         torch.manual_seed(seed)
         m = tokenizer.RQVAE(256, cfg).train()
         if kind == "torch":
             _swap_dropout(m, torch.nn.Dropout)
-        models[kind] = rq_step(m, torch.optim.AdamW(m.parameters(), lr=cfg.lr))
-    record("RQ-VAE training step", "256 rows", models["torch"], models["ours"])
+        opt = torch.optim.AdamW(m.parameters(), lr=cfg.lr)
 
-    texts, beams, depth, d = 64, 10, 3, 256
+        def step(m=m, opt=opt):
+            loss = m.losses(x, t)["total"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        steps[kind] = step
+    return steps
+
+
+def _decoder_steps(seed: int, texts: int, beams: int, depth: int, d: int) -> dict:
+    """A forward + backward of a 2-block voken decoder on ``texts x beams`` rows, with torch's dropout and ours."""
+    from avg_lib.models import generator
+
     memory, mask = torch.randn(texts, 16, 384), torch.ones(texts, 16, dtype=torch.bool)
     prefix = torch.randn(texts * beams, depth + 1, d)
+    steps = {}
     for kind in ("torch", "ours"):
         torch.manual_seed(seed)
         blocks = torch.nn.ModuleList(generator.DecoderBlock(d, 4, 0.3, 384) for _ in range(2)).train()
@@ -390,9 +405,8 @@ def dropout_benchmark(repeats: int = 20, seed: int = 0) -> pd.DataFrame:
                 h = blk(h, blk.memory_kv(memory, mask), mask, beams)
             h.square().mean().backward()
 
-        models[kind] = step
-    record("voken decoder forward + backward", f"{texts * beams}x{depth + 1}x{d}", models["torch"], models["ours"])
-    return pd.DataFrame(rows)
+        steps[kind] = step
+    return steps
 
 
 def main(argv=None) -> None:

@@ -158,121 +158,104 @@ def study(
     (``batch_size`` queries per call), ``build_s``, ``bytes_per_image``, and for approximate indexes the
     ``setting`` chosen and its ``recall_at_10`` against exact search (see the module docstring).
     ``cuda_graphs`` (default: on a CUDA device) adds the CUDA-graph line."""
-    from avg_lib.models.generator.graphed import GraphedRetriever
     from avg_lib.progress import tqdm
 
     graphs = str(device).startswith("cuda") if cuda_graphs is None else cuda_graphs
-
-    q1 = query_texts[:1]
-    qb = (query_texts * (batch_size // max(len(query_texts), 1) + 1))[:batch_size]
-    emb = torch.nn.functional.normalize(torch.as_tensor(np.asarray(query_emb), dtype=torch.float32), dim=1)
-    emb = emb.to(device)
-    eb = emb.repeat(batch_size // len(emb) + 1, 1)[:batch_size]
-    dist = distribution or GalleryDistribution.power_law(emb.shape[1], seed)
-    if dist.dim != emb.shape[1]:
-        raise ValueError(f"gallery distribution is {dist.dim}-d but the query embeddings are {emb.shape[1]}-d")
-    gen.precompute(qb)  # text states of a frozen encoder are query-side features, like `query_emb`
+    q = _Queries(query_texts, query_emb, batch_size, device)
+    dist = distribution or GalleryDistribution.power_law(q.emb.shape[1], seed)
+    if dist.dim != q.emb.shape[1]:
+        raise ValueError(f"gallery distribution is {dist.dim}-d but the query embeddings are {q.emb.shape[1]}-d")
+    gen.precompute(q.texts)  # text states of a frozen encoder are query-side features, like `query_emb`
     rows = []
-
-    def add(method, n, t1, t_batch, per_batch=batch_size, **extra):
-        rows.append(
-            {
-                "method": method,
-                "gallery_size": n,
-                "latency_ms_batch1": 1000 * t1,
-                "queries_per_s_batched": per_batch / t_batch,
-                **{"build_s": float("nan"), "bytes_per_image": float("nan"), "setting": "", "recall_at_10": 1.0},
-                **extra,
-            }
-        )
-
     for n in tqdm(list(sizes), desc="gallery sizes", disable=not progress):
-        codes = random_unique_codes(n, depth, vocab, seed)
         t0 = time.perf_counter()
-        trie = VokenTrie(codes)
+        trie = VokenTrie(random_unique_codes(n, depth, vocab, seed))
         build = time.perf_counter() - t0
         trie.to(device)
-        trie_per_image = trie_bytes(trie) / n
-        del codes
-        gen.retrieve(q1, trie, num_beams=num_beams, batch_size=1)  # warm-up
-        add(
-            GENERATIVE,
-            n,
-            timed(lambda: gen.retrieve(q1, trie, num_beams=num_beams, batch_size=1), 10),
-            timed(lambda: gen.retrieve(qb, trie, num_beams, batch_size), 2),
-            build_s=build,
-            bytes_per_image=trie_per_image,
-            setting=f"{num_beams} beams",
-        )
-        if graphs:
-            g1, gb = GraphedRetriever(gen, trie, num_beams, 1), GraphedRetriever(gen, trie, num_beams, batch_size)
-            add(
-                GENERATIVE_GRAPH,
-                n,
-                timed(lambda: g1(q1), 10),
-                timed(lambda: gb(qb), 3),
-                build_s=build,
-                bytes_per_image=trie_per_image,
-                setting=f"{num_beams} beams, one graph replay per call",
-            )
-            g1 = gb = None  # frees the graphs' memory pools
         gallery = dist.sample(n, seed, device)
-        if rerank_k:
-
-            def reranked(texts, q, trie=trie, gallery=gallery):
-                items = gen.retrieve(texts, trie, num_beams=rerank_k, batch_size=len(texts)).items
-                cos = torch.einsum("nkd,nd->nk", gallery[items.clamp(min=0)], q).masked_fill(items < 0, -2.0)
-                return items.gather(1, cos.argsort(dim=1, descending=True))
-
-            add(
-                f"generative + embedding re-rank (top {rerank_k})",
-                n,
-                timed(lambda: reranked(q1, emb[:1]), 10),
-                timed(lambda: reranked(qb, eb), 2),
-                build_s=build,
-                bytes_per_image=trie_per_image + 4 * gallery.shape[1],
-                setting=f"{rerank_k} beams",
-            )
-        add(
-            EXACT,
-            n,
-            timed(lambda: exact_top(emb[:1], gallery), 10),
-            timed(lambda: exact_top(eb, gallery), 3),
-            build_s=0.0,
-            bytes_per_image=float(gallery.element_size() * gallery.shape[1]),
-            setting="float32 vectors",
-        )
-        if ann and (ann_max is None or n <= ann_max):
-            truth = exact_top(emb, gallery).cpu().numpy()
-            g_np, q_np = gallery.cpu().numpy(), emb.cpu().numpy()
-            qb_np = np.ascontiguousarray(eb.cpu().numpy())
-            for kind in ann:
-                index, setting, recall, build = faiss_index(kind, g_np, q_np, truth, target_recall)
-                add(
-                    ANN_KINDS[kind],
-                    n,
-                    timed(lambda: index.search(q_np[:1], TOP), 10),
-                    timed(lambda: index.search(qb_np, TOP), 3),
-                    build_s=build,
-                    bytes_per_image=faiss_bytes(index) / n,
-                    setting=setting + ("" if recall >= target_recall else f" (misses {target_recall:.2f})"),
-                    recall_at_10=recall,
-                )
-                del index
-            del g_np
+        rows += _generative_rows(gen, trie, build, gallery, q, num_beams, graphs, rerank_k)
+        rows += _two_tower_rows(gallery, q, ann if ann_max is None or n <= ann_max else (), target_recall)
         if cross_encoder is not None and (one_tower_max is None or n <= one_tower_max):
             t1, tb, queries, per_image = _one_tower_timings(cross_encoder, n, one_tower_queries, seed, device)
-            add(
-                ONE_TOWER,
-                n,
-                t1,
-                tb,
-                queries,
-                build_s=0.0,
-                bytes_per_image=per_image,
-                setting="projected image features",
-            )
+            rows.append(_row(ONE_TOWER, n, t1, tb, queries, 0.0, per_image, "projected image features"))
+        del trie, gallery
     return pd.DataFrame(rows)
+
+
+class _Queries:
+    """The study's queries: texts and L2-normalised embeddings, one of each (batch 1) and ``batch_size`` of each
+    (the real ones repeated as needed)."""
+
+    def __init__(self, texts: list[str], emb: np.ndarray, batch_size: int, device):
+        self.one = texts[:1]
+        self.texts = (texts * (batch_size // max(len(texts), 1) + 1))[:batch_size]
+        emb = torch.as_tensor(np.asarray(emb), dtype=torch.float32)
+        self.emb = torch.nn.functional.normalize(emb, dim=1).to(device)
+        self.batch = self.emb.repeat(batch_size // len(self.emb) + 1, 1)[:batch_size]
+
+
+def _row(method, n, t1, t_batch, per_batch, build_s, bytes_per_image, setting, recall_at_10=1.0) -> dict:
+    return {
+        "method": method,
+        "gallery_size": n,
+        "latency_ms_batch1": 1000 * t1,
+        "queries_per_s_batched": per_batch / t_batch,
+        "build_s": build_s,
+        "bytes_per_image": bytes_per_image,
+        "setting": setting,
+        "recall_at_10": recall_at_10,
+    }
+
+
+def _generative_rows(gen, trie, build, gallery, q: _Queries, num_beams, graphs, rerank_k) -> list[dict]:
+    """AVG's rows for one gallery: trie beam search, its CUDA-graph replay (``graphs``), and with ``rerank_k`` the
+    embedding re-rank of that many beams."""
+    from avg_lib.models.generator.graphed import GraphedRetriever
+
+    n, per_image, bs = trie.size, trie_bytes(trie) / trie.size, len(q.texts)
+    gen.retrieve(q.one, trie, num_beams=num_beams, batch_size=1)  # warm-up
+    t1 = timed(lambda: gen.retrieve(q.one, trie, num_beams=num_beams, batch_size=1), 10)
+    tb = timed(lambda: gen.retrieve(q.texts, trie, num_beams, bs), 2)
+    rows = [_row(GENERATIVE, n, t1, tb, bs, build, per_image, f"{num_beams} beams")]
+    if graphs:
+        g1, gb = GraphedRetriever(gen, trie, num_beams, 1), GraphedRetriever(gen, trie, num_beams, bs)
+        t1, tb = timed(lambda: g1(q.one), 10), timed(lambda: gb(q.texts), 3)
+        rows.append(
+            _row(GENERATIVE_GRAPH, n, t1, tb, bs, build, per_image, f"{num_beams} beams, one graph replay per call")
+        )
+        g1 = gb = None  # frees the graphs' memory pools
+    if rerank_k:
+
+        def reranked(texts, emb):
+            items = gen.retrieve(texts, trie, num_beams=rerank_k, batch_size=len(texts)).items
+            cos = torch.einsum("nkd,nd->nk", gallery[items.clamp(min=0)], emb).masked_fill(items < 0, -2.0)
+            return items.gather(1, cos.argsort(dim=1, descending=True))
+
+        t1, tb = timed(lambda: reranked(q.one, q.emb[:1]), 10), timed(lambda: reranked(q.texts, q.batch), 2)
+        per = per_image + 4 * gallery.shape[1]
+        rows.append(
+            _row(f"generative + embedding re-rank (top {rerank_k})", n, t1, tb, bs, build, per, f"{rerank_k} beams")
+        )
+    return rows
+
+
+def _two_tower_rows(gallery, q: _Queries, ann: tuple[str, ...], target_recall: float) -> list[dict]:
+    """Exact inner-product search over ``gallery``, then each FAISS index of ``ann`` tuned to ``target_recall``."""
+    n, bs = len(gallery), len(q.batch)
+    t1, tb = timed(lambda: exact_top(q.emb[:1], gallery), 10), timed(lambda: exact_top(q.batch, gallery), 3)
+    rows = [_row(EXACT, n, t1, tb, bs, 0.0, float(gallery.element_size() * gallery.shape[1]), "float32 vectors")]
+    if not ann:
+        return rows
+    truth = exact_top(q.emb, gallery).cpu().numpy()
+    g_np, q_np = gallery.cpu().numpy(), q.emb.cpu().numpy()
+    qb_np = np.ascontiguousarray(q.batch.cpu().numpy())
+    for kind in ann:
+        index, setting, recall, build = faiss_index(kind, g_np, q_np, truth, target_recall)
+        t1, tb = timed(lambda: index.search(q_np[:1], TOP), 10), timed(lambda: index.search(qb_np, TOP), 3)
+        setting += "" if recall >= target_recall else f" (misses {target_recall:.2f})"
+        rows.append(_row(ANN_KINDS[kind], n, t1, tb, bs, build, faiss_bytes(index) / n, setting, recall))
+        index = None  # frees the index before the next is built
+    return rows
 
 
 @torch.no_grad()

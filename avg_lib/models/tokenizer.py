@@ -214,6 +214,30 @@ class RQVAE(nn.Module):
         return out
 
 
+def _init_codebooks(model: RQVAE, x: torch.Tensor, cfg: TokenizerConfig) -> None:
+    """Codebooks from the encoded training rows: k-means per level (``kmeans_init``) or rows drawn at random."""
+    model.eval()
+    with torch.no_grad():
+        z = model.encoder(x)
+        if cfg.kmeans_init:
+            model.quantizer.kmeans_init(z, seed=cfg.seed)
+            return
+        g = torch.Generator().manual_seed(cfg.seed)
+        for b in range(model.quantizer.codebooks.shape[0]):
+            model.quantizer.codebooks.data[b] = z[torch.randint(len(z), (cfg.codebook_size,), generator=g)]
+
+
+@torch.no_grad()
+def _validate(model: RQVAE, x: torch.Tensor, t: torch.Tensor, cfg: TokenizerConfig) -> dict:
+    """Validation loss terms, codebook entries in use per level (``used_l1``...), and ``select``: the decoder-side
+    terms only (the VQ term is measured in latent units whose scale drifts while the encoder trains, so it is not
+    comparable across epochs)."""
+    model.eval()
+    val = {k: v.item() for k, v in model.losses(x, t).items()}
+    val |= {f"used_l{lvl + 1}": len(torch.unique(c)) for lvl, c in enumerate(model.encode(x).T)}
+    return val | {"select": val["recon"] + cfg.align_weight * val["align"]}
+
+
 def train_tokenizer(
     train_rows: tuple[np.ndarray, np.ndarray],
     val_rows: tuple[np.ndarray, np.ndarray],
@@ -230,17 +254,7 @@ def train_tokenizer(
     x_tr, t_tr = (torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in train_rows)
     x_va, t_va = (torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in val_rows)
     model = RQVAE(x_tr.shape[1], cfg)
-    if cfg.kmeans_init:
-        model.eval()
-        with torch.no_grad():
-            model.quantizer.kmeans_init(model.encoder(x_tr), seed=cfg.seed)
-    else:
-        with torch.no_grad():
-            model.eval()
-            z = model.encoder(x_tr)
-            g = torch.Generator().manual_seed(cfg.seed)
-            for b in range(model.quantizer.codebooks.shape[0]):
-                model.quantizer.codebooks.data[b] = z[torch.randint(len(z), (cfg.codebook_size,), generator=g)]
+    _init_codebooks(model, x_tr, cfg)
     # one flat buffer for all parameters: the same updates as AdamW(foreach=True), in far fewer operations
     opt = kernels.FlatAdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -264,23 +278,11 @@ def train_tokenizer(
             for level, i in enumerate(model.last_indices.T):
                 counts[0 if cfg.shared_codebook else level] += torch.bincount(i, minlength=cfg.codebook_size)
         moved = model.quantizer.restart_dead(counts, g) if cfg.restart_dead_codes and epoch < cfg.epochs - 1 else 0
-        model.eval()
-        with torch.no_grad():
-            val = {k: v.item() for k, v in model.losses(x_va, t_va).items()}
-            used = [len(torch.unique(c)) for c in model.encode(x_va).T]
-        row = {
-            "epoch": epoch + 1,
-            "restarted_codes": moved,
-            **{f"train_{k}": v / len(perm) for k, v in sums.items()},
-            **{f"val_{k}": v for k, v in val.items()},
-            **{f"val_used_l{lvl + 1}": u for lvl, u in enumerate(used)},
-        }
-        # selection on the decoder-side terms only: the VQ term is measured in latent units whose scale
-        # drifts while the encoder trains, so it is not comparable across epochs
-        val["select"] = val["recon"] + cfg.align_weight * val["align"]
-        row["val_select"] = val["select"]
+        row = {"epoch": epoch + 1, "restarted_codes": moved, **{f"train_{k}": v / len(perm) for k, v in sums.items()}}
+        val = _validate(model, x_va, t_va, cfg)
+        row |= {f"val_{k}": v for k, v in val.items()}
         history.append(row)
-        best.update(model, -val["select"])  # lower is better
+        best.update(model, -val["select"])  # lower is better; the selection term is in _validate
         bar.set_postfix(
             val=f"{val['select']:.4f}", recon=f"{val['recon']:.4f}", align=f"{val['align']:.4f}", refresh=False
         )

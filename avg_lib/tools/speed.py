@@ -55,103 +55,110 @@ def run(
     import tempfile
 
     from avg_lib.evaluation import benchmark, efficiency
-    from avg_lib.models import baselines
     from avg_lib.results import hardware, write_csv
     from avg_lib.retrieval.trie import VokenTrie
     from avg_lib.runs import config
 
     cfg = config.load_config(profile)
-    eff = cfg.efficiency
-    device = device or eff.device
-    sizes = [int(n) for n in (sizes or eff.gallery_sizes)]
+    device = device or cfg.efficiency.device
+    sizes = [int(n) for n in (sizes or cfg.efficiency.gallery_sizes)]
     out = Path(out or cfg.results_dir)
-    depth, vocab, dim = cfg.tokenizer.levels, cfg.tokenizer.codebook_size, cfg.two_tower.dim
+    depth, vocab = cfg.tokenizer.levels, cfg.tokenizer.codebook_size
     where = hardware(device)
-    print(f"{where}; galleries {sizes}; identifiers {depth} x {vocab}; {dim}-d vectors", flush=True)
+    print(f"{where}; galleries {sizes}; identifiers {depth} x {vocab}; {cfg.two_tower.dim}-d vectors", flush=True)
     conf = cfg.to_dict() | {
         "speed_command": {"sizes": sizes, "device": device, "backends": list(backends), "fraction": fraction}
         | ({"settings": [list(x) for x in settings]} if settings else {})
         | ({"captions": captions} if captions != "synthetic" else {})
     }
-    t0 = time.perf_counter()
+
+    def save(table, name):
+        table["device"], table["hardware"] = device, where
+        write_csv(table, out / f"{name}.csv", cfg.profile, cfg.seed, conf)
+        _show(table.drop(columns=["hardware"]))
+
+    t0, bench, table, crossings = time.perf_counter(), None, None, None
     with tempfile.TemporaryDirectory() as tmp:
         gen = random_weight_generator(vocab, depth, cfg.generator, Path(tmp)).to(device).eval()
-        texts = synthetic_queries(max(eff.batch_size, cfg.benchmark.queries), cfg.seed)
-        bench = table = crossings = None
+        texts = synthetic_queries(max(cfg.efficiency.batch_size, cfg.benchmark.queries), cfg.seed)
         trie = VokenTrie(efficiency.random_unique_codes(cfg.benchmark.gallery_size, depth, vocab, cfg.seed))
+        queries, beams = texts[: cfg.benchmark.queries], cfg.generator.num_beams
         if "training" in what:
-            from avg_lib.tools.trainbench import epoch_costs, synthetic_training_set
-
-            g, (images, per_image, val_images, val_captions) = cfg.generator, EMOJI_TRAINING_SET
-            n = [max(1, round(fraction * x)) for x in (images, val_images, val_captions)]
-            pool = real_captions(cfg) if captions == "real" else None
-            data = synthetic_training_set(n[0], per_image, n[1], n[2], depth, vocab, cfg.seed, pool)
-            costs = epoch_costs(
-                g,
-                data,
-                Path(tmp) / "train",
-                epochs=g.epochs,
-                disc_epochs=g.disc_epochs,
-                backends=tuple(backends),
-                full_pairs=images * per_image,
-                **({"settings": settings} if settings else {}),
-            )
-            write_csv(costs, out / "training_speed.csv", cfg.profile, cfg.seed, conf)
-            _show(costs.drop(columns=["hardware"]))
-            from avg_lib.evaluation.report import write_speed_readme
-
-            write_speed_readme(out, cfg.profile)
+            _training_study(cfg, Path(tmp) / "train", out, conf, backends, fraction, settings, captions)
         if "profile" in what:
-            prof = benchmark.decode_profile(gen, texts[: cfg.benchmark.queries], trie, cfg.generator.num_beams)
-            prof["device"], prof["hardware"] = device, where
-            write_csv(prof, out / "decode_profile.csv", cfg.profile, cfg.seed, conf)
-            _show(prof.drop(columns=["hardware"]))
+            save(benchmark.decode_profile(gen, queries, trie, beams), "decode_profile")
         if "decoding" in what:
             b = cfg.benchmark
-            bench = benchmark.decoding_benchmark(
-                gen, texts[: b.queries], trie, cfg.generator.num_beams, tuple(b.batch_sizes), b.repeats
-            )
-            bench["device"], bench["hardware"] = device, where
-            write_csv(bench, out / "decoding_benchmark.csv", cfg.profile, cfg.seed, conf)
-            _show(bench.drop(columns=["hardware"]))
+            bench = benchmark.decoding_benchmark(gen, queries, trie, beams, tuple(b.batch_sizes), b.repeats)
+            save(bench, "decoding_benchmark")
             print(f"wrote {out}/decoding_benchmark.csv; {time.perf_counter() - t0:.0f} s", flush=True)
-        if "efficiency" not in what:
-            return bench, table, crossings
-        dist = efficiency.GalleryDistribution.power_law(dim, cfg.seed)
-        q_emb = dist.sample(eff.batch_size, cfg.seed + 1).numpy()
-        ot = cfg.one_tower
-        cross = baselines.CrossEncoder(dim, dim, ot.dim, ot.hidden, ot.dropout).to(device)
-        table = efficiency.study(
-            gen,
-            texts[: eff.batch_size],
-            q_emb,
-            sizes,
-            depth,
-            vocab,
-            cross_encoder=cross,
-            num_beams=cfg.generator.num_beams,
-            batch_size=eff.batch_size,
-            one_tower_max=eff.one_tower_max,
-            ann=tuple(eff.ann),
-            ann_max=eff.ann_max,
-            target_recall=eff.target_recall,
-            distribution=dist,
-            seed=cfg.seed,
-            device=device,
-            rerank_k=cfg.rerank.k,
-        )
-    table["device"], table["hardware"] = device, where
-    crossings = efficiency.crossovers(table)
-    write_csv(table, out / "efficiency.csv", cfg.profile, cfg.seed, conf)
-    write_csv(crossings, out / "efficiency_crossovers.csv", cfg.profile, cfg.seed, conf)
-    _show(table.drop(columns=["hardware"]))
-    _show(crossings)
-    plot(out)
-    from avg_lib.evaluation.report import write_speed_readme
+        if "efficiency" in what:
+            table = _efficiency_study(cfg, gen, texts, sizes, device)
+            crossings = efficiency.crossovers(table)
+            save(table, "efficiency")
+            write_csv(crossings, out / "efficiency_crossovers.csv", cfg.profile, cfg.seed, conf)
+            _show(crossings)
+            plot(out)
+            print(f"wrote {out}/efficiency.csv and efficiency_crossovers.csv; {time.perf_counter() - t0:.0f} s")
+    if "efficiency" in what or "training" in what:
+        from avg_lib.evaluation.report import write_speed_readme
 
-    write_speed_readme(out, cfg.profile)
-    print(f"wrote {out}/efficiency.csv and efficiency_crossovers.csv; {time.perf_counter() - t0:.0f} s", flush=True)
+        write_speed_readme(out, cfg.profile)
     return bench, table, crossings
+
+
+def _efficiency_study(cfg, gen, texts: list[str], sizes: list[int], device: str) -> pd.DataFrame:
+    """The gallery-size study (:func:`avg_lib.evaluation.efficiency.study`) with the profile's settings, query
+    embeddings drawn like gallery vectors, and an untrained cross-encoder of the one-tower baseline's shape."""
+    from avg_lib.evaluation import efficiency
+    from avg_lib.models import baselines
+
+    eff, dim, ot = cfg.efficiency, cfg.two_tower.dim, cfg.one_tower
+    dist = efficiency.GalleryDistribution.power_law(dim, cfg.seed)
+    return efficiency.study(
+        gen,
+        texts[: eff.batch_size],
+        dist.sample(eff.batch_size, cfg.seed + 1).numpy(),
+        sizes,
+        cfg.tokenizer.levels,
+        cfg.tokenizer.codebook_size,
+        cross_encoder=baselines.CrossEncoder(dim, dim, ot.dim, ot.hidden, ot.dropout).to(device),
+        num_beams=cfg.generator.num_beams,
+        batch_size=eff.batch_size,
+        one_tower_max=eff.one_tower_max,
+        ann=tuple(eff.ann),
+        ann_max=eff.ann_max,
+        target_recall=eff.target_recall,
+        distribution=dist,
+        seed=cfg.seed,
+        device=device,
+        rerank_k=cfg.rerank.k,
+    )
+
+
+def _training_study(cfg, workdir: Path, out: Path, conf: dict, backends, fraction, settings, captions) -> None:
+    """Seconds per generator epoch (:func:`avg_lib.tools.trainbench.epoch_costs`) on an emoji-sized synthetic
+    training set (``fraction`` of it, scaled to the whole), written to ``training_speed.csv``."""
+    from avg_lib.results import write_csv
+    from avg_lib.tools.trainbench import epoch_costs, synthetic_training_set
+
+    g, (images, per_image, val_images, val_captions) = cfg.generator, EMOJI_TRAINING_SET
+    n = [max(1, round(fraction * x)) for x in (images, val_images, val_captions)]
+    pool = real_captions(cfg) if captions == "real" else None
+    depth, vocab = cfg.tokenizer.levels, cfg.tokenizer.codebook_size
+    data = synthetic_training_set(n[0], per_image, n[1], n[2], depth, vocab, cfg.seed, pool)
+    costs = epoch_costs(
+        g,
+        data,
+        workdir,
+        epochs=g.epochs,
+        disc_epochs=g.disc_epochs,
+        backends=tuple(backends),
+        full_pairs=images * per_image,
+        **({"settings": settings} if settings else {}),
+    )
+    write_csv(costs, out / "training_speed.csv", cfg.profile, cfg.seed, conf)
+    _show(costs.drop(columns=["hardware"]))
 
 
 def plot(out: Path | str) -> Path:
@@ -170,7 +177,7 @@ def _show(df: pd.DataFrame) -> None:
         print(df.round(4).to_string(index=False), flush=True)
 
 
-def main(argv=None) -> None:
+def _parser():
     import argparse
 
     ap = argparse.ArgumentParser(
@@ -221,6 +228,11 @@ def main(argv=None) -> None:
         help="training: the benchmark's captions, synthetic (4 words; default) or real (drawn from the profile's "
         "data set: an LM's cost follows the prompts' lengths and their padding)",
     )
+    return ap
+
+
+def main(argv=None) -> None:
+    ap = _parser()
     args = ap.parse_args(argv)
     if not 0 < args.fraction <= 1:
         ap.error(f"--fraction must be in (0, 1], not {args.fraction}")

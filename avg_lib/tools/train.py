@@ -38,20 +38,13 @@ def main(argv=None) -> None:
     )
     args = ap.parse_args(argv)
 
-    import torch
     import torch.distributed as dist
 
     from avg_lib.runs import pipeline
     from avg_lib.runs.config import load_config
 
     cfg = load_config(args.profile, json.loads(args.overrides))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = cfg.generator.uses_cuda()
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")  # CPU tensors by gloo, GPU ones by nccl
-    rank = dist.get_rank() if world > 1 else 0
+    world, rank = _join_processes(cfg.generator.uses_cuda())
     t0 = time.perf_counter()
     run = pipeline.setup(cfg, progress=rank == 0)
     seeds = args.seeds or list(run.cfg.main_table.seeds)
@@ -79,17 +72,37 @@ def main(argv=None) -> None:
     if rank == 0:
         print(f"{world} process(es), {time.perf_counter() - t0:.0f} s")
         if args.timing:
-            import pandas as pd
-
-            from avg_lib.results import write_csv
-
-            table = pd.DataFrame(stages).assign(
-                n_images=len(ds), n_captions=ds.n_captions(), processes=world, threads=torch.get_num_threads()
-            )
-            print(table.round(1).to_string(index=False))
-            write_csv(table, f"{run.cfg.results_dir}/stages.csv", run.cfg.profile, run.cfg.seed, run.cfg.to_dict())
+            _write_stages(stages, run, ds, world)
     if world > 1:
         dist.destroy_process_group()
+
+
+def _join_processes(cuda: bool) -> tuple[int, int]:
+    """``(world size, rank)`` under torchrun (joining its process group; each rank on its LOCAL_RANK GPU where
+    training runs on CUDA), ``(1, 0)`` in a single process."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")  # CPU tensors by gloo, GPU ones by nccl
+    return world, dist.get_rank() if world > 1 else 0
+
+
+def _write_stages(stages: list[dict], run, ds, world: int) -> None:
+    """``<results_dir>/stages.csv``: each stage's wall time and peak memory, with the data set's size."""
+    import pandas as pd
+    import torch
+
+    from avg_lib.results import write_csv
+
+    table = pd.DataFrame(stages).assign(
+        n_images=len(ds), n_captions=ds.n_captions(), processes=world, threads=torch.get_num_threads()
+    )
+    print(table.round(1).to_string(index=False))
+    write_csv(table, f"{run.cfg.results_dir}/stages.csv", run.cfg.profile, run.cfg.seed, run.cfg.to_dict())
 
 
 if __name__ == "__main__":

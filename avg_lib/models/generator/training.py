@@ -152,23 +152,19 @@ def train_generator(
     cfg, t0 = gen.cfg, time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    rank, world = data_parallel(gen)
+    rank, _ = data_parallel(gen)
     device = next(gen.parameters()).device
     texts, codes = train[0], torch.as_tensor(np.asarray(train[1]), dtype=torch.long, device=device)
-    val_texts, val_targets, val_codes = val
-    val_trie = VokenTrie(val_codes).to(device)  # the trie's tables live where decoding runs
+    val_trie = VokenTrie(val[2]).to(device)  # the trie's tables live where decoding runs
     # one flat buffer per parameter group: the same update, bit for bit, as AdamW(foreach=True), in far fewer ops
     opt = kernels.FlatAdamW(gen.parameter_groups(), weight_decay=cfg.weight_decay)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     total = cfg.epochs + cfg.disc_epochs
     best, history = BestState(), []
-    neg_trie = VokenTrie(train_codes_all).to(device) if cfg.disc_epochs and train_codes_all is not None else None
-    pos_item, generative_state = None, None
-    if neg_trie is not None:  # item index of each training pair's image within train_codes_all
-        lookup = {tuple(c): i for i, c in enumerate(np.asarray(train_codes_all).tolist())}
-        pos_item = np.array([lookup.get(tuple(c), -1) for c in np.asarray(train[1]).tolist()])
-    stopped = False  # the generative stage stopped early (``patience``)
-    start, before, pieces = 0, 0.0, 1  # next epoch, seconds of earlier calls, this call's number
+    mining = cfg.disc_epochs and train_codes_all is not None
+    negatives, generative_state = _Negatives(train_codes_all, train[1], device) if mining else None, None
+    # next epoch, seconds of earlier calls, this call's number, whether the generative stage stopped early
+    start, before, pieces, stopped = 0, 0.0, 1, False
     if checkpoint is not None and os.path.isfile(checkpoint):
         done = load_checkpoint(checkpoint, gen, opt, rng, best, history)
         start, before, pieces = done["epoch"], done["seconds"], done["pieces"] + 1
@@ -178,7 +174,7 @@ def train_generator(
         frozen = gen.frozen_positives(texts, codes, progress) if start < cfg.epochs and not stopped else None
     bar = tqdm(range(start, total), desc=f"generator ({cfg.backend})", disable=not progress, initial=start, total=total)
     for epoch in bar:
-        disc = epoch >= cfg.epochs and neg_trie is not None
+        disc = epoch >= cfg.epochs and negatives is not None
         if stopped and not disc:
             continue
         if epoch == cfg.epochs and disc:  # stage 2 starts from the selected generative checkpoint
@@ -188,54 +184,7 @@ def train_generator(
                 g["lr"] = cfg.disc_lr
         gen.train()
         order = rng.permutation(len(texts))
-        sums = {"gen": 0.0, "list": 0.0}
-        for s in range(0, len(order), cfg.batch_size):
-            b = order[s : s + cfg.batch_size]
-            n_global = len(b)
-            b = b[rank::world]  # this rank's share of the global batch (all of it in one process)
-            if not len(b):  # a last global batch smaller than the number of ranks: take part with no rows
-                opt.zero_grad()
-                _sum_gradients(gen)
-                opt.step()
-                continue
-            bt, bc = [texts[i] for i in b], codes[b]
-            ctx = gen.encode(bt) if disc and shared else None  # the prompts once, for mining and for training
-            if disc:
-                negs = mine_negatives(
-                    gen,
-                    bt,
-                    pos_item[b],
-                    neg_trie,
-                    np.asarray(train_codes_all),
-                    cfg.disc_negatives,
-                    cfg.num_beams,
-                    ctx=None if ctx is None else gen.detach(ctx),
-                ).to(device)
-                gen.train()
-            with amp:
-                if frozen is not None and not disc:
-                    pos = frozen.sequence_logprob(b).float()
-                else:
-                    ctx = gen.encode(bt) if ctx is None else ctx
-                    pos = gen.sequence_logprob(ctx, bc).float()
-                if disc:
-                    n = negs.shape[1]
-                    neg = gen.sequence_logprob(gen.repeat(ctx, n), negs.reshape(-1, gen.depth)).reshape(len(b), n)
-            loss = -pos.mean() / (gen.depth + 1)
-            sums["gen"] += loss.item() * len(b)
-            if disc:
-                lw = listwise_loss(pos, neg.float())
-                loss = loss + cfg.disc_weight * lw
-                sums["list"] += lw.item() * len(b)
-            opt.zero_grad()
-            # several ranks: each loss is its share's mean, weighted by the share's size; gradients are summed
-            # below, so the step is the one process would take on the whole global batch
-            (loss * (len(b) / n_global) if world > 1 else loss).backward()
-            if world > 1:
-                _sum_gradients(gen)
-            opt.step()
-        if world > 1:
-            sums = _sum_values(sums, device)
+        sums = _epoch(gen, opt, amp, texts, codes, order, negatives if disc else None, frozen, shared)
         row = {
             "epoch": len(history) + 1,  # epochs run: an early stop leaves no gap before the discriminative stage
             "stage": "discriminative" if disc else "generative",
@@ -243,11 +192,8 @@ def train_generator(
             "train_listwise_loss": sums["list"] / len(order),
         }
         if (epoch + 1) % cfg.eval_every == 0 or epoch == total - 1:
-            m = evaluate(gen, val_texts, val_targets, val_trie)
-            row.update({f"val_{k}": v for k, v in m.items()})
-            best.update(gen, (m["R@1"], m["rSum"]))
+            row |= _validate(gen, val, val_trie, best, bar, row["train_gen_loss"])
             stopped = stopped or (not disc and 0 < cfg.patience <= best.since)
-            bar.set_postfix(loss=f"{row['train_gen_loss']:.3f}", val_R1=f"{m['R@1']:.1f}", refresh=False)
         history.append(row)
         if checkpoint is not None and epoch < total - 1 and rank == 0:
             seconds = before + time.perf_counter() - t0
@@ -257,8 +203,83 @@ def train_generator(
     if checkpoint is not None and rank == 0 and os.path.isfile(checkpoint):
         os.remove(checkpoint)
     gen.load_state_dict(best.state)
-    gen.generative_state = generative_state if cfg.epochs and neg_trie is not None else best.state
+    gen.generative_state = generative_state if cfg.epochs and negatives is not None else best.state
     return gen.eval(), history
+
+
+def _validate(gen, val, val_trie, best: BestState, bar, loss: float) -> dict:
+    """Validation metrics of ``gen`` as ``val_*`` columns; ``best`` keeps its state if they are the best yet."""
+    m = evaluate(gen, val[0], val[1], val_trie)
+    best.update(gen, (m["R@1"], m["rSum"]))
+    bar.set_postfix(loss=f"{loss:.3f}", val_R1=f"{m['R@1']:.1f}", refresh=False)
+    return {f"val_{k}": v for k, v in m.items()}
+
+
+class _Negatives:
+    """What the discriminative stage mines from: the trie of every training image's identifier, the identifiers,
+    and the item index of each training pair's image among them (-1 where absent)."""
+
+    def __init__(self, codes_all: np.ndarray, pair_codes: np.ndarray, device):
+        self.codes = np.asarray(codes_all)
+        self.trie = VokenTrie(self.codes).to(device)
+        lookup = {tuple(c): i for i, c in enumerate(self.codes.tolist())}
+        self.pos_item = np.array([lookup.get(tuple(c), -1) for c in np.asarray(pair_codes).tolist()])
+
+
+def _epoch(gen, opt, amp, texts, codes, order, negatives: _Negatives | None, frozen, shared: bool) -> dict:
+    """One pass over the training pairs in ``order`` (this rank's share of each global batch); the discriminative
+    stage where ``negatives`` is given. Returns the summed generative and listwise losses."""
+    cfg, device = gen.cfg, codes.device
+    rank, world = data_parallel(gen)
+    sums = {"gen": 0.0, "list": 0.0}
+    for s in range(0, len(order), cfg.batch_size):
+        b = order[s : s + cfg.batch_size]
+        n_global = len(b)
+        b = b[rank::world]  # this rank's share of the global batch (all of it in one process)
+        if not len(b):  # a last global batch smaller than the number of ranks: take part with no rows
+            opt.zero_grad()
+            _sum_gradients(gen)
+            opt.step()
+            continue
+        bt, bc = [texts[i] for i in b], codes[b]
+        disc = negatives is not None
+        ctx = gen.encode(bt) if disc and shared else None  # the prompts once, for mining and for training
+        if disc:
+            detached = None if ctx is None else gen.detach(ctx)
+            negs = mine_negatives(
+                gen,
+                bt,
+                negatives.pos_item[b],
+                negatives.trie,
+                negatives.codes,
+                cfg.disc_negatives,
+                cfg.num_beams,
+                ctx=detached,
+            ).to(device)
+            gen.train()
+        with amp:
+            if frozen is not None and not disc:
+                pos = frozen.sequence_logprob(b).float()
+            else:
+                ctx = gen.encode(bt) if ctx is None else ctx
+                pos = gen.sequence_logprob(ctx, bc).float()
+            if disc:
+                n = negs.shape[1]
+                neg = gen.sequence_logprob(gen.repeat(ctx, n), negs.reshape(-1, gen.depth)).reshape(len(b), n)
+        loss = -pos.mean() / (gen.depth + 1)
+        sums["gen"] += loss.item() * len(b)
+        if disc:
+            lw = listwise_loss(pos, neg.float())
+            loss = loss + cfg.disc_weight * lw
+            sums["list"] += lw.item() * len(b)
+        opt.zero_grad()
+        # several ranks: each loss is its share's mean, weighted by the share's size; gradients are summed
+        # below, so the step is the one process would take on the whole global batch
+        (loss * (len(b) / n_global) if world > 1 else loss).backward()
+        if world > 1:
+            _sum_gradients(gen)
+        opt.step()
+    return _sum_values(sums, device) if world > 1 else sums
 
 
 def save_checkpoint(path, gen, opt, rng, best: BestState, history: list, **loop) -> None:

@@ -283,6 +283,10 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_and_ends_as_an_unin
     monkeypatch.setattr(generator.training, "evaluate", evaluate)
     where = generator.training.checkpoint_progress(ckpt)  # how far it got, read without loading it
     assert (where["epoch"], where["epochs"], where["pieces"]) == (done, 5, 1) and where["seconds"] > 0
+    saved = torch.load(ckpt, weights_only=False)["model"]  # the trained parameters only: the frozen ones stay out
+    trained = {n for n, p in want.named_parameters() if p.requires_grad}
+    assert trained <= set(saved) and len(trained) < len(dict(want.named_parameters()))
+    assert not {n for n, p in want.named_parameters() if not p.requires_grad} & set(saved)
     with pytest.raises(ValueError, match=f"{ckpt.name}: a checkpoint of other generator settings \\(lr\\)"):
         run(dataclasses.replace(cfg, lr=0.5), ckpt)
     once = []  # the frozen layers run once per call that has generative epochs left

@@ -7,10 +7,11 @@ profile's settings" with the paired difference of R@1 over the seeds, its 95% in
 images, :func:`avg_lib.evaluation.claims.compare`) and a verdict; with the training seconds of both:
 
     avg cut --profile default --seeds 0 1 2 3 4 5 --changes '{"precision": "bf16"}' \\
-        --out results/cuts/bf16
+        --out results/scratch/bf16
 
 writes ``<out>/runs.csv`` (one row per seed and setting) and ``<out>/claim.csv``, with provenance columns, and
-``<out>/README.md``.
+``<out>/README.md`` (``results/scratch/`` is not committed; docs/run_time.md keeps the cuts that decided a
+setting, with their commands).
 """
 
 from __future__ import annotations

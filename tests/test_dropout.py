@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from avg_lib.evaluation.benchmark import main as benchmark_main
 from avg_lib.models.dropout import Dropout, dropout
+from avg_lib.tools.bench import main as benchmark_main
 
 
 def test_keeps_about_one_minus_p_and_scales_the_kept_values():

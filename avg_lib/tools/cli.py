@@ -24,7 +24,7 @@ COMMANDS = {
     "compare": ("evaluation.rundiff", "compare two runs' per-seed tables row by row against the seeds' own spread"),
     "cut": ("tools.cutcheck", "a change of generator settings against the profile's, a paired check over seeds"),
     "growth": ("tools.growth", "fit how each stage's cost grows with the data set, from timed dry runs"),
-    "bench": ("evaluation.benchmark", "micro-benchmarks behind speed claims in the code (dropout)"),
+    "bench": ("tools.bench", "micro-benchmarks behind speed claims in the code (dropout)"),
 }
 
 

@@ -99,12 +99,14 @@ class VokenGenerator(nn.Module):
         if trie.depth != self.depth:
             raise ValueError(f"trie depth {trie.depth} != generator depth {self.depth}")
         was = self.training
-        self.eval()
+        if was:  # a model already in eval mode is left as it is: switching every module costs about 1 ms
+            self.eval()
         parts = []
         for s in tqdm(range(0, len(texts), batch_size), desc="decode", disable=not progress):
             chunk = texts[s : s + batch_size]
             parts.append(self.search(self.encode(chunk), len(chunk), trie, num_beams))
-        self.train(was)
+        if was:
+            self.train()
         return BeamResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ("items", "scores", "codes")))
 
     @torch.no_grad()

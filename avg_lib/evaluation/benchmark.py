@@ -246,7 +246,7 @@ def decode_profile(gen, texts: list[str], trie, num_beams: int, batch_sizes=(1, 
     cost), so compare the columns of one row, and rows with each other.
 
     And the arithmetic floor: ``mflop_per_query`` (the matrix products' floating-point operations, counted by
-    ``torch.utils.flop_counter``; the same at every batch size) over ``peak_gflop_per_s`` (this machine's rate on one
+    ``torch.utils.flop_counter``; the same at every batch size) over ``peak_gflop_per_s`` (the CPU's rate on one
     large product, measured here) is ``floor_ms``, the time a query would take at peak; ``over_floor`` is the wall
     time's multiple of it."""
     from torch.profiler import ProfilerActivity, profile

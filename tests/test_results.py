@@ -31,6 +31,7 @@ TABLES = [
     "generator_training",
     "evaluation",
     "decoding_benchmark",
+    "decode_profile",
     "main_table",
     "main_table_runs",
     "rerank",
@@ -74,10 +75,8 @@ PER_RUN = {"ablation": "ablation_runs"}  # mean ± std tables whose gallery and 
 
 
 def tables(profile):
-    """The tables a run of ``profile`` writes: the backend comparison only where the profile switches it on; the
-    decode profile in the default run (the committed full run was made before notebook 05 wrote it)."""
-    extra = ["generator_backends"] if config.load_config(profile).backends.compare else []
-    return TABLES + extra + (["decode_profile"] if profile == "default" else [])
+    """The tables a run of ``profile`` writes: the backend comparison only where the profile switches it on."""
+    return TABLES + (["generator_backends"] if config.load_config(profile).backends.compare else [])
 
 
 def read(name, profile="default"):

@@ -152,7 +152,7 @@ def train_generator(
     cfg, t0 = gen.cfg, time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    rank, _ = data_parallel(gen)
+    rank, world = data_parallel(gen)  # with several ranks, every rank starts from rank 0's parameters
     device = next(gen.parameters()).device
     texts, codes = train[0], torch.as_tensor(np.asarray(train[1]), dtype=torch.long, device=device)
     val_trie = VokenTrie(val[2]).to(device)  # the trie's tables live where decoding runs
@@ -184,7 +184,8 @@ def train_generator(
                 g["lr"] = cfg.disc_lr
         gen.train()
         order = rng.permutation(len(texts))
-        sums = _epoch(gen, opt, amp, texts, codes, order, negatives if disc else None, frozen, shared)
+        share = order, rank, world
+        sums = _epoch(gen, opt, amp, texts, codes, share, negatives if disc else None, frozen, shared)
         row = {
             "epoch": len(history) + 1,  # epochs run: an early stop leaves no gap before the discriminative stage
             "stage": "discriminative" if disc else "generative",
@@ -226,11 +227,12 @@ class _Negatives:
         self.pos_item = np.array([lookup.get(tuple(c), -1) for c in np.asarray(pair_codes).tolist()])
 
 
-def _epoch(gen, opt, amp, texts, codes, order, negatives: _Negatives | None, frozen, shared: bool) -> dict:
-    """One pass over the training pairs in ``order`` (this rank's share of each global batch); the discriminative
-    stage where ``negatives`` is given. Returns the summed generative and listwise losses."""
+def _epoch(gen, opt, amp, texts, codes, share, negatives: _Negatives | None, frozen, shared: bool) -> dict:
+    """One pass over the training pairs in ``order`` (``share`` = order, rank, world size: this rank takes its share
+    of each global batch); the discriminative stage where ``negatives`` is given. Returns the summed generative and
+    listwise losses."""
     cfg, device = gen.cfg, codes.device
-    rank, world = data_parallel(gen)
+    order, rank, world = share
     sums = {"gen": 0.0, "list": 0.0}
     for s in range(0, len(order), cfg.batch_size):
         b = order[s : s + cfg.batch_size]

@@ -159,6 +159,19 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 
 
 INDEX_HEADING = "## Other studies in this folder"
+GENERATED = "do not edit by hand"  # how a generated README says it is one (and may be rewritten)
+
+
+def write_readme(directory: str | os.PathLike, title: str, made_by: str, body: list[str]) -> Path:
+    """Every generated README: ``<directory>/README.md`` with the heading ``title``, the paragraph ``made_by`` (the
+    command that generated it, saying "do not edit by hand"), the ``body`` lines, and the links to studies in
+    subfolders (:func:`study_index`); then the generated README of the folder above links this one."""
+    if GENERATED not in made_by:
+        raise ValueError(f"a generated README must say '{GENERATED}': {made_by[:80]!r}")
+    d = Path(directory)
+    written = write_text("\n".join([f"# {title}", "", made_by, "", *body, *study_index(d)]), d / "README.md")
+    refresh_study_index(d.parent / "README.md")
+    return written
 
 
 def study_index(d: str | os.PathLike, skip=("notebooks", "smoke")) -> list[str]:
@@ -178,7 +191,7 @@ def refresh_study_index(readme: str | os.PathLike) -> Path | None:
     it is)."""
     readme = Path(readme)
     text = readme.read_text() if readme.exists() else ""
-    if "do not edit by hand" not in text:
+    if GENERATED not in text:
         return None
     lines = text.splitlines()
     if INDEX_HEADING in lines:

@@ -25,8 +25,12 @@ def test_a_real_change_trains_its_own_model_and_is_named_in_the_claim(run):
         cutcheck.check(run, [0], {"precison": "bf16"})
 
 
-def test_the_readme_names_the_command_and_states_the_claim(run):
+def test_the_readme_names_the_command_and_states_the_claim(run, tmp_path):
+    from avg_lib.results import write_readme
+
     runs, claim = cutcheck.check(run, [0], {"num_beams": run.cfg.generator.num_beams})
-    text = cutcheck.readme(runs.drop(columns=["cache"]), claim, "python -m avg_lib.tools.cutcheck --seeds 0")
-    assert "`python -m avg_lib.tools.cutcheck --seeds 0`" in text and "**inconclusive**" in text
+    made_by, body = cutcheck.readme(runs.drop(columns=["cache"]), claim, "avg cut --seeds 0")
+    text = write_readme(tmp_path / "cut", claim["claim"], made_by, body).read_text()
+    assert text.startswith(f"# {claim['claim']}\n") and "do not edit by hand" in text
+    assert "`avg cut --seeds 0`" in text and "**inconclusive**" in text
     assert text.count("| profile") == 1 and text.count("| changed") == 1

@@ -294,7 +294,7 @@ def peak_gflop_per_s(n: int = 2048, repeats: int = 5) -> float:
     from avg_lib.models import kernels
 
     a, b = torch.randn(n, n), torch.randn(n, n)
-    candidates = [lambda: a @ b.T] + ([lambda: kernels._onednn(a, b, None)] if kernels.available() else [])
+    candidates = [lambda: a @ b.T] + ([lambda: kernels.linear(a, b, onednn=True)] if kernels.available() else [])
 
     def best(fn):
         fn()  # warm-up

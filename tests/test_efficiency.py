@@ -153,6 +153,8 @@ def test_speed_command_writes_both_studies_with_provenance(tmp_path, capsys):
 
 
 def test_decode_profile_counts_operations_per_query_at_each_batch_size():
+    from torch.utils.flop_counter import FlopCounterMode
+
     from avg_lib.evaluation import benchmark
     from avg_lib.retrieval.trie import VokenTrie
     from avg_lib.tools import speed
@@ -171,5 +173,11 @@ def test_decode_profile_counts_operations_per_query_at_each_batch_size():
     d, k = 32, 16
     per_row = 2 * (d * 3 * d + d * d + d * d + d * 4 * d + 4 * d * d + d * d) + 2 * d * (k + 1)  # one block + logits
     assert prof["mflop_per_query"].iloc[0] == prof["mflop_per_query"].iloc[1]
+    counted = []  # the profile counts once: the work per query does not depend on the batch size
+    for bs in (1, 8):
+        with FlopCounterMode(display=False) as flops:
+            gen.retrieve(speed.synthetic_queries(8), trie, 4, bs)
+        counted.append(flops.get_total_flops())
+    assert counted[0] == counted[1] == prof["mflop_per_query"].iloc[0] * 8e6
     assert prof["mflop_per_query"].iloc[0] * 1e6 >= (1 + 3 * 4) * per_row
     assert (prof["floor_ms"] < prof["ms_per_query"]).all() and (prof["over_floor"] > 1).all()

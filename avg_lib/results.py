@@ -93,15 +93,6 @@ def environment_hash(env: pd.DataFrame) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def environment_record(core=("python", "torch", "transformers", "numpy", "gguf")) -> dict:
-    """What a job's ``.json`` records of the software it ran on (a job may run on another machine, whose full
-    listing is not kept): the :func:`environment_hash` of its listing and the versions of the ``core`` packages
-    that change numbers (those installed)."""
-    env = environment()
-    core_rows = env[env["package"].isin(core)]
-    return {"environment": environment_hash(env), "packages": dict(zip(core_rows["package"], core_rows["version"]))}
-
-
 def environment_note(prov: pd.DataFrame) -> str:
     """One sentence on the installed packages that the notebooks of ``provenance.csv`` (its rows: ``prov``) ran
     with, for ``results/README.md``; ``environment.csv`` lists the latest."""

@@ -138,10 +138,3 @@ def load_emoji(
         keep = sorted(range(len(ds)), key=lambda i: hashlib.sha1(ds.items[i].id.encode()).hexdigest())[:max_images]
         ds = CaptionedImages(ds.name, [ds.items[i] for i in sorted(keep)], ds.report)
     return ds
-
-
-def category_of(root: str | Path | None = None) -> dict[str, str]:
-    """Emoji id -> upstream category (for colouring plots; never used for training)."""
-    root = Path(root) if root is not None else data_dir() / "emoji"
-    with open(root / "captions.jsonl", encoding="utf-8") as f:
-        return {r["id"]: r.get("category") or "" for r in map(json.loads, f)}

@@ -96,9 +96,6 @@ class TwoTower(nn.Module):
     def embed_texts(self, t: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_head(t), dim=-1)
 
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
-
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     logits = log_scale.clamp(max=math.log(100.0)).exp() * txt @ img.T

@@ -150,17 +150,17 @@ def hf_reference_retrieve(
 def _generate_inputs(gen, chunk: list[str]) -> dict:
     """``generate()``'s inputs for ``chunk`` by backend: a decoder LM's prompts padded on the left (the vokens
     follow them), T5's encoder inputs, or the start token with the MiniLM backend's text states as memory."""
-    if gen.cfg.backend in ("decoder", "t5"):
-        if gen.cfg.backend == "decoder":
-            enc = gen.prompts(chunk)
-        else:
-            enc = gen.tokenizer(
-                chunk, return_tensors="pt", padding=True, truncation=True, max_length=gen.cfg.max_text_len
-            ).to(gen.model.device)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    memory, mask = gen.memory(*gen.encoder_states(chunk))
-    start = torch.full((len(chunk), 1), gen.bos_id, dtype=torch.long, device=memory.device)
-    return {"input_ids": start, "attention_mask": torch.ones_like(start), "memory": memory, "memory_mask": mask}
+    if gen.cfg.backend == "decoder":
+        enc = gen.prompts(chunk)
+    elif gen.cfg.backend == "t5":
+        enc = gen.tokenizer(
+            chunk, return_tensors="pt", padding=True, truncation=True, max_length=gen.cfg.max_text_len
+        ).to(gen.model.device)
+    else:
+        memory, mask = gen.memory(*gen.encoder_states(chunk))
+        start = torch.full((len(chunk), 1), gen.bos_id, dtype=torch.long, device=memory.device)
+        return {"input_ids": start, "attention_mask": torch.ones_like(start), "memory": memory, "memory_mask": mask}
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
 def _ranked(trie: VokenTrie, codes: list, finite: list) -> list[int]:

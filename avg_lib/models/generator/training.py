@@ -233,6 +233,7 @@ def _epoch(gen, opt, amp, texts, codes, share, negatives: _Negatives | None, fro
     listwise losses."""
     cfg, device = gen.cfg, codes.device
     order, rank, world = share
+    disc = negatives is not None
     sums = {"gen": 0.0, "list": 0.0}
     for s in range(0, len(order), cfg.batch_size):
         b = order[s : s + cfg.batch_size]
@@ -244,7 +245,6 @@ def _epoch(gen, opt, amp, texts, codes, share, negatives: _Negatives | None, fro
             opt.step()
             continue
         bt, bc = [texts[i] for i in b], codes[b]
-        disc = negatives is not None
         ctx = gen.encode(bt) if disc and shared else None  # the prompts once, for mining and for training
         if disc:
             detached = None if ctx is None else gen.detach(ctx)

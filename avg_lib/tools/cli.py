@@ -60,8 +60,12 @@ def search(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=5, help="images to list per method (default 5)")
     ap.add_argument("--no-pseudo", action="store_true", help="AVG trained without pseudo queries")
     args = ap.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
     from avg_lib import cache
     from avg_lib.runs.search import search_models
+
+    hf_logging.disable_progress_bar()  # the encoders' weight-loading bars would sit above the answer
 
     try:
         with cache.reading_only():
